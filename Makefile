@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?=
+EPOCHS ?= 4
+
+.PHONY: install demo test test-fast api worker bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Graft needs Python 3.11+"' || exit 1
+	@$(PYTHON) -m venv $(VENV) || { echo "cannot create a virtual environment: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+demo: install
+	$(BIN)/graft demo $(DATA) --epochs $(EPOCHS)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+api: install
+	$(BIN)/graft api
+
+worker: install
+	$(BIN)/graft worker
+
+clean:
+	rm -rf var .pytest_cache

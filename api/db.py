@@ -1,0 +1,25 @@
+"""Per-request database session and Graft config access."""
+from __future__ import annotations
+
+from celery import Celery
+from flask import current_app, g
+from sqlalchemy.orm import Session
+
+from shared.config import Config
+
+
+def db() -> Session:
+    """The request's session (closed at teardown)."""
+    if "db" not in g:
+        g.db = current_app.extensions["graft_sessions"]()
+    return g.db
+
+
+def config() -> Config:
+    """The app's Graft config."""
+    return current_app.config["GRAFT"]
+
+
+def celery() -> Celery:
+    """The Celery app used to enqueue tasks."""
+    return current_app.extensions["graft_celery"]

@@ -1,0 +1,19 @@
+"""GET /healthz: does the database answer, does Redis answer (no token needed)."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from api.db import config
+from shared.db import ping
+from shared.queue import redis_ping
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():  # noqa: ANN201
+    """200 when both answer, else 503, with each part's state."""
+    cfg = config()
+    checks = {"database": ping(cfg.database_url), "redis": redis_ping(cfg.redis_url)}
+    ok = all(checks.values())
+    return jsonify({"status": "ok" if ok else "degraded", **checks}), 200 if ok else 503

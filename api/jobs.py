@@ -1,0 +1,89 @@
+"""Job endpoints: submit a training job, read one, list them."""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, jsonify, request, url_for
+from sqlalchemy import select
+
+from api.db import celery, config, db
+from api.errors import APIError
+from api.pagination import page
+from api.validation import TRAIN_SCHEMA, json_body, validate
+from shared import jobs as sm
+from shared.models import Job
+from shared.queue import enqueue_train
+from shared.storage import PathNotAllowed, resolve_under_roots
+
+log = logging.getLogger(__name__)
+bp = Blueprint("jobs", __name__)
+
+def _get_job(job_id: str) -> Job:
+    job = db().get(Job, job_id)
+    if job is None:
+        raise APIError(404, f"no job with id {job_id}")
+    return job
+
+
+@bp.post("/jobs/train")
+def submit_train():  # noqa: ANN201
+    """Validate, record a queued job, enqueue it; 202 with the job and its Location."""
+    params = validate(json_body(), TRAIN_SCHEMA)
+    try:
+        params["data_dir"] = str(resolve_under_roots(params["data_dir"], config().data_roots))
+    except PathNotAllowed as exc:
+        raise APIError(400, f"data_dir: {exc}", field="data_dir") from None
+    session = db()
+    job = sm.create_job(session, "train", params)
+    session.commit()
+    try:
+        enqueue_train(celery(), job.id)
+    except Exception as exc:  # noqa: BLE001 - broker down: the job is recorded, then marked failed
+        log.exception("could not enqueue job %s", job.id)
+        sm.transition(session, job, sm.FAILED, message="queue unavailable", error=f"queue unavailable: {exc}")
+        session.commit()
+        raise APIError(503, "the job queue (Redis) is unavailable; the job was recorded as failed", job_id=job.id) from None
+    response = jsonify(sm.serialize_job(job))
+    response.status_code = 202
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    return response
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):  # noqa: ANN201
+    """One job."""
+    job = _get_job(job_id)
+    return jsonify(sm.serialize_job(job, sm.model_ids_for(db(), [job.id]).get(job.id)))
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str):  # noqa: ANN201
+    """A job's recorded state transitions, oldest first."""
+    job = _get_job(job_id)
+    return jsonify({"items": [
+        {"from": e.from_status, "to": e.to_status, "message": e.message, "at": e.created_at.isoformat()}
+        for e in job.events
+    ]})
+
+
+@bp.get("/jobs")
+def list_jobs():  # noqa: ANN201
+    """Jobs, newest first, optionally filtered by ?status= and ?kind=."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+    filters = {}
+    status = request.args.get("status")
+    if status:
+        if status not in sm.STATUSES:
+            raise APIError(400, f"status must be one of {list(sm.STATUSES)}", field="status")
+        query, filters["status"] = query.where(Job.status == status), status
+    kind = request.args.get("kind")
+    if kind:
+        if kind not in sm.KINDS:
+            raise APIError(400, f"kind must be one of {list(sm.KINDS)}", field="kind")
+        query, filters["kind"] = query.where(Job.kind == kind), kind
+
+    def serialize(jobs: list[Job]) -> list[dict]:
+        ids = sm.model_ids_for(db(), [j.id for j in jobs])
+        return [sm.serialize_job(j, ids.get(j.id)) for j in jobs]
+
+    return page(query, "jobs.list_jobs", serialize, **filters)

@@ -1,0 +1,1 @@
+"""The `graft` command line: servers (api, worker), client commands, and the demo."""

@@ -1,0 +1,101 @@
+"""A small HTTP client for the Graft API, used by the CLI commands and the demo."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+import requests
+
+
+class ClientError(RuntimeError):
+    """The API answered with an error (its JSON message is kept)."""
+
+
+class GraftClient:
+    """Calls /api/v1 with an optional bearer token."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self.url, self.timeout = url.rstrip("/"), timeout
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Send a request and return its JSON, raising ClientError with the server's message."""
+        try:
+            response = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
+        except requests.ConnectionError:
+            raise ClientError(f"cannot reach the Graft API at {self.url} (is `graft api` running? set --url or GRAFT_URL)") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text[:200]}
+        if response.status_code >= 400:
+            raise ClientError(f"HTTP {response.status_code}: {body.get('error', body)}")
+        return body
+
+    def train(self, **params: Any) -> dict[str, Any]:
+        """Submit a training job."""
+        return self.request("POST", "/api/v1/jobs/train", json=params)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """Read a job."""
+        return self.request("GET", f"/api/v1/jobs/{job_id}")
+
+    def jobs(self, status: str | None = None) -> dict[str, Any]:
+        """List jobs (first page)."""
+        return self.request("GET", "/api/v1/jobs", params={"status": status} if status else None)
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """Read a model."""
+        return self.request("GET", f"/api/v1/models/{model_id}")
+
+    def wait(self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
+             interval: float = 1.0, timeout: float | None = None) -> dict[str, Any]:
+        """Poll a job until it is finished; returns the final job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update:
+                on_update(job)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise ClientError(f"job {job_id} still {job['status']} after {timeout} s")
+            time.sleep(interval)
+
+
+def progress_line(job: dict[str, Any], width: int = 30) -> str:
+    """A one-line text progress bar for a job."""
+    progress = job.get("progress") or {}
+    fraction = float(progress.get("fraction") or 0.0)
+    bar = "#" * int(fraction * width)
+    parts = [f"[{bar:<{width}}] {fraction * 100:5.1f}%", job["status"]]
+    if progress.get("phase") == "loading":
+        parts.append(f"loading images {progress.get('files_done', 0)}/{progress.get('files_total', '?')}")
+    elif progress.get("epochs"):
+        parts.append(f"epoch {progress.get('epoch', 0)}/{progress['epochs']}")
+    best = (job.get("metrics") or {}).get("best_val_acc")
+    if best is not None:
+        parts.append(f"best val_acc {best:.3f}")
+    if progress.get("eta_s") and job["status"] == "running":
+        parts.append(f"eta {progress['eta_s']:.0f}s")
+    return "  ".join(parts)
+
+
+class ProgressPrinter:
+    """Draws a job's progress bar on stderr: one updating line on a TTY, a line per change otherwise."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        line = progress_line(job)
+        done = job["status"] not in ("queued", "running")
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r{line}\033[K" + ("\n" if done else ""))
+        elif line != self.last:
+            sys.stderr.write(line + "\n")
+        self.last = line
+        sys.stderr.flush()

@@ -1,0 +1,84 @@
+"""Graft settings: read from GRAFT_* environment variables once, here and nowhere else."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A GRAFT_* variable holds a value that cannot be used."""
+
+
+def _split(value: str, sep: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(sep) if part.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the API, the workers and the CLI need to know about their surroundings."""
+
+    database_url: str = "sqlite:///var/graft.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    artifacts_dir: Path = Path("var/artifacts")
+    data_roots: tuple[Path, ...] = ()
+    api_tokens: tuple[str, ...] = ()
+    resnet18_weights: Path | None = None
+    queue: str = "graft"
+    visibility_timeout_s: int = 6 * 3600
+    max_body_mb: int = 2048
+    url: str = "http://127.0.0.1:8000"
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+        """Build a Config from GRAFT_* variables (defaults where unset)."""
+        env = os.environ if env is None else env
+        var = Path(env.get("GRAFT_VAR_DIR", "var"))
+        weights = env.get("GRAFT_RESNET18_WEIGHTS", "").strip()
+        return cls(
+            database_url=env.get("GRAFT_DATABASE_URL") or f"sqlite:///{(var / 'graft.db').absolute()}",
+            redis_url=env.get("GRAFT_REDIS_URL") or cls.redis_url,
+            artifacts_dir=Path(env.get("GRAFT_ARTIFACTS_DIR") or var / "artifacts").absolute(),
+            data_roots=tuple(Path(p).expanduser().resolve() for p in _split(env.get("GRAFT_DATA_ROOTS", ""), ":")),
+            api_tokens=_split(env.get("GRAFT_API_TOKENS", ""), ","),
+            resnet18_weights=Path(weights).expanduser().absolute() if weights else None,
+            queue=env.get("GRAFT_QUEUE") or cls.queue,
+            visibility_timeout_s=_int(env, "GRAFT_VISIBILITY_TIMEOUT", cls.visibility_timeout_s, 60),
+            max_body_mb=_int(env, "GRAFT_MAX_UPLOAD_MB", cls.max_body_mb, 1),
+            url=(env.get("GRAFT_URL") or cls.url).rstrip("/"),
+            token=env.get("GRAFT_TOKEN") or None,
+        )
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some fields changed (paths given as str are converted)."""
+        for key in ("artifacts_dir", "resnet18_weights"):
+            if isinstance(changes.get(key), str):
+                changes[key] = Path(changes[key])
+        if "data_roots" in changes:
+            changes["data_roots"] = tuple(Path(p).resolve() for p in changes["data_roots"])
+        if "api_tokens" in changes:
+            changes["api_tokens"] = tuple(changes["api_tokens"])
+        return dataclasses.replace(self, **changes)
+
+
+@functools.lru_cache(maxsize=1)
+def get_config() -> Config:
+    """The process-wide Config, read from the environment on first use."""
+    return Config.from_env()
