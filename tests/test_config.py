@@ -1,0 +1,162 @@
+"""Config.from_env, Config.replace and create_app's config argument."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from shared.config import Config, ConfigError, get_config
+from shared.db import get_engine
+
+
+@pytest.fixture()
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test with tmp_path as the working directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_defaults(in_tmp: Path) -> None:
+    config = Config.from_env({})
+    assert config.database_url == f"sqlite:///{in_tmp / 'var' / 'graft.db'}"
+    assert config.redis_url == "redis://127.0.0.1:6379/0"
+    assert config.artifacts_dir == in_tmp / "var" / "artifacts" and config.artifacts_dir.is_absolute()
+    assert config.data_roots == () and config.api_tokens == ()
+    assert config.resnet18_weights is None
+    assert config.queue == "graft"
+    assert config.max_body_mb == 2048 and config.visibility_timeout_s == 6 * 3600
+    assert config.url == "http://127.0.0.1:8000" and config.token is None
+
+
+def test_var_dir_moves_database_and_artifacts(in_tmp: Path) -> None:
+    config = Config.from_env({"GRAFT_VAR_DIR": "state"})
+    assert config.database_url == f"sqlite:///{in_tmp / 'state' / 'graft.db'}"
+    assert config.artifacts_dir == in_tmp / "state" / "artifacts"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        ("GRAFT_DATABASE_URL", "postgresql+psycopg://g:g@db:5432/g", "database_url", "postgresql+psycopg://g:g@db:5432/g"),
+        ("GRAFT_REDIS_URL", "redis://cache:6380/2", "redis_url", "redis://cache:6380/2"),
+        ("GRAFT_QUEUE", "gpu-less", "queue", "gpu-less"),
+        ("GRAFT_API_TOKENS", "a, b,,  ,c,", "api_tokens", ("a", "b", "c")),
+        ("GRAFT_API_TOKENS", " , ", "api_tokens", ()),
+        ("GRAFT_MAX_UPLOAD_MB", "16", "max_body_mb", 16),
+        ("GRAFT_MAX_UPLOAD_MB", "", "max_body_mb", 2048),
+        ("GRAFT_VISIBILITY_TIMEOUT", "600", "visibility_timeout_s", 600),
+        ("GRAFT_URL", "http://api:8000/", "url", "http://api:8000"),
+        ("GRAFT_TOKEN", "secret", "token", "secret"),
+        ("GRAFT_TOKEN", "", "token", None),
+        ("GRAFT_RESNET18_WEIGHTS", "", "resnet18_weights", None),
+        ("GRAFT_RESNET18_WEIGHTS", "   ", "resnet18_weights", None),
+    ],
+)
+def test_each_variable(in_tmp: Path, name: str, value: str, field: str, expected: object) -> None:
+    assert getattr(Config.from_env({name: value}), field) == expected
+
+
+def test_paths_are_absolute(in_tmp: Path) -> None:
+    (in_tmp / "d1").mkdir()
+    (in_tmp / "d2").mkdir()
+    (in_tmp / "real").mkdir()
+    (in_tmp / "alias").symlink_to(in_tmp / "real")
+    config = Config.from_env({
+        "GRAFT_ARTIFACTS_DIR": "arts",
+        "GRAFT_DATA_ROOTS": f"d1::{in_tmp / 'd2'}: :alias",
+        "GRAFT_RESNET18_WEIGHTS": "w/resnet18.pth",
+    })
+    assert config.artifacts_dir == in_tmp / "arts"
+    root = in_tmp.resolve()
+    assert config.data_roots == (root / "d1", root / "d2", root / "real")  # blanks dropped, symlinks resolved
+    assert config.resnet18_weights == in_tmp / "w" / "resnet18.pth"
+
+
+def test_home_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = Config.from_env({"GRAFT_DATA_ROOTS": "~/photos", "GRAFT_RESNET18_WEIGHTS": "~/w.pth"})
+    assert config.data_roots == (tmp_path.resolve() / "photos",)
+    assert config.resnet18_weights == tmp_path / "w.pth"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GRAFT_MAX_UPLOAD_MB", "lots"),
+        ("GRAFT_MAX_UPLOAD_MB", "1.5"),
+        ("GRAFT_MAX_UPLOAD_MB", "0"),
+        ("GRAFT_MAX_UPLOAD_MB", "-3"),
+        ("GRAFT_VISIBILITY_TIMEOUT", "59"),
+        ("GRAFT_VISIBILITY_TIMEOUT", "soon"),
+    ],
+)
+def test_bad_numbers_raise_config_error(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({name: value})
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_replace_converts_and_copies(tmp_path: Path) -> None:
+    config = Config.from_env({"GRAFT_QUEUE": "q"})
+    changed = config.replace(
+        artifacts_dir=str(tmp_path / "a"), resnet18_weights=str(tmp_path / "w.pth"),
+        data_roots=[str(tmp_path)], api_tokens=["t1", "t2"], max_body_mb=5,
+    )
+    assert changed.artifacts_dir == tmp_path / "a" and isinstance(changed.artifacts_dir, Path)
+    assert changed.resnet18_weights == tmp_path / "w.pth"
+    assert changed.data_roots == (tmp_path.resolve(),) and changed.api_tokens == ("t1", "t2")
+    assert (changed.max_body_mb, changed.queue) == (5, "q")
+    assert config.max_body_mb == 2048 and config.api_tokens == ()  # the original is untouched
+    with pytest.raises(TypeError):
+        config.replace(colour="blue")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.queue = "other"  # type: ignore[misc]
+
+
+@pytest.fixture()
+def fresh_get_config() -> Iterator[None]:
+    """Forget the cached process Config before and after the test."""
+    get_config.cache_clear()
+    yield
+    get_config.cache_clear()
+
+
+def test_create_app_with_overrides(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, fresh_get_config: None
+) -> None:
+    from api import create_app
+
+    monkeypatch.setenv("GRAFT_QUEUE", "queue-from-env")
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    app = create_app({"database_url": url, "redis_url": redis_url, "api_tokens": ["t"], "max_body_mb": 3,
+                      "data_roots": [str(tmp_path)], "artifacts_dir": str(tmp_path / "arts")})
+    try:
+        config = app.config["GRAFT"]
+        assert isinstance(config, Config)
+        assert config.database_url == url and config.api_tokens == ("t",) and config.queue == "queue-from-env"
+        assert config.data_roots == (tmp_path.resolve(),) and config.artifacts_dir == tmp_path / "arts"
+        assert app.config["MAX_CONTENT_LENGTH"] == 3 * 1024 * 1024
+        client = app.test_client()
+        assert client.get("/healthz").get_json() == {"status": "ok", "database": True, "redis": True}
+        assert client.get("/api/v1/jobs").status_code == 401 and client.get("/api/v1/models").status_code == 401
+        response = client.get("/api/v1/jobs", headers={"Authorization": "Bearer t"})
+        assert response.status_code == 200 and response.get_json()["items"] == []
+    finally:
+        get_engine(url).dispose()
+
+
+def test_create_app_with_a_config(tmp_path: Path, redis_url: str) -> None:
+    from api import create_app
+
+    config = Config.from_env({"GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}", "GRAFT_REDIS_URL": redis_url})
+    app = create_app(config)
+    try:
+        assert app.config["GRAFT"] is config
+        assert app.test_client().get("/api/v1/jobs").status_code == 200  # no tokens configured: open
+        second = create_app(config.replace(api_tokens=["x"]))  # a second app in one process keeps its own auth
+        assert second.test_client().get("/api/v1/jobs").status_code == 401
+        assert app.test_client().get("/api/v1/jobs").status_code == 200
+    finally:
+        get_engine(config.database_url).dispose()
