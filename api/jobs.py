@@ -56,6 +56,24 @@ def get_job(job_id: str):  # noqa: ANN201
     return jsonify(sm.serialize_job(job, sm.model_ids_for(db(), [job.id]).get(job.id)))
 
 
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):  # noqa: ANN201
+    """Cancel a queued job at once, or ask a running one to stop at its next batch; 409 when finished."""
+    session = db()
+    job = _get_job(job_id)
+    try:
+        sm.request_cancel(session, job)
+        session.commit()
+    except (sm.IllegalTransition, sm.StaleJob):
+        session.rollback()
+        job = _get_job(job_id)
+        if job.status in sm.FINISHED:
+            raise APIError(409, f"job {job_id} is already {job.status}", status_now=job.status) from None
+        raise APIError(409, f"job {job_id} changed while cancelling; try again", status_now=job.status) from None
+    code = 200 if job.status == sm.CANCELLED else 202
+    return jsonify(sm.serialize_job(job, sm.model_ids_for(session, [job.id]).get(job.id))), code
+
+
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str):  # noqa: ANN201
     """A job's recorded state transitions, oldest first."""

@@ -72,11 +72,46 @@ TRAIN_SCHEMA: dict[str, Field] = {
     "data_dir": Field(str, required=True),
     "backbone": Field(str, "resnet18", choices=("resnet18", "efficientnet_lite0")),
     "pretrained": Field(bool, True),
-    "epochs": Field(int, 6, minimum=1, maximum=500),
+    "epochs": Field(int, 10, minimum=1, maximum=500),
     "batch_size": Field(int, 32, minimum=1, maximum=1024),
     "learning_rate": Field(float, 1e-3, minimum=1e-7, maximum=1.0),
     "image_size": Field(int, 224, minimum=32, maximum=1024),
     "val_split": Field(float, 0.2, minimum=0.0, maximum=0.9),
     "seed": Field(int, 0, minimum=0, maximum=2**31 - 1),
     "freeze_epochs": Field(int, None, minimum=0, maximum=500, nullable=True),
+    "mode": Field(str, "auto", choices=("auto", "linear", "finetune", "full")),
+    "time_budget_s": Field(float, None, minimum=1.0, maximum=7 * 24 * 3600, nullable=True),
+    "patience": Field(int, 3, minimum=0, maximum=500),
+    "views": Field(int, 3, minimum=0, maximum=16),
 }
+
+
+PREDICT_SCHEMA: dict[str, Field] = {
+    "model_id": Field(str, required=True),
+    "input_dir": Field(str, None, nullable=True),
+    "upload_id": Field(str, None, nullable=True),
+    "top_k": Field(int, 1, minimum=1, maximum=1000),
+    "threshold": Field(float, None, minimum=0.0, maximum=1.0, nullable=True),
+    "recursive": Field(bool, True),
+    "chunk_size": Field(int, 256, minimum=1, maximum=100_000),
+    "precision": Field(str, "fp32", choices=("fp32", "bf16")),
+}
+
+
+def form_values(form: dict[str, str], schema: dict[str, Field]) -> dict[str, Any]:
+    """Multipart form strings converted to the schema's types where they parse (validate() reports the rest)."""
+    out: dict[str, Any] = {}
+    for name, raw in form.items():
+        spec = schema.get(name)
+        value: Any = raw
+        if spec is not None and spec.nullable and raw.strip().lower() in ("", "null", "none"):
+            value = None
+        elif spec is not None and spec.type is bool and raw.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+            value = raw.strip().lower() in ("true", "1", "yes")
+        elif spec is not None and spec.type in (int, float):
+            try:
+                value = spec.type(raw)
+            except ValueError:
+                pass
+        out[name] = value
+    return out

@@ -24,7 +24,8 @@ class GraftClient:
     def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Send a request and return its JSON, raising ClientError with the server's message."""
         try:
-            response = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
+            kwargs.setdefault("timeout", self.timeout)
+            response = self.session.request(method, f"{self.url}{path}", **kwargs)
         except requests.ConnectionError:
             raise ClientError(f"cannot reach the Graft API at {self.url} (is `graft api` running? set --url or GRAFT_URL)") from None
         try:
@@ -47,9 +48,50 @@ class GraftClient:
         """List jobs (first page)."""
         return self.request("GET", "/api/v1/jobs", params={"status": status} if status else None)
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job."""
+        return self.request("POST", f"/api/v1/jobs/{job_id}/cancel")
+
     def model(self, model_id: str) -> dict[str, Any]:
         """Read a model."""
         return self.request("GET", f"/api/v1/models/{model_id}")
+
+    def upload(self, files: list[tuple[str, Any]], upload_id: str | None = None,
+               timeout: float = 600.0) -> dict[str, Any]:
+        """Send one part of (name, file object) pairs: starts an upload, or adds to upload_id."""
+        path = f"/api/v1/uploads/{upload_id}" if upload_id else "/api/v1/uploads"
+        parts = [("file", (name, handle, "application/octet-stream")) for name, handle in files]
+        return self.request("POST", path, files=parts, data={"extract_zip": "false"}, timeout=timeout)
+
+    def predict(self, **params: Any) -> dict[str, Any]:
+        """Submit a predict job (model_id and input_dir or upload_id)."""
+        return self.request("POST", "/api/v1/jobs/predict", json=params)
+
+    def results(self, job_id: str, after: str | None = None, limit: int = 1000) -> dict[str, Any]:
+        """One page of a predict job's results, sorted by path."""
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        return self.request("GET", f"/api/v1/jobs/{job_id}/results", params=params)
+
+    def results_csv(self, job_id: str, out: Any) -> None:
+        """Stream a predict job's results as CSV into the binary file out."""
+        try:
+            response = self.session.get(f"{self.url}/api/v1/jobs/{job_id}/results", params={"format": "csv"},
+                                        stream=True, timeout=self.timeout)
+        except requests.ConnectionError:
+            raise ClientError(f"cannot reach the Graft API at {self.url}") from None
+        with response:
+            if response.status_code >= 400:
+                raise ClientError(f"HTTP {response.status_code}: {response.text[:200]}")
+            for block in response.iter_content(1 << 16):
+                out.write(block)
+
+    def predict_now(self, model_id: str, files: list[tuple[str, Any]], **form: Any) -> dict[str, Any]:
+        """Classify 1-32 (name, file object) images synchronously."""
+        parts = [("file", (name, handle, "application/octet-stream")) for name, handle in files]
+        data = {k: str(v) for k, v in form.items() if v is not None}
+        return self.request("POST", f"/api/v1/models/{model_id}/predict", files=parts, data=data)
 
     def wait(self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
              interval: float = 1.0, timeout: float | None = None) -> dict[str, Any]:
@@ -72,8 +114,9 @@ def progress_line(job: dict[str, Any], width: int = 30) -> str:
     fraction = float(progress.get("fraction") or 0.0)
     bar = "#" * int(fraction * width)
     parts = [f"[{bar:<{width}}] {fraction * 100:5.1f}%", job["status"]]
-    if progress.get("phase") == "loading":
-        parts.append(f"loading images {progress.get('files_done', 0)}/{progress.get('files_total', '?')}")
+    if progress.get("phase") in ("loading", "caching"):
+        what = "loading images" if progress["phase"] == "loading" else "computing frozen-trunk features"
+        parts.append(f"{what} {progress.get('done', 0)}/{progress.get('total', '?')}")
     elif progress.get("epochs"):
         parts.append(f"epoch {progress.get('epoch', 0)}/{progress['epochs']}")
     best = (job.get("metrics") or {}).get("best_val_acc")

@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     client = _client(args)
     params: dict[str, Any] = {"data_dir": os.path.abspath(args.data_dir), "backbone": args.backbone,
                               "pretrained": not args.no_pretrained, "epochs": args.epochs}
-    for key in ("batch_size", "learning_rate", "image_size", "val_split", "seed"):
+    for key in ("batch_size", "learning_rate", "image_size", "val_split", "seed", "mode", "time_budget_s"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     job = client.train(**params)
@@ -82,6 +82,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job (a running one stops at its next batch)."""
+    job = _client(args).cancel(args.job_id)
+    state = "cancelled" if job["status"] == "cancelled" else "cancel requested (stops at the next batch)"
+    print(f"job {job['id']}: {state}")
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """One line per job, newest first."""
     for job in _client(args).jobs(args.status)["items"]:
@@ -89,6 +97,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         acc = f"{best:.3f}" if best is not None else "-"
         print(f"{job['id']}  {job['kind']:<7} {job['status']:<9} val_acc={acc:<6} {job['created_at']}")
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Classify a folder (uploaded, or --server-dir) with a trained model and write CSV or JSON."""
+    from cli.predict import run_predict
+
+    return run_predict(_client(args), args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -123,12 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir")
     p.add_argument("--backbone", default="resnet18", choices=["resnet18", "efficientnet_lite0"])
     p.add_argument("--no-pretrained", action="store_true", help="train from random weights")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", dest="learning_rate", type=float)
     p.add_argument("--image-size", dest="image_size", type=int)
     p.add_argument("--val-split", dest="val_split", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--mode", choices=["auto", "linear", "finetune", "full"], help="default: auto")
+    p.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds (auto's default: 600)")
     p.add_argument("--wait", action="store_true", help="show progress until the job ends")
     p.set_defaults(func=cmd_train)
 
@@ -136,9 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
+
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--status")
     p.set_defaults(func=cmd_jobs)
+
+    from cli.predict import add_parser as add_predict_parser
+
+    add_predict_parser(sub).set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="start Redis (if needed), the API and a worker, and train once")
     p.add_argument("data", nargs="?", help="a folder with one subfolder per class (default: a generated set)")

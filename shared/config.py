@@ -42,7 +42,14 @@ class Config:
     resnet18_weights: Path | None = None
     queue: str = "graft"
     visibility_timeout_s: int = 6 * 3600
+    lease_s: int = 60
+    max_attempts: int = 3
+    sweep_s: float = 0.0  # 0: a quarter of the lease
     max_body_mb: int = 2048
+    max_image_pixels: int = 50_000_000
+    archive_max_members: int = 100_000
+    archive_max_bytes: int = 10 * 1024**3
+    archive_max_ratio: int = 100
     url: str = "http://127.0.0.1:8000"
     token: str | None = None
 
@@ -61,10 +68,32 @@ class Config:
             resnet18_weights=Path(weights).expanduser().absolute() if weights else None,
             queue=env.get("GRAFT_QUEUE") or cls.queue,
             visibility_timeout_s=_int(env, "GRAFT_VISIBILITY_TIMEOUT", cls.visibility_timeout_s, 60),
+            lease_s=_int(env, "GRAFT_LEASE_SECONDS", cls.lease_s, 2),
+            max_attempts=_int(env, "GRAFT_MAX_ATTEMPTS", cls.max_attempts, 1),
+            sweep_s=_int(env, "GRAFT_SWEEP_SECONDS", 0, 0),
             max_body_mb=_int(env, "GRAFT_MAX_UPLOAD_MB", cls.max_body_mb, 1),
+            max_image_pixels=_int(env, "GRAFT_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
+            archive_max_members=_int(env, "GRAFT_ARCHIVE_MAX_MEMBERS", cls.archive_max_members, 1),
+            archive_max_bytes=_int(env, "GRAFT_ARCHIVE_MAX_BYTES", cls.archive_max_bytes, 1),
+            archive_max_ratio=_int(env, "GRAFT_ARCHIVE_MAX_RATIO", cls.archive_max_ratio, 1),
             url=(env.get("GRAFT_URL") or cls.url).rstrip("/"),
             token=env.get("GRAFT_TOKEN") or None,
         )
+
+    @property
+    def sweep_interval_s(self) -> float:
+        """How often workers look for jobs whose lease expired."""
+        return self.sweep_s or max(1.0, self.lease_s / 4)
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Where uploaded datasets are stored, one folder per dataset id."""
+        return Path(self.artifacts_dir) / "datasets"
+
+    @property
+    def train_roots(self) -> tuple[Path, ...]:
+        """Folders a training job may read: the data roots and the uploaded datasets."""
+        return (*self.data_roots, Path(self.datasets_dir).resolve())
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed (paths given as str are converted)."""

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.models import Job, JobEvent, TrainedModel, utcnow
 
@@ -35,39 +36,157 @@ class IllegalTransition(Exception):
         self.current, self.target = current, target
 
 
+class StaleJob(Exception):
+    """The job changed under us (another worker, a sweep or a cancel got there first)."""
+
+
 def can_transition(current: str, target: str) -> bool:
     """True when the state machine allows current → target."""
     return target in TRANSITIONS.get(current, frozenset())
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: all of ours are UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
 
 
 def create_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
     """Insert a queued job and its creation event (caller commits)."""
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
-    job = Job(kind=kind, status=QUEUED, params=params, progress={}, metrics={})
+    job = Job(kind=kind, status=QUEUED, params=params, progress={}, metrics={}, attempts=0)
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, from_status=None, to_status=QUEUED, message="created"))
     return job
 
 
+_NO_LEASE = {"lease_expires_at": None, "heartbeat_at": None}
+
+
 def transition(session: Session, job: Job, target: str, message: str | None = None, **fields: Any) -> Job:
-    """Move job to target, set the timestamps and extra fields, and record an event (caller commits)."""
+    """Move job to target as a compare-and-set on (status, attempts), set timestamps, record an event.
+
+    Raises IllegalTransition for a move the machine forbids, StaleJob when the row changed since it was read.
+    The caller commits.
+    """
     if not can_transition(job.status, target):
         raise IllegalTransition(job.id, job.status, target)
     now = utcnow()
-    previous = job.status
-    job.status = target
+    previous, attempts = job.status, job.attempts or 0
+    values: dict[str, Any] = {"status": target, **fields}
     if target == RUNNING:
-        job.started_at = now
-        job.attempts = (job.attempts or 0) + 1
+        values.update(started_at=now, attempts=attempts + 1)
     elif target in FINISHED:
-        job.finished_at = now
-    for name, value in fields.items():
-        setattr(job, name, value)
+        values.update(finished_at=now, **_NO_LEASE)
+    elif target == QUEUED:
+        values.update(_NO_LEASE)
+    result = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == previous, Job.attempts == attempts).values(**values)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        raise StaleJob(f"job {job.id} is no longer {previous} (attempt {attempts})")
+    for name, value in values.items():
+        set_committed_value(job, name, value)
     session.add(JobEvent(job_id=job.id, from_status=previous, to_status=target, message=message))
     log.info("job %s: %s -> %s%s", job.id, previous, target, f" ({message})" if message else "")
     return job
+
+
+def claim(
+    session: Session, job_id: str, worker: str, pid: int, lease_s: float, max_attempts: int,
+    holder_alive: Callable[[Job], bool],
+) -> Job | None:
+    """Take the job for this worker process, or return None when it is not ours to run (caller commits).
+
+    A queued job is taken; a running job only when its holder is gone (lease expired, or a dead local pid):
+    it goes back to queued first, so every move is one the machine allows and each is recorded.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        log.warning("job %s: not in the database, message dropped", job_id)
+        return None
+    now = utcnow()
+    if job.status == RUNNING:
+        expired = job.lease_expires_at is None or as_utc(job.lease_expires_at) <= now
+        if not expired and holder_alive(job):
+            log.info("job %s: held by %s (pid %s) until %s", job_id, job.worker, job.worker_pid, job.lease_expires_at)
+            return None
+        transition(session, job, QUEUED, message=f"holder {job.worker} (pid {job.worker_pid}) is gone")
+    elif job.status != QUEUED:
+        log.info("job %s: %s, nothing to do", job_id, job.status)
+        return None
+    if job.cancel_requested:
+        transition(session, job, CANCELLED, message="cancelled before it started")
+        return None
+    if job.attempts >= max_attempts:
+        error = f"gave up after {job.attempts} attempts: the worker running it died or lost its lease each time"
+        transition(session, job, FAILED, message=error, error=error)
+        return None
+    lease = now + timedelta(seconds=lease_s)
+    return transition(session, job, RUNNING, message=f"attempt {job.attempts + 1} on {worker} (pid {pid})",
+                      worker=worker, worker_pid=pid, lease_expires_at=lease, heartbeat_at=now)
+
+
+def _held(job_id: str, worker: str, pid: int, attempt: int):  # noqa: ANN202 - a SQL condition
+    return and_(Job.id == job_id, Job.status == RUNNING, Job.worker == worker,
+                Job.worker_pid == pid, Job.attempts == attempt)
+
+
+def renew_lease(session: Session, job_id: str, worker: str, pid: int, attempt: int, lease_s: float) -> tuple[bool, bool]:
+    """Extend our lease; returns (still held, cancel requested). The caller commits."""
+    now = utcnow()
+    result = session.execute(update(Job).where(_held(job_id, worker, pid, attempt))
+                             .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_s)))
+    if result.rowcount != 1:
+        return False, False
+    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    return True, bool(cancel)
+
+
+def update_held(session: Session, job_id: str, worker: str, pid: int, attempt: int, **values: Any) -> bool:
+    """Write progress fields only while we still hold the job; True if written. The caller commits."""
+    return session.execute(update(Job).where(_held(job_id, worker, pid, attempt)).values(**values)).rowcount == 1
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """Cancel a queued job now, or ask its worker to stop a running one. The caller commits."""
+    if job.status == QUEUED:
+        return transition(session, job, CANCELLED, message="cancelled by user")
+    if job.status != RUNNING:
+        raise IllegalTransition(job.id, job.status, CANCELLED)
+    result = session.execute(update(Job).where(Job.id == job.id, Job.status == RUNNING).values(cancel_requested=True))
+    if result.rowcount != 1:
+        session.rollback()
+        raise StaleJob(f"job {job.id} is no longer running")
+    set_committed_value(job, "cancel_requested", True)
+    session.add(JobEvent(job_id=job.id, from_status=RUNNING, to_status=RUNNING, message="cancel requested"))
+    return job
+
+
+def sweep_expired(session: Session, max_attempts: int) -> list[str]:
+    """Recover running jobs whose lease expired: re-queue, cancel or fail them. Returns ids to enqueue again."""
+    now = utcnow()
+    stale = session.scalars(select(Job).where(Job.status == RUNNING, Job.lease_expires_at < now)).all()
+    requeue = []
+    for job in stale:
+        lost = f"lease of {job.worker} (pid {job.worker_pid}) expired"
+        try:
+            if job.cancel_requested:
+                transition(session, job, CANCELLED, message=f"{lost}; cancel was requested")
+            elif job.attempts >= max_attempts:
+                error = f"gave up after {job.attempts} attempts: {lost}"
+                transition(session, job, FAILED, message=error, error=error)
+            else:
+                transition(session, job, QUEUED, message=f"{lost}; re-queued")
+                requeue.append(job.id)
+            session.commit()
+        except StaleJob:
+            continue  # another sweeper or the holder got there first
+    return requeue
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -91,9 +210,11 @@ def serialize_job(job: Job, model_id: str | None = None) -> dict[str, Any]:
         "error": job.error,
         "worker": job.worker,
         "attempts": job.attempts,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "cancel_requested": bool(job.cancel_requested),
+        "lease_expires_at": _iso(as_utc(job.lease_expires_at)),
+        "created_at": _iso(as_utc(job.created_at)),
+        "started_at": _iso(as_utc(job.started_at)),
+        "finished_at": _iso(as_utc(job.finished_at)),
     }
 
 

@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -39,6 +39,11 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The lease: who runs the job (node name and pool-process pid) and until when, unless renewed.
+    worker_pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -76,3 +81,7 @@ class TrainedModel(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# Tables defined in other modules register on Base here, so create_all always sees them.
+from shared import results as _results  # noqa: E402,F401

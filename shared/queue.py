@@ -7,11 +7,15 @@ from celery import Celery
 from shared.config import Config
 
 TRAIN_TASK = "graft.train"
+PREDICT_TASK = "graft.predict"  # lists the input and fans out the chunks
+PREDICT_CHUNK_TASK = "graft.predict_chunk"  # classifies one chunk of files (a chord header task)
+PREDICT_FINISH_TASK = "graft.predict_finish"  # the chord callback: summary, job succeeded
 
 
 def make_celery(config: Config) -> Celery:
     """A Celery app configured for long CPU jobs whose state lives in the database, not in Celery."""
-    app = Celery("graft", broker=config.redis_url, set_as_current=False)
+    # The result backend only carries chord bookkeeping for predict jobs; every other task ignores results.
+    app = Celery("graft", broker=config.redis_url, backend=config.redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -25,6 +29,7 @@ def make_celery(config: Config) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         enable_utc=True,
+        result_expires=7 * 24 * 3600,
     )
     return app
 
@@ -32,6 +37,11 @@ def make_celery(config: Config) -> Celery:
 def enqueue_train(app: Celery, job_id: str) -> None:
     """Send the train task for job_id by name, so the API never imports the worker (or torch)."""
     app.send_task(TRAIN_TASK, args=[job_id])
+
+
+def enqueue_predict(app: Celery, job_id: str) -> None:
+    """Send the predict task for job_id by name (the API never imports the worker)."""
+    app.send_task(PREDICT_TASK, args=[job_id])
 
 
 def redis_ping(url: str, timeout: float = 1.0) -> bool:

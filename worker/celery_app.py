@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-from shared.config import get_config
+from shared.config import Config, get_config
 from shared.queue import make_celery
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,7 @@ app.conf.include = ["worker.tasks"]
 
 # Set by `graft worker` before the pool forks; children inherit it. 0 means "cores / concurrency".
 TORCH_THREADS = {"n": 0}
+_SWEEP_STOP = threading.Event()
 
 
 @worker_process_init.connect
@@ -27,3 +29,32 @@ def _init_child(**_kwargs: object) -> None:
     n = TORCH_THREADS["n"] or max(1, (os.cpu_count() or 1) // max(1, app.conf.worker_concurrency or 1))
     torch.set_num_threads(n)
     log.info("worker child %d: torch threads = %d", os.getpid(), n)
+
+
+def sweep_forever(config: Config, stop: threading.Event) -> None:
+    """Re-queue (or end) jobs whose lease expired, every sweep interval, until stop is set."""
+    from shared.db import session_scope
+    from shared.jobs import sweep_expired
+    from shared.queue import enqueue_train
+
+    while not stop.wait(config.sweep_interval_s):
+        try:
+            with session_scope(config.database_url) as session:
+                requeued = sweep_expired(session, config.max_attempts)
+            for job_id in requeued:
+                log.warning("job %s: lease expired, re-queued", job_id)
+                enqueue_train(app, job_id)
+        except Exception:  # noqa: BLE001 - the sweeper must outlive database or broker hiccups
+            log.exception("lease sweep failed")
+
+
+@worker_ready.connect
+def _start_sweeper(**_kwargs: object) -> None:
+    # Every worker sweeps, so recovery needs no extra process; claims are compare-and-set, so two
+    # sweepers never re-queue the same job twice. Runs in the main process: database and broker only.
+    threading.Thread(target=sweep_forever, args=(get_config(), _SWEEP_STOP), name="lease-sweeper", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def _stop_sweeper(**_kwargs: object) -> None:
+    _SWEEP_STOP.set()

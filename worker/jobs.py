@@ -1,7 +1,9 @@
-"""Job runners: load the job by id, call the pure core, record state. Sessions stay short."""
+"""Training job runner: claim the job, keep its lease alive, call the pure core, record how it ended."""
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from typing import Any
 
@@ -16,88 +18,144 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
 
 
-class _ProgressWriter:
-    """Turns the core's progress callbacks into (throttled) job updates."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __init__(self, config: Config, job_id: str) -> None:
-        self.config, self.job_id, self.last = config, job_id, 0.0
 
-    def __call__(self, event: dict[str, Any]) -> None:
+class Lease:
+    """This process's hold on one job: renewed by a heartbeat thread; tells the core when to stop."""
+
+    def __init__(self, config: Config, job: Job) -> None:
+        self.config, self.job_id = config, job.id
+        self.worker, self.pid, self.attempt = job.worker, job.worker_pid, job.attempts
+        self.lost = self.cancelled = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job.id[:8]}", daemon=True)
+        self._last_progress = 0.0
+
+    def __enter__(self) -> "Lease":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        # Renew well before expiry; the same round trip tells us whether a cancel was asked for.
+        interval = min(2.0, self.config.lease_s / 4)
+        while not self._stop.wait(interval):
+            try:
+                with session_scope(self.config.database_url) as session:
+                    held, cancel = sm.renew_lease(session, self.job_id, self.worker, self.pid, self.attempt,
+                                                  self.config.lease_s)
+            except Exception:  # noqa: BLE001 - a database hiccup: try again next beat, the lease has slack
+                log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
+                continue
+            self.lost, self.cancelled = self.lost or not held, self.cancelled or cancel
+
+    def should_stop(self) -> bool:
+        """True once the job was cancelled or taken from us."""
+        return self.lost or self.cancelled
+
+    def progress(self, event: dict[str, Any]) -> None:
+        """Turn the core's progress callbacks into (throttled) job updates, while we hold the job."""
         now = time.monotonic()
-        if event["phase"] == "loading":
-            if now - self.last < PROGRESS_EVERY_S and event["done"] != event["total"]:
+        if event["phase"] in ("loading", "caching"):  # before the first epoch: count images instead
+            if now - self._last_progress < PROGRESS_EVERY_S and event["done"] != event["total"]:
                 return
-            progress = {"phase": "loading", "files_done": event["done"], "files_total": event["total"]}
-            metrics = None
+            values: dict[str, Any] = {"progress": {
+                "phase": event["phase"], "done": event["done"], "total": event["total"],
+                "epoch": 0, "epochs": None, "fraction": 0.0, "eta_s": None}}
         else:
-            progress = {
-                "phase": "training", "epoch": event["epoch"], "epochs": event["epochs"],
-                "fraction": round(event["epoch"] / event["epochs"], 4), "eta_s": event["eta_s"],
+            values = {
+                "progress": {"phase": "training", "epoch": event["epoch"], "epochs": event["epochs"],
+                             "fraction": round(event["epoch"] / event["epochs"], 4), "eta_s": event["eta_s"]},
+                "metrics": {"history": event["history"], "best_val_acc": event["best_val_acc"]},
             }
-            metrics = {"history": event["history"], "best_val_acc": event["best_val_acc"]}
-        self.last = now
+        self._last_progress = now
         with session_scope(self.config.database_url) as session:
-            job = session.get(Job, self.job_id)
-            if job is None or job.status != sm.RUNNING:
-                return
-            job.progress = {**(job.progress or {}), **progress}
-            if metrics is not None:
-                job.metrics = {**(job.metrics or {}), **metrics}
+            sm.update_held(session, self.job_id, self.worker, self.pid, self.attempt, **values)
 
 
-def _start(config: Config, job_id: str, worker: str) -> dict[str, Any] | None:
-    """Mark the job running and return its params, or None when it is not ours to run."""
+def _claim(config: Config, job_id: str, worker: str) -> Job | None:
+    pid = os.getpid()
+
+    def holder_alive(job: Job) -> bool:
+        # A holder on this node whose process is gone (a killed pool child) is dead for sure: no need
+        # to wait for its lease to expire. Holders elsewhere are judged by their lease alone.
+        return job.worker != worker or job.worker_pid is None or _pid_alive(job.worker_pid)
+
+    try:
+        with session_scope(config.database_url) as session:
+            return sm.claim(session, job_id, worker, pid, config.lease_s, config.max_attempts, holder_alive)
+    except sm.StaleJob:
+        log.info("job %s: another worker claimed it first", job_id)
+        return None
+
+
+def _finish(config: Config, lease: Lease, target: str, message: str, **fields: Any) -> bool:
+    """Record the end of our attempt; False (and nothing written) if the job is no longer ours."""
     with session_scope(config.database_url) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            log.warning("job %s: not in the database, message dropped", job_id)
-            return None
-        if job.status != sm.QUEUED:
-            log.info("job %s: status %s, nothing to do", job_id, job.status)
-            return None
-        sm.transition(session, job, sm.RUNNING, message=f"started on {worker}", worker=worker)
-        return dict(job.params)
-
-
-def _finish(config: Config, job_id: str, target: str, message: str | None, **fields: Any) -> None:
-    with session_scope(config.database_url) as session:
-        job = session.get(Job, job_id)
-        sm.transition(session, job, target, message=message, **fields)
+        job = session.get(Job, lease.job_id)
+        if job.status != sm.RUNNING or job.attempts != lease.attempt:
+            log.warning("job %s: no longer ours (now %s, attempt %s); result dropped", job.id, job.status, job.attempts)
+            return False
+        model = fields.pop("model", None)
+        if model is not None:
+            session.add(model)
+        try:
+            sm.transition(session, job, target, message=message, **fields)
+        except sm.StaleJob:
+            return False
+    return True
 
 
 def run_train_job(job_id: str, worker: str, config: Config | None = None) -> None:
-    """Run one training job end to end and record how it ended."""
+    """Run (or resume) one training job and record how it ended; a no-op when it is not ours to run."""
     from worker.core.backbones import WeightsNotFound
     from worker.core.dataset import DatasetError
-    from worker.core.train import TrainSpec, fit
+    from worker.core.train import Cancelled, TrainSpec, fit
 
     config = config or get_config()
-    params = _start(config, job_id, worker)
-    if params is None:
+    job = _claim(config, job_id, worker)
+    if job is None:
         return
+    params = dict(job.params)
     model_id = new_id()
-    try:
-        data_dir = resolve_under_roots(params.pop("data_dir"), config.data_roots)
-        spec = TrainSpec(**params)
-        result = fit(
-            data_dir, spec, job_dir(config.artifacts_dir, job_id), model_dir(config.artifacts_dir, model_id),
-            on_progress=_ProgressWriter(config, job_id), resnet18_weights=config.resnet18_weights,
-        )
-    except (DatasetError, WeightsNotFound, PathNotAllowed) as exc:
-        _finish(config, job_id, sm.FAILED, str(exc), error=str(exc))
-        return
-    except Exception as exc:  # noqa: BLE001 - any crash must end the job with a readable reason
-        log.exception("job %s crashed", job_id)
-        error = f"training crashed: {type(exc).__name__}: {exc}"
-        _finish(config, job_id, sm.FAILED, error, error=error)
-        return
+    with Lease(config, job) as lease:
+        try:
+            data_dir = resolve_under_roots(params.pop("data_dir"), config.data_roots)
+            spec = TrainSpec(**params)
+            result = fit(
+                data_dir, spec, job_dir(config.artifacts_dir, job_id), model_dir(config.artifacts_dir, model_id),
+                on_progress=lease.progress, should_stop=lease.should_stop, resnet18_weights=config.resnet18_weights,
+            )
+        except Cancelled:
+            if lease.cancelled:
+                _finish(config, lease, sm.CANCELLED, "cancelled by user; last checkpoint kept")
+            else:
+                log.warning("job %s: lease lost, stopping", job_id)
+            return
+        except (DatasetError, WeightsNotFound, PathNotAllowed) as exc:
+            _finish(config, lease, sm.FAILED, str(exc), error=str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - any crash must end the job with a readable reason
+            log.exception("job %s crashed", job_id)
+            error = f"training crashed: {type(exc).__name__}: {exc}"
+            _finish(config, lease, sm.FAILED, error, error=error)
+            return
     metrics = {**result.metrics, "skipped_files": result.skipped_files}
-    model_metrics = {k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch")}
-    with session_scope(config.database_url) as session:
-        job = session.get(Job, job_id)
-        session.add(TrainedModel(
-            id=model_id, job_id=job_id, backbone=spec.backbone, classes=result.classes,
-            image_size=spec.image_size, metrics=model_metrics, path=str(result.model_path),
-        ))
-        progress = {**(job.progress or {}), "fraction": 1.0, "eta_s": 0, "phase": "done"}
-        sm.transition(session, job, sm.SUCCEEDED, message=f"model {model_id}", metrics=metrics, progress=progress)
+    model = TrainedModel(
+        id=model_id, job_id=job_id, backbone=spec.backbone, classes=result.classes, image_size=spec.image_size,
+        metrics={k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch")},
+        path=str(result.model_path),
+    )
+    progress = {"phase": "done", "epoch": spec.epochs, "epochs": spec.epochs, "fraction": 1.0, "eta_s": 0}
+    _finish(config, lease, sm.SUCCEEDED, f"model {model_id}", model=model, metrics=metrics, progress=progress)

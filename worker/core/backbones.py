@@ -53,10 +53,18 @@ class Classifier(nn.Module):
     def features(self, x: torch.Tensor, frozen_stages: int = 0) -> torch.Tensor:
         """Pooled features; the first frozen_stages run without autograd (nothing to learn there)."""
         with torch.no_grad():
-            for stage in self.stages[:frozen_stages]:
-                x = stage(x)
-        for stage in self.stages[frozen_stages:]:
+            x = self.run_stages(x, 0, frozen_stages)
+        return self.pool(self.run_stages(x, frozen_stages))
+
+    def run_stages(self, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        """Activations after stages[start:stop] (no pooling)."""
+        for stage in self.stages[start:stop]:
             x = stage(x)
+        return x
+
+    @staticmethod
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        """Global average pooling to (batch, channels)."""
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,13 @@
-"""Find a dataset's classes and files, split it, and decode every image once into memory."""
+"""Find a dataset's classes and files, split it, and decode every image once into a bounded memory cache."""
 from __future__ import annotations
 
 import logging
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence, overload
 
 import numpy as np
 
@@ -20,11 +22,44 @@ class DatasetError(ValueError):
     """The dataset cannot be trained on (too few classes, an empty class, no such folder)."""
 
 
+DEFAULT_CACHE_MB = 1024
+
+
+class ImageStore(Sequence[np.ndarray]):
+    """Decoded images kept in memory up to a byte budget; past it, images are decoded again when used."""
+
+    def __init__(self, short_side: int = 0, max_pixels: int | None = None, budget_bytes: int = 2**62) -> None:
+        self.short_side, self.max_pixels, self.budget = short_side, max_pixels, budget_bytes
+        self._kept: list[np.ndarray | None] = []
+        self._paths: list[Path | None] = []
+        self.nbytes = 0
+
+    def append(self, img: np.ndarray, path: Path | None = None) -> None:
+        """Add a decoded image (kept if it fits the budget, else only its path)."""
+        keep = path is None or self.nbytes + img.nbytes <= self.budget
+        self._kept.append(img if keep else None)
+        self._paths.append(path)
+        self.nbytes += img.nbytes if keep else 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index):  # noqa: ANN001, ANN204, E301
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        img = self._kept[index]
+        return img if img is not None else decode_image(self._paths[index], self.short_side, self.max_pixels)
+
+
 @dataclass
 class Split:
     """Decoded images of one split, with integer labels."""
 
-    images: list[np.ndarray] = field(default_factory=list)
+    images: ImageStore = field(default_factory=ImageStore)
     labels: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 
@@ -92,26 +127,38 @@ def stratified_split(
 
 def _decode_split(
     files: dict[str, list[Path]], classes: list[str], short_side: int, root: Path,
-    skipped: list[dict[str, str]], max_pixels: int | None, tick: Callable[[], None],
+    skipped: list[dict[str, str]], max_pixels: int | None, tick: Callable[[], None], budget: int,
 ) -> Split:
-    split = Split()
-    for label, name in enumerate(classes):
-        for path in files.get(name, []):
+    split = Split(images=ImageStore(short_side, max_pixels, budget))
+    jobs = [(label, path) for label, name in enumerate(classes) for path in files.get(name, [])]
+
+    def decode(path: Path) -> np.ndarray | str:
+        try:
+            return decode_image(path, short_side, max_pixels)
+        except ImageError as exc:
+            return str(exc)
+
+    # OpenCV releases the GIL while decoding, so threads decode on every core.
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    try:
+        for (label, path), img in zip(jobs, pool.map(decode, [p for _, p in jobs])):
             tick()
-            try:
-                img = decode_image(path, short_side, max_pixels)
-            except ImageError as exc:
-                skipped.append({"path": str(path.relative_to(root)), "reason": str(exc)})
+            relative = str(path.relative_to(root))
+            if isinstance(img, str):
+                skipped.append({"path": relative, "reason": img})
                 continue
-            split.images.append(img)
+            split.images.append(img, path)
             split.labels.append(label)
-            split.paths.append(str(path.relative_to(root)))
+            split.paths.append(relative)
+    finally:
+        pool.shutdown(cancel_futures=True)  # a cancel (raised by tick) must not wait for the whole folder
     return split
 
 
 def load_dataset(
     data_dir: str | Path, val_split: float, seed: int, short_side: int,
     max_pixels: int | None = None, on_file: Callable[[int, int], None] | None = None,
+    cache_mb: int = DEFAULT_CACHE_MB,
 ) -> Dataset:
     """Scan, split and decode a dataset; unreadable files are skipped and listed, never fatal."""
     root = Path(data_dir)
@@ -130,8 +177,9 @@ def load_dataset(
             on_file(done, total)
 
     skipped: list[dict[str, str]] = []
-    train = _decode_split(train_files, classes, short_side, root, skipped, max_pixels, tick)
-    val = _decode_split(val_files, classes, short_side, root, skipped, max_pixels, tick)
+    budget = cache_mb * 2**20
+    train = _decode_split(train_files, classes, short_side, root, skipped, max_pixels, tick, budget)
+    val = _decode_split(val_files, classes, short_side, root, skipped, max_pixels, tick, budget - train.images.nbytes)
     counts = np.bincount(train.labels, minlength=len(classes)) if len(train) else np.zeros(len(classes), int)
     empty = [name for name, n in zip(classes, counts) if n == 0]
     if empty:

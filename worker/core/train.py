@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from worker.core.backbones import BACKBONES, Classifier, build_model
 from worker.core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model_artifact
 from worker.core.dataset import Dataset, Split, load_dataset
+from worker.core.features import ViewCache, build_cache, cached_epoch, cached_eval, map_bytes
 from worker.core.metrics import classification_report
 from worker.core.transforms import Preprocessing, eval_batch, train_batch
 
@@ -31,29 +32,51 @@ class Cancelled(Exception):
     """should_stop() asked the run to stop; the last checkpoint is kept."""
 
 
+MODES = ("auto", "linear", "finetune", "full")
+AUTO_TIME_BUDGET_S = 600.0
+
+
 @dataclass
 class TrainSpec:
     """Hyper-parameters of a training run (the job's params)."""
 
     backbone: str = "resnet18"
     pretrained: bool = True
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
     image_size: int = 224
     val_split: float = 0.2
     seed: int = 0
     freeze_epochs: int | None = None  # None: 40% of the epochs (at least 1) when pretrained, 0 otherwise
+    mode: str = "auto"
+    time_budget_s: float | None = None  # auto: 600 s unless set; other modes: no limit unless set
+    patience: int = 3  # fine-tune epochs without a better val accuracy before stopping early; 0: never
+    views: int = 3  # augmented views cached per training image (besides the plain one)
+    cache_mb: int = 1536  # most memory the cached trunk activations may take; past it, fine-tune on the fly
     label_smoothing: float = 0.1
     weight_decay: float = 1e-4
 
+    def resolved_mode(self) -> str:
+        """The mode actually used: a trunk trained from scratch has nothing to freeze, so "full"."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        return self.mode if self.pretrained else "full"
+
     def frozen_phase(self) -> int:
-        """Epochs trained with the whole trunk frozen."""
+        """Epochs trained with the whole trunk frozen (the head-only phase)."""
+        mode = self.resolved_mode()
+        if mode == "linear":
+            return self.epochs
         if not self.pretrained:
             return 0
         if self.freeze_epochs is not None:
             return min(self.freeze_epochs, self.epochs)
         return max(1, round(self.epochs * 0.4))
+
+    def budget_s(self) -> float | None:
+        """Wall-time budget for the run, if any."""
+        return self.time_budget_s if self.time_budget_s is not None or self.mode != "auto" else AUTO_TIME_BUDGET_S
 
 
 @dataclass
@@ -80,10 +103,13 @@ def _lr_lambdas(spec: TrainSpec) -> list[Callable[[int], float]]:
 
 
 def _frozen_stages(model: Classifier, spec: TrainSpec, epoch: int) -> int:
+    """Stages kept frozen in this epoch: all (head phase), all but the last few (fine-tune), none (full)."""
     if not spec.pretrained:
         return 0
     if epoch < spec.frozen_phase():
         return len(model.stages)
+    if spec.resolved_mode() == "full":
+        return 0
     return len(model.stages) - BACKBONES[spec.backbone].finetune_stages
 
 
@@ -143,6 +169,69 @@ def _optimizer(model: Classifier, spec: TrainSpec) -> torch.optim.Optimizer:
     )
 
 
+def _prepare_cache(
+    model: Classifier, data: Dataset, prep: Preprocessing, spec: TrainSpec, on_progress: ProgressFn,
+    should_stop: Callable[[], bool],
+) -> ViewCache | None:
+    """Cache frozen-trunk outputs when the mode trains on a frozen trunk (all but "full")."""
+    mode = spec.resolved_mode()
+    if mode == "full":
+        return None
+    split_at = len(model.stages) - BACKBONES[spec.backbone].finetune_stages
+    fine_tunes = mode != "linear" and spec.frozen_phase() < spec.epochs
+    per_view = len(data.train) + len(data.val) / (spec.views + 1)
+    need_mb = map_bytes(model, split_at, prep.crop) * per_view * (spec.views + 1) / 2**20
+    keep_maps = fine_tunes and need_mb <= spec.cache_mb
+    if fine_tunes and not keep_maps:
+        log.info("activation cache would need %.0f MB > %d MB: fine-tuning on the fly", need_mb, spec.cache_mb)
+    total, done = len(data.train) * (spec.views + 1) + len(data.val), 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        if should_stop():
+            raise Cancelled()
+        done += n
+        on_progress({"phase": "caching", "done": done, "total": total})
+
+    return build_cache(model, data.train, data.val, prep, spec.views, split_at, keep_maps, spec.batch_size, spec.seed, tick)
+
+
+def _epoch(
+    model: Classifier, data: Dataset, cache: ViewCache | None, prep: Preprocessing, spec: TrainSpec, epoch: int,
+    optimizer: torch.optim.Optimizer, gen: torch.Generator, should_stop: Callable[[], bool],
+) -> tuple[float, float, float, float, np.ndarray, int]:
+    """Train one epoch and evaluate; uses the cache where the trunk is frozen at the cached split."""
+    frozen = _frozen_stages(model, spec, epoch)
+    train_y, val_y = torch.tensor(data.train.labels), torch.tensor(data.val.labels)
+    common = (spec.batch_size, spec.label_smoothing, gen, should_stop, Cancelled)
+    if cache is not None and frozen == len(model.stages):
+        _set_trainable(model, frozen)
+        views = cache.train_pooled
+        loss, acc = cached_epoch(model, views.flatten(0, 1), train_y.repeat(cache.views), None, optimizer, *common)
+        val = cached_eval(model, cache.val_pooled, val_y, None, spec.batch_size * 4)
+    elif cache is not None and cache.train_maps is not None and frozen == cache.split_at:
+        _set_trainable(model, frozen)
+        maps = cache.train_maps[epoch % cache.views]  # a different cached view each epoch
+        loss, acc = cached_epoch(model, maps, train_y, frozen, optimizer, *common)
+        val = cached_eval(model, cache.val_maps, val_y, frozen, spec.batch_size * 2)
+    else:
+        loss, acc = train_one_epoch(model, data.train, prep, optimizer, spec, frozen, gen, should_stop)
+        vl, va, vp = evaluate(model, data.val, prep, spec.batch_size * 2)
+        val = (vl, va, torch.from_numpy(vp))
+    return loss, acc, val[0], val[1], val[2].numpy(), len(model.stages) - frozen
+
+
+def _stop_reason(spec: TrainSpec, epoch: int, history: list[dict[str, Any]], best_epoch: int, elapsed: float) -> str | None:
+    """Why not to run epoch (0-based) at all: time budget, or no progress for `patience` fine-tune epochs."""
+    budget = spec.budget_s()
+    if history and budget is not None and elapsed + history[-1]["seconds"] > budget:
+        return f"time budget of {budget:.0f} s reached"
+    tuned = [h for h in history if h["epoch"] > spec.frozen_phase()]
+    if spec.patience and len(tuned) >= spec.patience and epoch - best_epoch >= spec.patience:
+        return f"no better val accuracy for {spec.patience} epochs"
+    return None
+
+
 def fit(
     data_dir: str | Path, spec: TrainSpec, workdir: Path, model_dir: Path,
     on_progress: ProgressFn = lambda _: None, should_stop: Callable[[], bool] = lambda: False,
@@ -153,20 +242,24 @@ def fit(
     info = BACKBONES.get(spec.backbone)
     if info is None:
         raise ValueError(f"unknown backbone {spec.backbone!r}")
+    mode = spec.resolved_mode()
     prep = Preprocessing.for_size(spec.image_size, info.mean, info.std)
     started = time.monotonic()
-    data: Dataset = load_dataset(
-        data_dir, spec.val_split, spec.seed, prep.resize, max_pixels,
-        on_file=lambda done, total: on_progress({"phase": "loading", "done": done, "total": total}),
-    )
+
+    def on_file(done: int, total: int) -> None:
+        if should_stop():
+            raise Cancelled()
+        on_progress({"phase": "loading", "done": done, "total": total})
+
+    data: Dataset = load_dataset(data_dir, spec.val_split, spec.seed, prep.resize, max_pixels, on_file=on_file)
     model = build_model(spec.backbone, len(data.classes), spec.pretrained, resnet18_weights)
     optimizer = _optimizer(model, spec)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambdas(spec))
     gen = torch.Generator().manual_seed(spec.seed)
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"val_acc": -1.0}
+    best: dict[str, Any] = {"val_acc": -1.0, "epoch": 0}
     ckpt_path = workdir / CHECKPOINT_NAME
-    start_epoch = 0
+    start_epoch, stopped = 0, None
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
         if state["classes"] == data.classes and state["config"] == asdict(spec):
@@ -174,18 +267,24 @@ def fit(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             gen.set_state(state["rng"])
+            torch.set_rng_state(state["torch_rng"])
             history, best, start_epoch = state["history"], state["best"], state["epoch"]
+            started -= state.get("elapsed", 0.0)
             log.info("resuming from %s at epoch %d", ckpt_path, start_epoch + 1)
+    cache = _prepare_cache(model, data, prep, spec, on_progress, should_stop) if start_epoch < spec.epochs else None
     for epoch in range(start_epoch, spec.epochs):
+        stopped = _stop_reason(spec, epoch, history, best["epoch"], time.monotonic() - started)
+        if stopped:
+            log.info("stopping before epoch %d: %s", epoch + 1, stopped)
+            break
         t0 = time.monotonic()
-        frozen = _frozen_stages(model, spec, epoch)
-        train_loss, train_acc = train_one_epoch(model, data.train, prep, optimizer, spec, frozen, gen, should_stop)
+        train_loss, train_acc, val_loss, val_acc, pred, trainable = _epoch(
+            model, data, cache, prep, spec, epoch, optimizer, gen, should_stop)
         scheduler.step()
-        val_loss, val_acc, pred = evaluate(model, data.val, prep, spec.batch_size * 2)
         entry = {
             "epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
             "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "seconds": round(time.monotonic() - t0, 2),
-            "trainable_stages": len(model.stages) - frozen,
+            "trainable_stages": trainable, "phase": "head" if trainable == 0 else ("full" if mode == "full" else "finetune"),
         }
         history.append(entry)
         if val_acc > best["val_acc"]:
@@ -193,6 +292,7 @@ def fit(
         save_checkpoint(
             ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
             epoch=epoch + 1, config=asdict(spec), classes=data.classes, history=history, best=best, rng=gen.get_state(),
+            torch_rng=torch.get_rng_state(), elapsed=time.monotonic() - started,
         )
         mean_s = sum(h["seconds"] for h in history) / len(history)
         log.info("epoch %d/%d %s", epoch + 1, spec.epochs, entry)
@@ -205,7 +305,7 @@ def fit(
     metrics = {
         "history": history, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
         "final_val_acc": history[-1]["val_acc"], "train_images": len(data.train), "val_images": len(data.val),
-        "seconds": round(time.monotonic() - started, 2), **report,
+        "mode": mode, "stopped_early": stopped, "seconds": round(time.monotonic() - started, 2), **report,
     }
     meta = {
         "backbone": spec.backbone, "classes": data.classes, "image_size": spec.image_size,
@@ -213,4 +313,3 @@ def fit(
     }
     path = save_model_artifact(model_dir, model, meta)
     return TrainResult(model_path=path, classes=data.classes, metrics=metrics, skipped_files=data.skipped)
-

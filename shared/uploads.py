@@ -1,0 +1,80 @@
+"""Uploaded images for predict jobs: where they live, safe relative names, and bounded zip extraction."""
+from __future__ import annotations
+
+import re
+import shutil
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+COPY_BLOCK = 1 << 20
+
+
+class UploadError(ValueError):
+    """An uploaded name or archive that cannot be stored safely."""
+
+
+def uploads_root(artifacts_dir: Path) -> Path:
+    """Folder holding every upload."""
+    return Path(artifacts_dir) / "uploads"
+
+
+def upload_dir(artifacts_dir: Path, upload_id: str) -> Path:
+    """Folder of one upload; upload_id must be 32 hex digits (never a path)."""
+    if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
+        raise UploadError(f"not an upload id: {upload_id!r}")
+    return uploads_root(artifacts_dir) / upload_id
+
+
+def safe_relative(name: str) -> PurePosixPath:
+    """A client-supplied file name as a relative path that stays inside its folder, or UploadError."""
+    if not name or "\x00" in name:
+        raise UploadError("empty file name or NUL byte in a file name")
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts:
+        raise UploadError(f"file name has no usable part: {name!r}")
+    if ".." in parts:
+        raise UploadError(f"file name may not contain '..': {name!r}")
+    if any(len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts):
+        raise UploadError(f"file name part longer than 255 bytes: {name!r}")
+    return PurePosixPath(*parts)
+
+
+def save_stream(folder: Path, name: str, stream: BinaryIO, budget: list[int]) -> Path:
+    """Copy stream to folder/name (name made safe); budget[0] is the bytes still allowed, reduced here."""
+    target = folder / safe_relative(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        while block := stream.read(COPY_BLOCK):
+            budget[0] -= len(block)
+            if budget[0] < 0:
+                raise UploadError("upload exceeds the size limit")
+            out.write(block)
+    return target
+
+
+def extract_zip(folder: Path, stream: BinaryIO, budget: list[int], max_members: int = 1_000_000) -> int:
+    """Extract a zip archive into folder with safe names and a total size budget; returns the files written."""
+    try:
+        archive = zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UploadError(f"not a readable zip archive: {exc}") from None
+    written = 0
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) > max_members:
+            raise UploadError(f"zip archive has more than {max_members} files")
+        for member in members:
+            try:
+                with archive.open(member) as source:
+                    save_stream(folder, member.filename, source, budget)
+            except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError) as exc:
+                raise UploadError(f"cannot extract {member.filename!r}: {exc}") from None
+            written += 1
+    return written
+
+
+def remove_upload(folder: Path) -> None:
+    """Delete an upload folder and everything in it."""
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,363 @@
+"""Predict jobs end to end: real Redis, two real `graft worker` processes, a real database and a real tiny model."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli.sampledata import make_shapes_dataset
+from shared import jobs as sm
+from shared.db import session_scope
+from shared.models import TrainedModel
+from tests.conftest import HYMENOPTERA, ROOT, TOKEN, WorkerProcess, wait_for_job
+
+TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "epochs": 2, "batch_size": 8}
+CLASSES = ["circles", "squares", "triangles"]
+
+
+def _client(app):  # noqa: ANN001, ANN202
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return test_client
+
+
+@pytest.fixture(scope="module")
+def model(app, worker, data_root: Path) -> dict:  # noqa: ANN001
+    """A tiny model trained by a real train job on generated shapes."""
+    client = _client(app)
+    shapes = make_shapes_dataset(data_root / "predict-train", per_class=10, size=72)
+    job = client.post("/api/v1/jobs/train", json={"data_dir": str(shapes), **TINY}).get_json()
+    job = wait_for_job(client, job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    return client.get(f"/api/v1/models/{job['model_id']}").get_json()
+
+
+@pytest.fixture(scope="module")
+def second_worker(service_env: dict[str, str], worker, tmp_path_factory) -> Iterator[WorkerProcess]:  # noqa: ANN001
+    """Another real worker process on the same queue, database and artifacts."""
+    env = {k: v for k, v in service_env.items() if k != "GRAFT_API_TOKENS"}
+    proc = WorkerProcess(env, f"w2-{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("logs") / "worker2.log")
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _jpeg(path: Path, seed: int, size: tuple[int, int] = (72, 60)) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    cv2.circle(img, (size[0] // 2, size[1] // 2), min(size) // 3, (255, 255, 255), -1)
+    ok, data = cv2.imencode(".jpg", img)
+    path.write_bytes(data.tobytes())
+
+
+@pytest.fixture(scope="module")
+def messy(data_root: Path, tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+    """A nested folder with good images and every kind of trouble; maps relative path -> file."""
+    root = data_root / "messy"
+    make_shapes_dataset(root / "batch1", per_class=2, size=72)
+    _jpeg(root / "deep" / "er" / "still-good.jpg", 1)
+    good = root / "deep" / "er" / "still-good.jpg"
+    (root / "broken").mkdir()
+    (root / "broken" / "corrupt.jpg").write_bytes(good.read_bytes()[:4] + os.urandom(600))
+    (root / "broken" / "notes.jpg").write_text("this is not an image\n")
+    (root / "broken" / "empty.jpg").write_bytes(b"")
+    rgba = np.zeros((50, 70, 4), np.uint8)
+    rgba[..., 1], rgba[..., 3] = 200, np.linspace(0, 255, 70, dtype=np.uint8)
+    (root / "odd").mkdir()
+    cv2.imwrite(str(root / "odd" / "alpha.png"), rgba)
+    cv2.imwrite(str(root / "odd" / "gray.jpg"), np.random.default_rng(2).integers(0, 256, (64, 80), dtype=np.uint8))
+    Image.new("CMYK", (66, 66), (10, 200, 30, 40)).save(root / "odd" / "cmyk.jpg", "JPEG")
+    _jpeg(root / "odd" / "ñandú-蜂 photo.jpg", 3)
+    (root / ".DS_Store").write_bytes(b"\0junk")  # OS litter: ignored and counted, not a row
+    outside = tmp_path_factory.mktemp("outside") / "secret.jpg"
+    _jpeg(outside, 4)
+    (root / "odd" / "link-out.jpg").symlink_to(outside)
+    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".DS_Store"}
+
+
+BAD = {"broken/corrupt.jpg", "broken/notes.jpg", "broken/empty.jpg", "odd/link-out.jpg"}
+
+
+def _submit(client, **body) -> dict:  # noqa: ANN001
+    response = client.post("/api/v1/jobs/predict", json=body)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def _all_results(client, job_id: str, limit: int = 1000) -> list[dict]:  # noqa: ANN001
+    items, url = [], f"/api/v1/jobs/{job_id}/results?limit={limit}"
+    while url:
+        page = client.get(url).get_json()
+        items += page["items"]
+        url = page["next"]
+    return items
+
+
+def test_nested_folder_every_file_one_row(client, model: dict, messy: dict[str, Path], data_root: Path) -> None:  # noqa: ANN001
+    job = _submit(client, model_id=model["id"], input_dir=str(data_root / "messy"), top_k=2)
+    assert job["kind"] == "predict" and job["status"] == "queued"
+    job = wait_for_job(client, job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    events = client.get(f"/api/v1/jobs/{job['id']}/events").get_json()["items"]
+    assert [(e["from"], e["to"]) for e in events] == [(None, "queued"), ("queued", "running"), ("running", "succeeded")]
+    assert job["progress"]["files_done"] == job["progress"]["files_total"] == len(messy)
+
+    rows = _all_results(client, job["id"], limit=5)
+    assert [r["path"] for r in rows] == sorted(messy)  # every file exactly once, sorted by path
+    by_path = {r["path"]: r for r in rows}
+    for path, row in by_path.items():
+        if path in BAD:
+            assert row["error"] and row["label"] is None and row["confidence"] is None and row["top_k"] == []
+        else:
+            assert row["error"] is None, (path, row)
+            assert row["label"] in CLASSES and 0 < row["confidence"] <= 1
+            assert [t["label"] for t in row["top_k"]][0] == row["label"] and len(row["top_k"]) == 2
+    assert "empty" in by_path["broken/empty.jpg"]["error"]
+    assert "outside the configured data roots" in by_path["odd/link-out.jpg"]["error"]
+    summary = job["metrics"]["summary"]
+    assert summary["files"] == len(messy) and summary["errors"] == len(BAD) and summary["ignored"] == 1
+    assert sum(summary["labels"].values()) == len(messy) - len(BAD)
+
+
+def test_results_csv_sorted_with_columns(client, model: dict, messy: dict[str, Path], data_root: Path) -> None:  # noqa: ANN001
+    job = wait_for_job(client, _submit(client, model_id=model["id"], input_dir=str(data_root / "messy"))["id"])
+    response = client.get(f"/api/v1/jobs/{job['id']}/results?format=csv")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    table = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert table[0] == ["path", "label", "confidence", "error"]
+    assert [r[0] for r in table[1:]] == sorted(messy)
+    for path, label, confidence, error in table[1:]:
+        assert (label == "" and confidence == "" and error) if path in BAD else (label in CLASSES and float(confidence) > 0 and error == "")
+    json_rows = {r["path"]: r for r in _all_results(client, job["id"])}
+    assert all(json_rows[p]["confidence"] == float(c) for p, _, c, _ in table[1:] if c)
+
+
+def test_chunks_run_on_two_workers(client, model: dict, second_worker: WorkerProcess, data_root: Path) -> None:  # noqa: ANN001
+    root = make_shapes_dataset(data_root / "many", per_class=16, size=64)
+    job = _submit(client, model_id=model["id"], input_dir=str(root), chunk_size=4)
+    job = wait_for_job(client, job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"]["chunks"] == 12
+    rows = _all_results(client, job["id"], limit=7)
+    expected = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    assert [r["path"] for r in rows] == expected and all(r["error"] is None for r in rows)
+    workers = job["metrics"]["summary"]["workers"]
+    assert sum(workers.values()) == 48
+    assert len(workers) == 2 and any(w.startswith(second_worker.name) for w in workers), workers
+
+
+def test_batch_equals_one_at_a_time(client, model: dict, messy: dict[str, Path], data_root: Path) -> None:  # noqa: ANN001
+    from worker.core.checkpoint import load_model_artifact
+    from worker.core.images import decode_image
+    from worker.core.predict import Predictor
+    from worker.core.transforms import eval_batch
+
+    files = [(name, path) for name, path in messy.items() if name not in BAD]
+    batched = Predictor.from_artifact(model["path"], batch_size=8).predict_files(files, top_k=3)
+    single = Predictor.from_artifact(model["path"], batch_size=1).predict_files(files, top_k=3)
+    assert [r["label"] for r in batched] == [r["label"] for r in single]
+    for a, b in zip(batched, single):
+        assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
+        assert np.allclose([t["confidence"] for t in a["top_k"]], [t["confidence"] for t in b["top_k"]], atol=1e-5)
+    # The eager model with the training-time eval transform, one image at a time, agrees with the job's rows.
+    net, meta = load_model_artifact(Path(model["path"]))
+    prep = meta["preprocessing"]
+    job = wait_for_job(client, _submit(client, model_id=model["id"], input_dir=str(data_root / "messy"))["id"])
+    rows = {r["path"]: r for r in _all_results(client, job["id"])}
+    for name, path in files:
+        probs = net(eval_batch([decode_image(path, prep.resize)], prep)).softmax(1)[0].detach()
+        assert rows[name]["label"] == meta["classes"][int(probs.argmax())]
+        assert abs(rows[name]["confidence"] - float(probs.max())) < 1e-4
+
+
+def test_top_k_clamped_and_threshold_recorded(client, model: dict, data_root: Path) -> None:  # noqa: ANN001
+    root = make_shapes_dataset(data_root / "few", per_class=2, size=64)
+    job = _submit(client, model_id=model["id"], input_dir=str(root), top_k=50, threshold=1.0)
+    assert job["params"]["top_k"] == 3 and job["params"]["threshold"] == 1.0
+    job = wait_for_job(client, job["id"])
+    rows = _all_results(client, job["id"])
+    assert len(rows) == 6 and all(len(r["top_k"]) == 3 for r in rows)
+    assert all(r["label"] == "unknown" for r in rows)  # no top confidence reaches 1.0
+    assert job["metrics"]["summary"]["unknown"] == 6
+    table = list(csv.reader(io.StringIO(client.get(f"/api/v1/jobs/{job['id']}/results?format=csv").get_data(as_text=True))))
+    assert table[0] == ["path", "label", "confidence", "error", "top_k"]
+    assert [t["label"] for t in json.loads(table[1][4])] == [t["label"] for t in rows[0]["top_k"]]
+
+
+def test_bf16_precision_is_opt_in(client, model: dict, data_root: Path) -> None:  # noqa: ANN001
+    root = make_shapes_dataset(data_root / "bf16", per_class=2, size=64)
+    job = wait_for_job(client, _submit(client, model_id=model["id"], input_dir=str(root), precision="bf16")["id"])
+    assert job["status"] == "succeeded" and job["params"]["precision"] == "bf16"
+    rows = _all_results(client, job["id"])
+    assert len(rows) == 6 and all(r["label"] in CLASSES and r["error"] is None for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"model_id": "nope", "input_dir": "{root}"}, 404, "model_id"),
+        ({"model_id": "{model}", "input_dir": "/etc"}, 400, "input_dir"),
+        ({"model_id": "{model}", "input_dir": "{root}/../.."}, 400, "input_dir"),
+        ({"model_id": "{model}", "input_dir": "{root}", "threshold": 1.5}, 400, "threshold"),
+        ({"model_id": "{model}", "input_dir": "{root}", "threshold": -0.1}, 400, "threshold"),
+        ({"model_id": "{model}", "input_dir": "{root}", "threshold": "high"}, 400, "threshold"),
+        ({"model_id": "{model}", "input_dir": "{root}", "top_k": 0}, 400, "top_k"),
+        ({"model_id": "{model}"}, 400, "input_dir"),
+        ({"model_id": "{model}", "input_dir": "{root}", "upload_id": "0" * 32}, 400, "upload_id"),
+        ({"model_id": "{model}", "upload_id": "f" * 32}, 404, "upload_id"),
+        ({"model_id": "{model}", "upload_id": "../../etc"}, 404, "upload_id"),
+        ({"model_id": "{model}", "input_dir": "{root}", "colour": "red"}, 400, "colour"),
+        ({"model_id": "{model}", "input_dir": "{root}", "precision": "int8"}, 400, "precision"),
+    ],
+)
+def test_bad_predict_requests(client, model: dict, data_root: Path, body: dict, status: int, field: str) -> None:  # noqa: ANN001
+    body = {k: v.replace("{root}", str(data_root)).replace("{model}", model["id"]) if isinstance(v, str) else v
+            for k, v in body.items()}
+    response = client.post("/api/v1/jobs/predict", json=body)
+    assert response.status_code == status, response.get_json()
+    assert response.get_json()["field"] == field and response.get_json()["error"]
+
+
+def test_results_only_for_finished_predict_jobs(client, model: dict) -> None:  # noqa: ANN001
+    assert client.get("/api/v1/jobs/nope/results").status_code == 404
+    response = client.get(f"/api/v1/jobs/{model['job_id']}/results")
+    assert response.status_code == 400 and "predict" in response.get_json()["error"]
+
+
+def test_multipart_and_zip_uploads(client, model: dict, messy: dict[str, Path]) -> None:  # noqa: ANN001
+    names = ["a/one.jpg", "ñandú/蜂.jpg", "notes.jpg"]
+    sources = [messy["deep/er/still-good.jpg"], messy["odd/ñandú-蜂 photo.jpg"], messy["broken/notes.jpg"]]
+    data = {"model_id": model["id"], "top_k": "2", "threshold": "", "file": [
+        (io.BytesIO(p.read_bytes()), n) for n, p in zip(names, sources)]}
+    response = client.post("/api/v1/jobs/predict", data=data, content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["params"]["top_k"] == 2 and "upload_id" in response.get_json()["params"]
+    job = wait_for_job(client, response.get_json()["id"])
+    rows = {r["path"]: r for r in _all_results(client, job["id"])}
+    assert sorted(rows) == sorted(names) and rows["notes.jpg"]["error"] and rows["a/one.jpg"]["label"] in CLASSES
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("pics/x.jpg", sources[0].read_bytes())
+        zf.writestr("pics/sub/y.png", messy["odd/alpha.png"].read_bytes())
+        zf.writestr("__MACOSX/._x.jpg", b"junk")
+    archive.seek(0)
+    response = client.post("/api/v1/jobs/predict", data={"model_id": model["id"], "file": (archive, "photos.zip")},
+                           content_type="multipart/form-data")
+    job = wait_for_job(client, response.get_json()["id"])
+    assert [r["path"] for r in _all_results(client, job["id"])] == ["pics/sub/y.png", "pics/x.jpg"]
+
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../../escape.jpg", b"x")
+    evil.seek(0)
+    response = client.post("/api/v1/uploads", data={"file": (evil, "evil.zip")}, content_type="multipart/form-data")
+    assert response.status_code == 400 and response.get_json()["field"] == "file"
+
+
+def test_synchronous_predict(client, model: dict, messy: dict[str, Path]) -> None:  # noqa: ANN001
+    url = f"/api/v1/models/{model['id']}/predict"
+    files = [(io.BytesIO(messy[n].read_bytes()), n) for n in ("odd/gray.jpg", "broken/empty.jpg", "odd/cmyk.jpg")]
+    response = client.post(url, data={"file": files, "top_k": "5"}, content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_json()
+    items = response.get_json()["items"]
+    assert [i["path"] for i in items] == ["odd/gray.jpg", "broken/empty.jpg", "odd/cmyk.jpg"]
+    assert items[0]["label"] in CLASSES and len(items[0]["top_k"]) == 3 and items[1]["error"] == "empty file"
+    too_many = [(io.BytesIO(b"x"), f"{i}.jpg") for i in range(33)]
+    assert client.post(url, data={"file": too_many}, content_type="multipart/form-data").status_code == 400
+    assert client.post(url, data={}, content_type="multipart/form-data").status_code == 400
+    one = [(io.BytesIO(messy["odd/gray.jpg"].read_bytes()), "gray.jpg")]
+    assert client.post("/api/v1/models/nope/predict", data={"file": one},
+                       content_type="multipart/form-data").status_code == 404
+
+
+def test_failed_chunk_is_retried_then_fails_the_job(client, service_config, data_root: Path) -> None:  # noqa: ANN001
+    model_id = uuid.uuid4().hex
+    with session_scope(service_config.database_url) as session:
+        owner = sm.create_job(session, "train", {"note": "owner of a model whose file is gone"})
+        session.add(TrainedModel(id=model_id, job_id=owner.id, backbone="resnet18", classes=CLASSES,
+                                 image_size=64, metrics={}, path=str(data_root / "missing" / "model.pt")))
+    root = make_shapes_dataset(data_root / "for-missing", per_class=1, size=64)
+    job = wait_for_job(client, _submit(client, model_id=model_id, input_dir=str(root))["id"], timeout=120)
+    assert job["status"] == "failed"
+    assert "chunk 0 failed after 3 attempt(s): FileNotFoundError" in job["error"]
+    assert client.get(f"/api/v1/jobs/{job['id']}/results").status_code == 409
+
+
+def test_model_cache_loads_once_and_evicts(model: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from worker.core.model_cache import ModelCache
+
+    copy = tmp_path / "copy" / "model.pt"
+    copy.parent.mkdir()
+    shutil.copy(model["path"], copy)
+    cache = ModelCache(size=1)
+    first = cache.get(model["path"])
+    assert cache.get(model["path"]) is first and cache.loads == 1
+    cache.get(copy)
+    assert cache.get(model["path"]) is not first and cache.loads == 3
+
+
+@pytest.fixture()
+def api_server(app) -> Iterator[str]:  # noqa: ANN001
+    """The app served over real HTTP by waitress in a thread."""
+    from waitress import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    server.close()
+    server.task_dispatcher.shutdown()
+
+
+def test_cli_predict_uploads_and_writes_csv_and_json(api_server: str, model: dict, messy: dict[str, Path],
+                                                     data_root: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "GRAFT_URL": api_server, "GRAFT_TOKEN": TOKEN}
+    base = [sys.executable, "-m", "cli.main", "predict", model["id"]]
+    out = tmp_path / "out.csv"
+    done = subprocess.run(base + [str(data_root / "messy"), "-o", str(out), "--top-k", "2"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert table[0] == ["path", "label", "confidence", "error", "top_k"]
+    assert [r[0] for r in table[1:]] == sorted(messy)  # the symlink is read here and uploaded as a plain file
+    assert "(errors)" in done.stdout and "files classified" in done.stdout
+    out_json = tmp_path / "out.json"
+    done = subprocess.run(base + ["--server-dir", str(data_root / "messy"), "-o", str(out_json)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out_json.read_text())
+    assert [i["path"] for i in doc["items"]] == sorted(messy) and doc["summary"]["errors"] == len(BAD)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="hymenoptera data set not present")
+def test_hymenoptera_val_accuracy_matches_training(client, worker) -> None:  # noqa: ANN001
+    body = {"data_dir": str(HYMENOPTERA), "backbone": "efficientnet_lite0", "epochs": 2, "batch_size": 32}
+    train = wait_for_job(client, client.post("/api/v1/jobs/train", json=body).get_json()["id"], timeout=600)
+    assert train["status"] == "succeeded", train["error"]
+    model = client.get(f"/api/v1/models/{train['model_id']}").get_json()
+    job = wait_for_job(client, _submit(client, model_id=model["id"], input_dir=str(HYMENOPTERA / "val"))["id"])
+    assert job["status"] == "succeeded", job["error"]
+    rows = [r for r in _all_results(client, job["id"]) if r["error"] is None]
+    correct = sum(r["label"] == r["path"].split("/")[0] for r in rows)
+    reported = round(model["metrics"]["val_acc"] * train["metrics"]["val_images"])
+    assert abs(correct - reported) <= 1, (correct, reported, len(rows))
