@@ -114,7 +114,9 @@ def progress_line(job: dict[str, Any], width: int = 30) -> str:
     fraction = float(progress.get("fraction") or 0.0)
     bar = "#" * int(fraction * width)
     parts = [f"[{bar:<{width}}] {fraction * 100:5.1f}%", job["status"]]
-    if progress.get("phase") in ("loading", "caching"):
+    if job.get("kind") == "predict":
+        parts.append(f"{progress.get('files_done', 0)}/{progress.get('files_total', '?')} files")
+    elif progress.get("phase") in ("loading", "caching"):
         what = "loading images" if progress["phase"] == "loading" else "computing frozen-trunk features"
         parts.append(f"{what} {progress.get('done', 0)}/{progress.get('total', '?')}")
     elif progress.get("epochs"):

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterator
 
-from cli.client import ClientError, GraftClient
+from cli.client import ClientError, GraftClient, ProgressPrinter
 
 PART_FILES = 200  # files per upload request (the server parses at most 1000 form parts)
 PART_BYTES = 64 * 1024 * 1024
@@ -82,28 +82,6 @@ def _status(text: str) -> None:
     sys.stderr.flush()
 
 
-class PredictProgress:
-    """Draws a predict job's progress (files done of total) on stderr."""
-
-    def __init__(self) -> None:
-        self.last = ""
-
-    def __call__(self, job: dict[str, Any]) -> None:
-        progress = job.get("progress") or {}
-        fraction = float(progress.get("fraction") or 0.0)
-        done, total = progress.get("files_done", 0), progress.get("files_total", "?")
-        line = f"[{'#' * int(fraction * 30):<30}] {fraction * 100:5.1f}%  {job['status']}  {done}/{total} files"
-        if progress.get("eta_s") and job["status"] == "running":
-            line += f"  eta {progress['eta_s']:.0f}s"
-        finished = job["status"] not in ("queued", "running")
-        if sys.stderr.isatty():
-            sys.stderr.write(f"\r{line}\033[K" + ("\n" if finished else ""))
-        elif line != self.last:
-            sys.stderr.write(line + "\n")
-        self.last = line
-        sys.stderr.flush()
-
-
 def write_results(client: GraftClient, job: dict[str, Any], output: Path) -> None:
     """CSV (streamed from the server) or, for a .json name, every result page as one JSON document."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +138,7 @@ def run_predict(client: GraftClient, args: argparse.Namespace) -> int:
         client.model(args.model_id)  # fail fast on a wrong id, before uploading anything
         params["upload_id"], _, unreadable = upload_folder(client, root, params["recursive"])
     job = client.predict(**params)
-    job = client.wait(job["id"], PredictProgress(), interval=args.interval)
+    job = client.wait(job["id"], ProgressPrinter(), interval=args.interval)
     if job["status"] != "succeeded":
         print(f"job {job['id']} {job['status']}: {job.get('error') or ''}", file=sys.stderr)
         return 1

@@ -64,6 +64,8 @@ def test_cli_train_wait_status_and_jobs(api_server: str, worker, data_root: Path
     assert json.loads(status.stdout)["status"] == "succeeded"
     listing = _graft("jobs", env=env)
     assert job_id in listing.stdout
+    finished = _graft("cancel", job_id, env=env)
+    assert finished.returncode == 2 and "HTTP 409" in finished.stderr and "already succeeded" in finished.stderr
     denied = _graft("jobs", env={"GRAFT_URL": api_server, "GRAFT_TOKEN": "wrong"})
     assert denied.returncode == 2 and "HTTP 401" in denied.stderr
 

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from shared.storage import atomic_write_bytes, atomic_write_json
 from worker.core.backbones import Classifier, build_model
 from worker.core.transforms import Preprocessing
 
@@ -21,19 +19,9 @@ ARTIFACT_FORMAT = "graft-model/1"
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file in the same folder, then os.replace: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            buffer = io.BytesIO()
-            torch.save(obj, buffer)
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
@@ -53,9 +41,7 @@ def save_model_artifact(folder: Path, model: Classifier, meta: dict[str, Any]) -
     """Write model.pt (weights + meta) and model.json (meta, human-readable) into folder."""
     payload = {"format": ARTIFACT_FORMAT, "state_dict": model.state_dict(), **meta}
     atomic_torch_save(payload, folder / MODEL_NAME)
-    tmp = folder / f".{META_NAME}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, folder / META_NAME)
+    atomic_write_json(folder / META_NAME, meta)
     return folder / MODEL_NAME
 
 
