@@ -26,16 +26,17 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     app.extensions["graft_sessions"] = session_factory(config.database_url)
     app.extensions["graft_celery"] = make_celery(config)
 
-    from api import errors, health, jobs, models, predict
+    from api import datasets, errors, health, jobs, models, predict
     from api.auth import require_token
 
     errors.register(app)
-    for bp in (jobs.bp, models.bp, predict.bp):  # on the app, not the shared blueprint: create_app can run more than once
+    for bp in (jobs.bp, models.bp, predict.bp, datasets.bp):  # on the app, not the shared blueprint: create_app can run more than once
         app.before_request_funcs.setdefault(bp.name, []).append(require_token)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp, url_prefix="/api/v1")
     app.register_blueprint(models.bp, url_prefix="/api/v1")
     app.register_blueprint(predict.bp, url_prefix="/api/v1")
+    app.register_blueprint(datasets.bp, url_prefix="/api/v1")
     app.teardown_appcontext(_close_session)
     return app
 

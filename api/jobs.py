@@ -5,15 +5,16 @@ import logging
 
 from flask import Blueprint, jsonify, request, url_for
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from api.db import celery, config, db
+from api.datasets import failed_dataset_message, training_source
+from api.db import celery, db
 from api.errors import APIError
 from api.pagination import page
 from api.validation import TRAIN_SCHEMA, json_body, validate
 from shared import jobs as sm
 from shared.models import Job
 from shared.queue import enqueue_train
-from shared.storage import PathNotAllowed, resolve_under_roots
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
@@ -29,13 +30,24 @@ def _get_job(job_id: str) -> Job:
 def submit_train():  # noqa: ANN201
     """Validate, record a queued job, enqueue it; 202 with the job and its Location."""
     params = validate(json_body(), TRAIN_SCHEMA)
-    try:
-        params["data_dir"] = str(resolve_under_roots(params["data_dir"], config().data_roots))
-    except PathNotAllowed as exc:
-        raise APIError(400, f"data_dir: {exc}", field="data_dir") from None
+    dataset = training_source(params)  # data_dir, or dataset_id resolved to its folder
     session = db()
     job = sm.create_job(session, "train", params)
     session.commit()
+    if dataset is not None and dataset.has_errors:  # recorded, then failed at once: no worker time spent
+        error = failed_dataset_message(dataset)
+        sm.transition(session, job, sm.FAILED, message=error, error=error)
+        session.commit()
+    else:
+        _enqueue(session, job)
+    response = jsonify(sm.serialize_job(job))
+    response.status_code = 202
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    return response
+
+
+def _enqueue(session: Session, job: Job) -> None:
+    """Send the job to the queue; with the broker down, record it as failed and answer 503."""
     try:
         enqueue_train(celery(), job.id)
     except Exception as exc:  # noqa: BLE001 - broker down: the job is recorded, then marked failed
@@ -43,10 +55,6 @@ def submit_train():  # noqa: ANN201
         sm.transition(session, job, sm.FAILED, message="queue unavailable", error=f"queue unavailable: {exc}")
         session.commit()
         raise APIError(503, "the job queue (Redis) is unavailable; the job was recorded as failed", job_id=job.id) from None
-    response = jsonify(sm.serialize_job(job))
-    response.status_code = 202
-    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
-    return response
 
 
 @bp.get("/jobs/<job_id>")

@@ -69,7 +69,8 @@ def validate(body: dict[str, Any], schema: dict[str, Field]) -> dict[str, Any]:
 
 
 TRAIN_SCHEMA: dict[str, Field] = {
-    "data_dir": Field(str, required=True),
+    "data_dir": Field(str, None, nullable=True),  # exactly one of data_dir and dataset_id (api.datasets)
+    "dataset_id": Field(str, None, nullable=True),
     "backbone": Field(str, "resnet18", choices=("resnet18", "efficientnet_lite0")),
     "pretrained": Field(bool, True),
     "epochs": Field(int, 10, minimum=1, maximum=500),

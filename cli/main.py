@@ -24,7 +24,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     from api import create_app
 
     logging.getLogger("waitress").setLevel(logging.INFO)
-    serve(create_app(), host=args.host, port=args.port, threads=args.threads)
+    # waitress buffers a whole body before the app runs: stop it a little past the app's own (JSON 413) limit.
+    body_limit = (get_config().max_body_mb + 16) * 1024 * 1024
+    serve(create_app(), host=args.host, port=args.port, threads=args.threads, max_request_body_size=body_limit)
     return 0
 
 
@@ -62,7 +64,10 @@ def print_training_summary(job: dict[str, Any], client: GraftClient) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Submit a training job for a server-side folder."""
     client = _client(args)
-    params: dict[str, Any] = {"data_dir": os.path.abspath(args.data_dir), "backbone": args.backbone,
+    if (args.data_dir is None) == (args.dataset is None):
+        raise ClientError("give DATA_DIR (a folder on the server) or --dataset ID, not both")
+    source = {"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else {"dataset_id": args.dataset}
+    params: dict[str, Any] = {**source, "backbone": args.backbone,
                               "pretrained": not args.no_pretrained, "epochs": args.epochs}
     for key in ("batch_size", "learning_rate", "image_size", "val_split", "seed", "mode", "time_budget_s"):
         if getattr(args, key) is not None:
@@ -106,6 +111,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return run_predict(_client(args), args)
 
 
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """Upload a dataset, or show, list or delete datasets."""
+    from cli.datasets import run_datasets
+
+    return run_datasets(_client(args), args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole service locally and train once."""
     from cli.demo import run_demo
@@ -134,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("train", help="submit a training job for DATA_DIR (a folder on the server)")
-    p.add_argument("data_dir")
+    p = sub.add_parser("train", help="submit a training job for DATA_DIR (a folder on the server) or --dataset ID")
+    p.add_argument("data_dir", nargs="?")
+    p.add_argument("--dataset", help="an uploaded dataset's id (see `graft datasets add`) instead of DATA_DIR")
     p.add_argument("--backbone", default="resnet18", choices=["resnet18", "efficientnet_lite0"])
     p.add_argument("--no-pretrained", action="store_true", help="train from random weights")
     p.add_argument("--epochs", type=int, default=10)
@@ -164,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.predict import add_parser as add_predict_parser
 
     add_predict_parser(sub).set_defaults(func=cmd_predict)
+
+    from cli.datasets import add_parser as add_datasets_parser
+
+    add_datasets_parser(sub).set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("demo", help="start Redis (if needed), the API and a worker, and train once")
     p.add_argument("data", nargs="?", help="a folder with one subfolder per class (default: a generated set)")

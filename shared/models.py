@@ -85,3 +85,4 @@ class TrainedModel(Base):
 
 # Tables defined in other modules register on Base here, so create_all always sees them.
 from shared import results as _results  # noqa: E402,F401
+from shared import datasets as _datasets  # noqa: E402,F401

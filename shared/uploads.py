@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import zipfile
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -55,24 +54,14 @@ def save_stream(folder: Path, name: str, stream: BinaryIO, budget: list[int]) ->
 
 
 def extract_zip(folder: Path, stream: BinaryIO, budget: list[int], max_members: int = 1_000_000) -> int:
-    """Extract a zip archive into folder with safe names and a total size budget; returns the files written."""
-    try:
-        archive = zipfile.ZipFile(stream)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UploadError(f"not a readable zip archive: {exc}") from None
-    written = 0
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        if len(members) > max_members:
-            raise UploadError(f"zip archive has more than {max_members} files")
-        for member in members:
-            try:
-                with archive.open(member) as source:
-                    save_stream(folder, member.filename, source, budget)
-            except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError) as exc:
-                raise UploadError(f"cannot extract {member.filename!r}: {exc}") from None
-            written += 1
-    return written
+    """Extract a zip archive into folder with safe names and a total size budget; returns the files written.
+
+    The checks (no absolute or '..' names, links or device files; member count, size and ratio) are
+    shared.archive's, so uploads for prediction and datasets obey the same rules.
+    """
+    from shared.archive import extract_zip_stream  # shared.archive builds on this module
+
+    return extract_zip_stream(folder, stream, budget, max_members)
 
 
 def remove_upload(folder: Path) -> None:

@@ -131,11 +131,14 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
     model_id = new_id()
     with Lease(config, job) as lease:
         try:
-            data_dir = resolve_under_roots(params.pop("data_dir"), config.data_roots)
+            # An uploaded dataset (dataset_id) lives under the datasets folder: one of the train roots.
+            data_dir = resolve_under_roots(params.pop("data_dir"), config.train_roots)
+            params.pop("dataset_id", None)
             spec = TrainSpec(**params)
             result = fit(
                 data_dir, spec, job_dir(config.artifacts_dir, job_id), model_dir(config.artifacts_dir, model_id),
                 on_progress=lease.progress, should_stop=lease.should_stop, resnet18_weights=config.resnet18_weights,
+                max_pixels=config.max_image_pixels,
             )
         except Cancelled:
             if lease.cancelled:

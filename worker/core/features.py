@@ -82,7 +82,7 @@ def build_cache(
 def cached_epoch(
     model: Classifier, inputs: torch.Tensor, labels: torch.Tensor, start_stage: int | None,
     optimizer: torch.optim.Optimizer, batch_size: int, label_smoothing: float, gen: torch.Generator,
-    should_stop: Callable[[], bool], stop_exc: type[Exception],
+    should_stop: Callable[[], bool], stop_exc: type[Exception], weight: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """One pass over cached inputs: pooled features (start_stage None) or activations entering start_stage."""
     model.train()
@@ -97,7 +97,7 @@ def cached_epoch(
         idx = order[begin : begin + batch_size]
         logits = _logits(model, inputs[idx], start_stage)
         y = labels[idx]
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

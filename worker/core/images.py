@@ -19,15 +19,21 @@ class ImageError(ValueError):
     """A file that is not a readable image (empty, corrupt, not an image, or too large)."""
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    """Width and height from the file header alone (no pixel decode), or None if Pillow cannot tell."""
+def _header_size(path: Path) -> tuple[int, int]:
+    """Width and height from the file header alone (no pixel decode); ImageError when there is no usable header.
+
+    A file whose header Pillow cannot read is refused rather than handed to OpenCV blind: without a size
+    there is no pixel check, and OpenCV would allocate whatever a hostile header asks for.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: we apply our own pixel limit
             with Image.open(path) as img:
                 return img.size
-    except Exception:  # noqa: BLE001 - any header failure just means "unknown size"
-        return None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any header failure means "not an image we can read"
+        raise ImageError(f"not an image or corrupt ({type(exc).__name__})") from None
 
 
 def _pillow_decode(path: Path) -> np.ndarray:
@@ -36,6 +42,12 @@ def _pillow_decode(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img.seek(0)  # first frame of a GIF
             return np.asarray(img.convert("RGB"))
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
+    """Raise ImageError when width x height exceeds max_pixels (None: no limit)."""
+    if max_pixels and size[0] * size[1] > max_pixels:
+        raise ImageError(f"image too large: {size[0]}x{size[1]} pixels exceeds the limit of {max_pixels}")
 
 
 def decode_image(path: str | Path, short_side: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -48,15 +60,13 @@ def decode_image(path: str | Path, short_side: int, max_pixels: int | None = DEF
     if data.size == 0:
         raise ImageError("empty file")
     size = _header_size(path)
-    if size and max_pixels and size[0] * size[1] > max_pixels:
-        raise ImageError(f"image too large: {size[0]}x{size[1]} pixels exceeds the limit of {max_pixels}")
+    check_pixels(size, max_pixels)
     flag = cv2.IMREAD_COLOR
-    if size:
-        # Let libjpeg scale while decoding: a 12 MP photo decoded at 1/8 costs a fraction of a full decode.
-        for factor, reduced in _REDUCED:
-            if min(size) // factor >= short_side:
-                flag = reduced
-                break
+    # Let libjpeg scale while decoding: a 12 MP photo decoded at 1/8 costs a fraction of a full decode.
+    for factor, reduced in _REDUCED:
+        if min(size) // factor >= short_side:
+            flag = reduced
+            break
     img = cv2.imdecode(data, flag)
     if img is not None:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -20,6 +20,7 @@ from worker.core.backbones import BACKBONES, Classifier, build_model
 from worker.core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model_artifact
 from worker.core.dataset import Dataset, Split, load_dataset
 from worker.core.features import ViewCache, build_cache, cached_epoch, cached_eval, map_bytes
+from worker.core.inspect import IMBALANCE_RATIO
 from worker.core.metrics import classification_report
 from worker.core.transforms import Preprocessing, eval_batch, train_batch
 
@@ -102,6 +103,16 @@ def _lr_lambdas(spec: TrainSpec) -> list[Callable[[int], float]]:
     return [cosine, lambda e: trunk_scale * cosine(e) if e >= frozen else 0.0]
 
 
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor | None:
+    """Inverse-frequency loss weights when the largest class outnumbers the smallest over IMBALANCE_RATIO times."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if counts.min() == 0 or counts.max() / counts.min() <= IMBALANCE_RATIO:
+        return None
+    weights = counts.sum() / (num_classes * counts)
+    log.info("classes imbalanced (%s): loss weights %s", counts.tolist(), np.round(weights, 3).tolist())
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 def _frozen_stages(model: Classifier, spec: TrainSpec, epoch: int) -> int:
     """Stages kept frozen in this epoch: all (head phase), all but the last few (fine-tune), none (full)."""
     if not spec.pretrained:
@@ -123,7 +134,7 @@ def _set_trainable(model: Classifier, frozen: int) -> None:
 
 def train_one_epoch(
     model: Classifier, split: Split, prep: Preprocessing, optimizer: torch.optim.Optimizer, spec: TrainSpec,
-    frozen: int, gen: torch.Generator, should_stop: Callable[[], bool],
+    frozen: int, gen: torch.Generator, should_stop: Callable[[], bool], weight: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """One pass over the training split; returns (mean loss, accuracy)."""
     _set_trainable(model, frozen)
@@ -137,7 +148,7 @@ def train_one_epoch(
         x = train_batch([split.images[i] for i in idx], prep, gen)
         y = labels[idx]
         logits = model(x, frozen)
-        loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=spec.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -199,6 +210,7 @@ def _prepare_cache(
 def _epoch(
     model: Classifier, data: Dataset, cache: ViewCache | None, prep: Preprocessing, spec: TrainSpec, epoch: int,
     optimizer: torch.optim.Optimizer, gen: torch.Generator, should_stop: Callable[[], bool],
+    weight: torch.Tensor | None = None,
 ) -> tuple[float, float, float, float, np.ndarray, int]:
     """Train one epoch and evaluate; uses the cache where the trunk is frozen at the cached split."""
     frozen = _frozen_stages(model, spec, epoch)
@@ -207,15 +219,16 @@ def _epoch(
     if cache is not None and frozen == len(model.stages):
         _set_trainable(model, frozen)
         views = cache.train_pooled
-        loss, acc = cached_epoch(model, views.flatten(0, 1), train_y.repeat(cache.views), None, optimizer, *common)
+        loss, acc = cached_epoch(model, views.flatten(0, 1), train_y.repeat(cache.views), None, optimizer, *common,
+                                 weight=weight)
         val = cached_eval(model, cache.val_pooled, val_y, None, spec.batch_size * 4)
     elif cache is not None and cache.train_maps is not None and frozen == cache.split_at:
         _set_trainable(model, frozen)
         maps = cache.train_maps[epoch % cache.views]  # a different cached view each epoch
-        loss, acc = cached_epoch(model, maps, train_y, frozen, optimizer, *common)
+        loss, acc = cached_epoch(model, maps, train_y, frozen, optimizer, *common, weight=weight)
         val = cached_eval(model, cache.val_maps, val_y, frozen, spec.batch_size * 2)
     else:
-        loss, acc = train_one_epoch(model, data.train, prep, optimizer, spec, frozen, gen, should_stop)
+        loss, acc = train_one_epoch(model, data.train, prep, optimizer, spec, frozen, gen, should_stop, weight)
         vl, va, vp = evaluate(model, data.val, prep, spec.batch_size * 2)
         val = (vl, va, torch.from_numpy(vp))
     return loss, acc, val[0], val[1], val[2].numpy(), len(model.stages) - frozen
@@ -252,6 +265,7 @@ def fit(
         on_progress({"phase": "loading", "done": done, "total": total})
 
     data: Dataset = load_dataset(data_dir, spec.val_split, spec.seed, prep.resize, max_pixels, on_file=on_file)
+    weights = class_weights(data.train.labels, len(data.classes))
     model = build_model(spec.backbone, len(data.classes), spec.pretrained, resnet18_weights)
     optimizer = _optimizer(model, spec)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambdas(spec))
@@ -279,7 +293,7 @@ def fit(
             break
         t0 = time.monotonic()
         train_loss, train_acc, val_loss, val_acc, pred, trainable = _epoch(
-            model, data, cache, prep, spec, epoch, optimizer, gen, should_stop)
+            model, data, cache, prep, spec, epoch, optimizer, gen, should_stop, weights)
         scheduler.step()
         entry = {
             "epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
@@ -306,6 +320,7 @@ def fit(
         "history": history, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
         "final_val_acc": history[-1]["val_acc"], "train_images": len(data.train), "val_images": len(data.val),
         "mode": mode, "stopped_early": stopped, "seconds": round(time.monotonic() - started, 2), **report,
+        "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
     }
     meta = {
         "backbone": spec.backbone, "classes": data.classes, "image_size": spec.image_size,

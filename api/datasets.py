@@ -1,0 +1,244 @@
+"""Dataset endpoints: upload an archive (or name a server folder), read the inspection report, delete.
+
+The upload is streamed to a file under the datasets folder (never held in memory), checked and extracted
+into a staging folder, and inspected in this request (a few hundred images take about a second; the
+inspection decodes JPEGs at 1/8 scale on every core). Only then does it move to datasets/<id>/ and get
+its database row: a refused or failed upload leaves nothing behind.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from flask import Blueprint, jsonify, request, url_for
+from sqlalchemy import select
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import parse_form_data
+
+from api.db import config, db
+from api.errors import APIError
+from api.pagination import page
+from api.validation import Field, json_body, validate
+from shared.archive import ArchiveError, ArchiveLimits, extract_archive
+from shared.config import Config
+from shared.datasets import SERVER_PATH, UPLOAD, Dataset, first_errors, jobs_using, serialize_dataset
+from shared.models import new_id
+from shared.storage import PathNotAllowed, resolve_under_roots
+
+log = logging.getLogger(__name__)
+bp = Blueprint("datasets", __name__)
+
+MB = 1024 * 1024
+PATH_SCHEMA = {"path": Field(str, required=True), "name": Field(str, None, nullable=True)}
+ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".tar")
+
+
+class _CappedFile(io.FileIO):
+    """The uploaded archive on disk; counts bytes as they arrive and stops past the limit."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__(path, "w+")
+        self.limit, self.received = limit, 0
+
+    def write(self, data: Any) -> int:  # noqa: ANN401 - a buffer
+        """Append a block, or raise 413 once the body passes the limit."""
+        self.received += len(data)
+        if self.received > self.limit:
+            raise RequestEntityTooLarge()
+        return super().write(data)
+
+
+def _too_large(cfg: Config) -> APIError:
+    return APIError(413, f"request body too large: the limit is {cfg.max_body_mb} MB (GRAFT_MAX_UPLOAD_MB)",
+                    limit_mb=cfg.max_body_mb)
+
+
+def _receive(staging: Path, cfg: Config) -> tuple[Path, str, str | None]:
+    """Stream multipart field 'file' into staging; returns (archive path, its file name, the "name" field)."""
+    limit = cfg.max_body_mb * MB
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(cfg)  # refused from the header alone: nothing is read
+    target = staging / "upload.bin"
+    opened: list[_CappedFile] = []
+
+    def factory(total_content_length: int | None = None, content_type: str | None = None,
+                filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
+        if opened:
+            raise APIError(400, "send exactly one archive in multipart field 'file'", field="file")
+        opened.append(_CappedFile(target, limit))
+        return opened[0]
+
+    try:
+        _, form, files = parse_form_data(request.environ, stream_factory=factory, max_form_memory_size=MB,
+                                         max_content_length=limit, silent=False)
+    except RequestEntityTooLarge:
+        raise _too_large(cfg) from None
+    except ValueError as exc:
+        raise APIError(400, f"malformed multipart body: {exc}") from None
+    finally:
+        for handle in opened:
+            handle.close()
+    part = files.get("file")
+    if part is None or not target.is_file():
+        raise APIError(400, "send the archive (zip or tar) as multipart/form-data field 'file'", field="file")
+    return target, part.filename or "dataset", form.get("name")
+
+
+def _is_junk(name: PurePosixPath) -> bool:
+    from worker.core.inspect import is_junk  # the same rule training uses
+
+    return is_junk(name.parts)
+
+
+def _dataset_root(tree: Path) -> Path:
+    """Step into a lone wrapper folder (a zipped "myset/" holding the class folders)."""
+    from worker.core.inspect import is_junk
+
+    root = tree
+    while True:
+        entries = [p for p in root.iterdir() if not is_junk([p.name])]
+        if len(entries) != 1 or not entries[0].is_dir():
+            return root
+        inner = entries[0]
+        if not any(p.is_dir() and not is_junk([p.name]) for p in inner.iterdir()):
+            return root  # a single class folder, not a wrapper
+        root = inner
+
+
+def _display_name(filename: str) -> str:
+    base = PurePosixPath(filename.replace("\\", "/")).name
+    for suffix in ARCHIVE_SUFFIXES:
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)] or base
+    return base
+
+
+def _inspect(root: Path, cfg: Config, non_utf8: list[str]) -> dict[str, Any]:
+    from worker.core.inspect import inspect_dataset  # Pillow and numpy, never torch
+
+    return inspect_dataset(root, cfg.max_image_pixels, non_utf8=non_utf8)
+
+
+def _store(dataset_id: str, name: str, source: str, path: Path, report: dict[str, Any], size: int) -> Dataset:
+    has_errors = any(i["level"] == "error" for i in report["issues"])
+    dataset = Dataset(id=dataset_id, name=name[:255], source=source, path=str(path), classes=report["classes"],
+                      num_images=report["num_images"], has_errors=has_errors, size_bytes=size, report=report)
+    session = db()
+    session.add(dataset)
+    session.commit()
+    log.info("dataset %s (%s): %d images, %d issues", dataset_id, name, dataset.num_images, len(report["issues"]))
+    return dataset
+
+
+def _from_upload(cfg: Config) -> Dataset:
+    dataset_id = new_id()
+    staging = cfg.datasets_dir / ".staging" / dataset_id
+    final = cfg.datasets_dir / dataset_id
+    staging.mkdir(parents=True)
+    stored = False
+    try:
+        archive, filename, name = _receive(staging, cfg)
+        limits = ArchiveLimits(cfg.archive_max_members, cfg.archive_max_bytes, cfg.archive_max_ratio)
+        try:
+            extracted = extract_archive(archive, staging / "tree", limits, skip=_is_junk)
+        except ArchiveError as exc:
+            raise APIError(400, f"file: {exc}", field="file", code=exc.code) from None
+        archive.unlink()
+        root = _dataset_root(staging / "tree")
+        report = _inspect(root, cfg, extracted.non_utf8)
+        os.replace(root, final)
+        dataset = _store(dataset_id, name or _display_name(filename), UPLOAD, final, report, extracted.bytes)
+        stored = True
+        return dataset
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not stored:
+            shutil.rmtree(final, ignore_errors=True)
+
+
+def _from_path(cfg: Config, body: dict[str, Any]) -> Dataset:
+    params = validate(body, PATH_SCHEMA)
+    try:
+        root = resolve_under_roots(params["path"], cfg.data_roots)
+    except PathNotAllowed as exc:
+        raise APIError(400, f"path: {exc}", field="path") from None
+    report = _inspect(root, cfg, [])
+    return _store(new_id(), params["name"] or root.name, SERVER_PATH, root, report, 0)
+
+
+@bp.post("/datasets")
+def create_dataset():  # noqa: ANN201
+    """Upload a zip or tar(.gz) as multipart field 'file', or JSON {"path"}; 201 with the inspection report."""
+    cfg = config()
+    if request.mimetype == "application/json":
+        dataset = _from_path(cfg, json_body())
+    elif request.mimetype == "multipart/form-data":
+        dataset = _from_upload(cfg)
+    else:
+        raise APIError(415, "send an archive as multipart/form-data field 'file', or JSON {\"path\": ...}")
+    response = jsonify(serialize_dataset(dataset))
+    response.status_code = 201
+    response.headers["Location"] = url_for("datasets.get_dataset", dataset_id=dataset.id)
+    return response
+
+
+def _get(dataset_id: str) -> Dataset:
+    dataset = db().get(Dataset, dataset_id)
+    if dataset is None:
+        raise APIError(404, f"no dataset with id {dataset_id}", field="dataset_id")
+    return dataset
+
+
+@bp.get("/datasets")
+def list_datasets():  # noqa: ANN201
+    """Datasets, newest first, without per-file details."""
+    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc())
+    return page(query, "datasets.list_datasets", lambda rows: [serialize_dataset(d, full=False) for d in rows])
+
+
+@bp.get("/datasets/<dataset_id>")
+def get_dataset(dataset_id: str):  # noqa: ANN201
+    """One dataset with its full report."""
+    return jsonify(serialize_dataset(_get(dataset_id)))
+
+
+@bp.delete("/datasets/<dataset_id>")
+def delete_dataset(dataset_id: str):  # noqa: ANN201
+    """Delete a dataset (and the uploaded files; a server folder is left alone); 409 while a job uses it."""
+    session = db()
+    dataset = _get(dataset_id)
+    users = jobs_using(session, dataset_id)
+    if users:
+        raise APIError(409, f"dataset {dataset_id} is used by {len(users)} queued or running job(s)", jobs=users)
+    session.delete(dataset)
+    session.commit()
+    folder = Path(dataset.path)
+    if dataset.source == UPLOAD and folder.parent.resolve() == config().datasets_dir.resolve():
+        shutil.rmtree(folder, ignore_errors=True)
+    return jsonify({"id": dataset_id, "deleted": True})
+
+
+def training_source(params: dict[str, Any]) -> Dataset | None:
+    """Turn a train request's data_dir or dataset_id (exactly one) into params["data_dir"]; the dataset if any."""
+    given = [k for k in ("data_dir", "dataset_id") if params.get(k) is not None]
+    if len(given) != 1:
+        raise APIError(400, "give exactly one of data_dir or dataset_id", field=given[-1] if given else "data_dir")
+    if given == ["dataset_id"]:
+        dataset = _get(params["dataset_id"])
+        params["data_dir"] = dataset.path
+        return dataset
+    params.pop("dataset_id", None)
+    try:
+        params["data_dir"] = str(resolve_under_roots(params["data_dir"], config().data_roots))
+    except PathNotAllowed as exc:
+        raise APIError(400, f"data_dir: {exc}", field="data_dir") from None
+    return None
+
+
+def failed_dataset_message(dataset: Dataset) -> str:
+    """The error a training job on a dataset with errors fails with."""
+    return f"dataset {dataset.id} has errors: {first_errors(dataset)}"
