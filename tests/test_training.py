@@ -10,7 +10,8 @@ from cli.sampledata import make_shapes_dataset
 from worker.core.backbones import BACKBONES, build_model
 from worker.core.dataset import load_dataset
 from worker.core.features import build_cache, cached_eval
-from worker.core.train import Cancelled, TrainSpec, _stop_reason, fit
+from worker.core.spec import stop_reason
+from worker.core.train import Cancelled, TrainSpec, fit
 from worker.core.transforms import Preprocessing, eval_batch
 
 TINY = {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 8, "views": 1, "patience": 0}
@@ -93,7 +94,7 @@ def test_early_stopping_on_validation(accs: list[float], patience: int, stops: b
     spec = TrainSpec(epochs=10, freeze_epochs=1, patience=patience, mode="finetune")
     history = [{"epoch": i + 1, "val_acc": a, "seconds": 0.0} for i, a in enumerate(accs)]
     best_epoch = max(range(len(accs)), key=lambda i: (accs[i], -i)) + 1
-    reason = _stop_reason(spec, len(accs), history, best_epoch, elapsed=0.0)
+    reason = stop_reason(spec, len(accs), history, best_epoch, elapsed=0.0)
     assert (reason is not None) == stops
 
 

@@ -1,0 +1,106 @@
+"""Hyper-parameters of a training run and the schedule they imply: phases, learning rates, stopping."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from worker.core.backbones import BACKBONES, Classifier
+from worker.core.inspect import IMBALANCE_RATIO
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "linear", "finetune", "full")
+AUTO_TIME_BUDGET_S = 600.0
+
+
+@dataclass
+class TrainSpec:
+    """Hyper-parameters of a training run (the job's params)."""
+
+    backbone: str = "resnet18"
+    pretrained: bool = True
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    image_size: int = 224
+    val_split: float = 0.2
+    seed: int = 0
+    freeze_epochs: int | None = None  # None: 40% of the epochs (at least 1) when pretrained, 0 otherwise
+    mode: str = "auto"
+    time_budget_s: float | None = None  # auto: 600 s unless set; other modes: no limit unless set
+    patience: int = 3  # fine-tune epochs without a better val accuracy before stopping early; 0: never
+    views: int = 3  # augmented views cached per training image (besides the plain one)
+    cache_mb: int = 1536  # most memory the cached trunk activations may take; past it, fine-tune on the fly
+    label_smoothing: float = 0.1
+    weight_decay: float = 1e-4
+
+    def resolved_mode(self) -> str:
+        """The mode actually used: a trunk trained from scratch has nothing to freeze, so "full"."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        return self.mode if self.pretrained else "full"
+
+    def frozen_phase(self) -> int:
+        """Epochs trained with the whole trunk frozen (the head-only phase)."""
+        mode = self.resolved_mode()
+        if mode == "linear":
+            return self.epochs
+        if not self.pretrained:
+            return 0
+        if self.freeze_epochs is not None:
+            return min(self.freeze_epochs, self.epochs)
+        return max(1, round(self.epochs * 0.4))
+
+    def budget_s(self) -> float | None:
+        """Wall-time budget for the run, if any."""
+        return self.time_budget_s if self.time_budget_s is not None or self.mode != "auto" else AUTO_TIME_BUDGET_S
+
+
+def lr_lambdas(spec: TrainSpec) -> list[Callable[[int], float]]:
+    """Per-epoch multipliers for (head, trunk): flat during the frozen phase, cosine while fine-tuning."""
+    frozen = spec.frozen_phase()
+    tuned = max(1, spec.epochs - frozen)
+
+    def cosine(epoch: int) -> float:
+        step = epoch - frozen
+        return 0.5 * (1 + math.cos(math.pi * step / tuned)) if step >= 0 else 1.0
+
+    trunk_scale = 0.1 if spec.pretrained else 1.0  # pretrained trunks move slowly or they forget ImageNet
+    return [cosine, lambda e: trunk_scale * cosine(e) if e >= frozen else 0.0]
+
+
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor | None:
+    """Inverse-frequency loss weights when the largest class outnumbers the smallest over IMBALANCE_RATIO times."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if counts.min() == 0 or counts.max() / counts.min() <= IMBALANCE_RATIO:
+        return None
+    weights = counts.sum() / (num_classes * counts)
+    log.info("classes imbalanced (%s): loss weights %s", counts.tolist(), np.round(weights, 3).tolist())
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def frozen_stages(model: Classifier, spec: TrainSpec, epoch: int) -> int:
+    """Stages kept frozen in this epoch: all (head phase), all but the last few (fine-tune), none (full)."""
+    if not spec.pretrained:
+        return 0
+    if epoch < spec.frozen_phase():
+        return len(model.stages)
+    if spec.resolved_mode() == "full":
+        return 0
+    return len(model.stages) - BACKBONES[spec.backbone].finetune_stages
+
+
+def stop_reason(spec: TrainSpec, epoch: int, history: list[dict[str, Any]], best_epoch: int, elapsed: float) -> str | None:
+    """Why not to run epoch (0-based) at all: time budget, or no progress for `patience` fine-tune epochs."""
+    budget = spec.budget_s()
+    if history and budget is not None and elapsed + history[-1]["seconds"] > budget:
+        return f"time budget of {budget:.0f} s reached"
+    tuned = [h for h in history if h["epoch"] > spec.frozen_phase()]
+    if spec.patience and len(tuned) >= spec.patience and epoch - best_epoch >= spec.patience:
+        return f"no better val accuracy for {spec.patience} epochs"
+    return None
