@@ -22,7 +22,7 @@ from shared.models import Job, TrainedModel, new_id
 from shared.queue import enqueue_predict
 from shared.results import PredictionResult, result_row
 from shared.storage import PathNotAllowed, resolve_under_roots
-from shared.uploads import UploadError, extract_zip, remove_upload, save_stream, upload_dir
+from shared.uploads import UploadError, extract_zip, release_upload, remove_upload, save_stream, upload_dir
 
 log = logging.getLogger(__name__)
 bp = Blueprint("predict", __name__)
@@ -30,7 +30,7 @@ bp = Blueprint("predict", __name__)
 MAX_SYNC_FILES = 32
 RESULTS_PAGE, RESULTS_MAX_PAGE, CSV_BATCH = 100, 1000, 1000
 ZIP_EXPANSION = 4  # an archive may unpack to this many times the request size limit
-SYNC_SCHEMA = {name: PREDICT_SCHEMA[name] for name in ("top_k", "threshold", "precision")}
+SYNC_SCHEMA = {name: PREDICT_SCHEMA[name] for name in ("top_k", "threshold", "precision", "runtime")}
 CSV_COLUMNS = ["path", "label", "confidence", "error"]
 
 
@@ -142,6 +142,7 @@ def submit_predict():  # noqa: ANN201
         log.exception("could not enqueue job %s", job.id)
         sm.transition(session, job, sm.FAILED, message="queue unavailable", error=f"queue unavailable: {exc}")
         session.commit()
+        release_upload(session, config().artifacts_dir, job.id)
         raise APIError(503, "the job queue (Redis) is unavailable; the job was recorded as failed", job_id=job.id) from None
     response = jsonify(sm.serialize_job(job))
     response.status_code = 202
@@ -240,7 +241,7 @@ def predict_now(model_id: str):  # noqa: ANN201
     from worker.core.predict import summarize
 
     try:
-        predictor = default_cache().get(model.path, params["precision"])
+        predictor = default_cache().get(model.path, params["precision"], params["runtime"])
     except FileNotFoundError:
         raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id") from None
     budget = [config().max_body_mb * 1024 * 1024]

@@ -96,6 +96,8 @@ PREDICT_SCHEMA: dict[str, Field] = {
     "recursive": Field(bool, True),
     "chunk_size": Field(int, 256, minimum=1, maximum=100_000),
     "precision": Field(str, "fp32", choices=("fp32", "bf16")),
+    # fp32 inference runtime (worker.core.runtimes.RUNTIMES); bf16 always runs on torch. null: the server's default.
+    "runtime": Field(str, None, nullable=True, choices=("openvino", "torch")),
 }
 
 

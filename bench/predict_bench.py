@@ -1,9 +1,12 @@
 """Predict throughput: a real predict job (Redis, `graft worker`, SQLite) against a plain single-process torchvision loop.
 
     .venv/bin/python bench/predict_bench.py [--n 512] [--images DIR] [--backbone resnet18] [--image-size 224]
+                                            [--runtime openvino[,torch]] [--precision fp32[,bf16]]
 
 Prints images/s for the job (end to end, warm model cache), for the worker's core in process, and for the plain loop,
-the job/plain ratio, the worker's peak RSS, and the top-1 agreement of the optimised model with the eager fp32 model.
+the job/plain ratio, the worker's peak RSS, and the top-1 agreement of each runtime with eager PyTorch fp32: on the
+bench model and images, and on real photos (--agree-images, default the hymenoptera set when present) with the
+ImageNet-trained EfficientNet-Lite0 and its 1000 classes, where near-ties are common and disagreements show.
 Needs Redis at GRAFT_REDIS_URL (default redis://127.0.0.1:6379/0).
 """
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
+Variant = tuple[str, str]  # (precision, runtime)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -108,8 +113,8 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def run_job(env: dict[str, str], model_path: Path, folder: Path, n: int, chunk_size: int, workers: int,
-            precisions: list[str]) -> tuple[dict[str, float], float]:
-    """images/s of one predict job per precision (each after a warm-up job), and the workers' peak RSS (MiB)."""
+            variants: list[Variant]) -> tuple[dict[Variant, float], float]:
+    """images/s of one predict job per variant (each after a warm-up job), and the workers' peak RSS (MiB)."""
     from api import create_app
     from shared import jobs as sm
     from shared.config import Config
@@ -132,8 +137,9 @@ def run_job(env: dict[str, str], model_path: Path, folder: Path, n: int, chunk_s
     try:
         client = create_app(config).test_client()
 
-        def job(input_dir: Path, precision: str) -> dict:
-            body = {"model_id": model_id, "input_dir": str(input_dir), "chunk_size": chunk_size, "precision": precision}
+        def job(input_dir: Path, variant: Variant) -> dict:
+            body = {"model_id": model_id, "input_dir": str(input_dir), "chunk_size": chunk_size,
+                    "precision": variant[0], "runtime": variant[1]}
             submitted = client.post("/api/v1/jobs/predict", json=body).get_json()
             while True:
                 state = client.get(f"/api/v1/jobs/{submitted['id']}").get_json()
@@ -146,16 +152,16 @@ def run_job(env: dict[str, str], model_path: Path, folder: Path, n: int, chunk_s
         for p in sorted(folder.iterdir())[: 4 * workers]:
             shutil.copy(p, warm / p.name)
         speeds = {}
-        for precision in precisions:
-            state = job(warm, precision)  # starts the workers' pools and fills each worker's model cache
+        for variant in variants:
+            state = job(warm, variant)  # starts the workers' pools and fills each worker's model cache
             if state["status"] != "succeeded":
                 sys.exit(f"warm-up job {state['status']}: {state['error']}")
             t0 = time.perf_counter()
-            state = job(folder, precision)
+            state = job(folder, variant)
             seconds = time.perf_counter() - t0
             if state["status"] != "succeeded" or state["metrics"]["summary"]["files"] != n:
                 sys.exit(f"bench job {state['status']}: {state['error']}")
-            speeds[precision] = n / seconds
+            speeds[variant] = n / seconds
         return speeds, max(peak_rss_mb(p.pid) for p, _ in procs)
     finally:
         for proc, log in procs:
@@ -164,19 +170,58 @@ def run_job(env: dict[str, str], model_path: Path, folder: Path, n: int, chunk_s
             log.close()
 
 
-def run_core(model_path: Path, paths: list[Path], precision: str) -> tuple[float, float]:
-    """images/s of the worker's core in this process, and its top-1 agreement with the eager fp32 model."""
+def _eager(model_path: Path):  # noqa: ANN202 - a Predictor
+    from worker.core.predict import Predictor
+
+    return Predictor.from_artifact(model_path, optimize=False, runtime="torch")
+
+
+def _agreement(rows: list[dict], reference: list[dict]) -> tuple[float, float]:
+    """Share of equal top-1 labels, and the largest top-1 confidence difference."""
+    pairs = [(a, b) for a, b in zip(rows, reference) if a["error"] is None]
+    same = float(np.mean([a["label"] == b["label"] for a, b in pairs]))
+    return same, max((abs(a["confidence"] - b["confidence"]) for a, b in pairs if a["label"] == b["label"]), default=0.0)
+
+
+def run_core(model_path: Path, paths: list[Path], variant: Variant) -> tuple[float, str, tuple[float, float]]:
+    """images/s of the worker's core in this process, the runtime it used, and its agreement with eager fp32."""
     from worker.core.predict import Predictor
 
     files = [(p.name, p) for p in paths]
-    fast = Predictor.from_artifact(model_path, precision=precision)
+    fast = Predictor.from_artifact(model_path, precision=variant[0], runtime=variant[1])
     fast.predict_files(files[:8])
     t0 = time.perf_counter()
     rows = fast.predict_files(files)
     speed = len(files) / (time.perf_counter() - t0)
-    eager = Predictor.from_artifact(model_path, optimize=False).predict_files(files)
-    agree = float(np.mean([a["label"] == b["label"] for a, b in zip(rows, eager)]))
-    return speed, agree
+    return speed, fast.runtime, _agreement(rows, _eager(model_path).predict_files(files))
+
+
+def imagenet_agreement(folder: Path, base: Path, variants: list[Variant]) -> dict[Variant, tuple[float, float, int]]:
+    """Per variant: top-1 agreement with eager fp32 and the largest confidence difference, for the ImageNet-trained
+    EfficientNet-Lite0 (all 1000 classes) on every JPEG below folder; {} when its weights are not installed."""
+    from worker.core.backbones import BACKBONES, WeightsNotFound, build_model, lite0_imagenet
+    from worker.core.checkpoint import save_model_artifact
+    from worker.core.predict import Predictor
+    from worker.core.transforms import Preprocessing
+
+    try:
+        model = build_model("efficientnet_lite0", 1000, pretrained=True)
+        model.head.load_state_dict(lite0_imagenet()._fc.state_dict())
+    except (WeightsNotFound, ImportError) as exc:
+        print(f"imagenet agreement skipped: {exc}")
+        return {}
+    info = BACKBONES["efficientnet_lite0"]
+    meta = {"backbone": "efficientnet_lite0", "classes": [f"imagenet{i:04d}" for i in range(1000)], "image_size": 224,
+            "preprocessing": Preprocessing.for_size(224, info.mean, info.std).to_dict(), "metrics": {}, "params": {}}
+    path = save_model_artifact(base / "lite0-imagenet", model.eval(), meta)
+    files = [(p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*"))
+             if p.suffix.lower() in (".jpg", ".jpeg")]
+    reference = _eager(path).predict_files(files)
+    out = {}
+    for variant in variants:
+        rows = Predictor.from_artifact(path, precision=variant[0], runtime=variant[1]).predict_files(files)
+        out[variant] = (*_agreement(rows, reference), len(files))
+    return out
 
 
 def run_plain(model_path: Path, paths: list[Path]) -> float:
@@ -212,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1, help="`graft worker` processes for the job")
     parser.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16 or both")
+    parser.add_argument("--runtime", default=None,
+                        help="comma-separated fp32 runtimes: openvino, torch (default: the server's, openvino)")
+    parser.add_argument("--agree-images", type=lambda s: Path(s) if s else None,
+                        default=HYMENOPTERA if HYMENOPTERA.is_dir() else None,
+                        help="real photos for the ImageNet agreement check (default: hymenoptera when present)")
+    parser.add_argument("--skip-plain", action="store_true", help="leave out the plain torchvision loop")
     parser.add_argument("--skip-job", action="store_true", help="only the in-process figures (no Redis needed)")
     args = parser.parse_args(argv)
 
@@ -228,24 +279,43 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"images: {args.n} ({'from ' + str(args.images) if args.images else f'generated {args.width}x{args.height}'}),"
               f" cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
+        from worker.core.runtimes import DEFAULT_RUNTIME
+
         precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-        job_speeds: dict[str, float] = {}
+        runtimes = [r.strip() for r in (args.runtime or DEFAULT_RUNTIME).split(",") if r.strip()]
+        # bf16 runs on torch whatever the runtime; fp32 once per runtime asked for.
+        variants = [(p, r) for p in precisions for r in (runtimes if p == "fp32" else ["torch"])]
+        job_speeds: dict[Variant, float] = {}
         rss = None
         if not args.skip_job:
-            job_speeds, rss = run_job(env, model_path, data, args.n, args.chunk_size, args.workers, precisions)
-        core = {p: run_core(model_path, paths, p) for p in precisions}
-        plain_speed = run_plain(model_path, paths)
-        for p in precisions:
-            if p in job_speeds:
-                print(f"predict job {p} (end to end, {args.workers} worker(s)): {job_speeds[p]:7.1f} images/s"
-                      f"  = {job_speeds[p] / plain_speed:.2f}x plain")
-            print(f"worker core {p} in process:              {core[p][0]:7.1f} images/s"
-                  f"  top-1 agreement with eager fp32: {core[p][1] * 100:.2f} %")
-        print(f"plain torchvision loop (batch 1, PIL):    {plain_speed:7.1f} images/s")
-        if rss is not None:
-            print(f"worker peak RSS:                          {rss:7.0f} MiB")
-        print(f"this process peak RSS (core + plain):     {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:7.0f} MiB")
+            job_speeds, rss = run_job(env, model_path, data, args.n, args.chunk_size, args.workers, variants)
+        core = {v: run_core(model_path, paths, v) for v in variants}
+        plain_speed = None if args.skip_plain else run_plain(model_path, paths)
+        imagenet = imagenet_agreement(args.agree_images, base, variants) if args.agree_images else {}
         print(f"load average after: {os.getloadavg()[0]:.2f}")
+        print()
+        for v in variants:
+            name = f"{v[0]} {core[v][1]}" + (f" (asked {v[1]})" if core[v][1] != v[1] else "")
+            if v in job_speeds:
+                ratio = f"  = {job_speeds[v] / plain_speed:.2f}x plain" if plain_speed else ""
+                print(f"predict job, {name}, end to end ({args.workers} worker):".ljust(52)
+                      + f"{job_speeds[v]:7.1f} images/s{ratio}")
+            ratio = f"  = {core[v][0] / plain_speed:.2f}x plain" if plain_speed else ""
+            print(f"worker core, {name}, in process:".ljust(52) + f"{core[v][0]:7.1f} images/s{ratio}")
+        if plain_speed:
+            print("plain torchvision loop (batch 1, PIL, eager fp32):".ljust(52) + f"{plain_speed:7.1f} images/s")
+        if rss is not None:
+            print("worker peak RSS (largest worker process):".ljust(52) + f"{rss:7.0f} MiB")
+        print("this process peak RSS (core + plain + checks):".ljust(52)
+              + f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:7.0f} MiB")
+        for v in variants:
+            same, diff = core[v][2]
+            print(f"agreement with eager fp32, {v[0]} {core[v][1]}, bench model on bench images:".ljust(76)
+                  + f"{same * 100:6.2f} % top-1, max |confidence diff| {diff:.1e}")
+            if v in imagenet:
+                same, diff, count = imagenet[v]
+                print(f"agreement with eager fp32, {v[0]} {core[v][1]}, Lite0 ImageNet-1000 on {count} photos:".ljust(76)
+                      + f"{same * 100:6.2f} % top-1, max |confidence diff| {diff:.1e}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -128,6 +128,8 @@ def run_predict(client: GraftClient, args: argparse.Namespace) -> int:
         params["chunk_size"] = args.chunk_size
     if args.precision:
         params["precision"] = args.precision
+    if args.runtime:
+        params["runtime"] = args.runtime
     unreadable: list[str] = []
     if args.server_dir:
         params["input_dir"] = os.path.abspath(args.server_dir)
@@ -161,5 +163,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", dest="chunk_size", type=int, help="files per worker task")
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="bf16: about twice as fast on CPUs with native bf16; labels may differ on near-ties")
+    p.add_argument("--runtime", choices=["openvino", "torch"],
+                   help="fp32 inference runtime on the workers (default: openvino; torch is the plain fallback)")
     p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     return p

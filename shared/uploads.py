@@ -1,10 +1,10 @@
-"""Uploaded images for predict jobs: where they live, safe relative names, and bounded zip extraction."""
+"""Uploaded images for predict jobs: where they live, safe relative names, bounded zip extraction, and removal."""
 from __future__ import annotations
 
 import re
 import shutil
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 COPY_BLOCK = 1 << 20
@@ -67,3 +67,32 @@ def extract_zip(folder: Path, stream: BinaryIO, budget: list[int], max_members: 
 def remove_upload(folder: Path) -> None:
     """Delete an upload folder and everything in it."""
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def release_upload(session: Any, artifacts_dir: Path, job_id: str) -> bool:
+    """Delete the upload folder of predict job job_id once it has finished, unless a queued or running predict job
+    still reads it; True when removed. Call after the job's final status is committed.
+
+    Uploads live as long as the jobs that use them: a finished job's results are in the database, not in the folder.
+    """
+    from sqlalchemy import select
+
+    from shared.jobs import FINISHED, QUEUED, RUNNING
+    from shared.models import Job
+
+    job = session.get(Job, job_id)
+    upload_id = (job.params or {}).get("upload_id") if job is not None else None
+    if job is None or job.kind != "predict" or not upload_id or job.status not in FINISHED:
+        return False
+    active = session.scalars(select(Job.params).where(Job.kind == "predict", Job.status.in_((QUEUED, RUNNING)),
+                                                      Job.id != job_id)).all()
+    if any((params or {}).get("upload_id") == upload_id for params in active):
+        return False
+    try:
+        folder = upload_dir(artifacts_dir, upload_id)
+    except UploadError:
+        return False
+    if not folder.exists():
+        return False
+    remove_upload(folder)
+    return True

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from PIL import Image
 from cli.sampledata import make_shapes_dataset
 from shared import jobs as sm
 from shared.db import session_scope
-from shared.models import TrainedModel
+from shared.models import Job, TrainedModel
 from tests.conftest import HYMENOPTERA, ROOT, TOKEN, WorkerProcess, wait_for_job
 
 TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "epochs": 2, "batch_size": 8}
@@ -224,6 +225,7 @@ def test_bf16_precision_is_opt_in(client, model: dict, data_root: Path) -> None:
         ({"model_id": "{model}", "upload_id": "../../etc"}, 404, "upload_id"),
         ({"model_id": "{model}", "input_dir": "{root}", "colour": "red"}, 400, "colour"),
         ({"model_id": "{model}", "input_dir": "{root}", "precision": "int8"}, 400, "precision"),
+        ({"model_id": "{model}", "input_dir": "{root}", "runtime": "onnx"}, 400, "runtime"),
     ],
 )
 def test_bad_predict_requests(client, model: dict, data_root: Path, body: dict, status: int, field: str) -> None:  # noqa: ANN001
@@ -361,3 +363,197 @@ def test_hymenoptera_val_accuracy_matches_training(client, worker) -> None:  # n
     correct = sum(r["label"] == r["path"].split("/")[0] for r in rows)
     reported = round(model["metrics"]["val_acc"] * train["metrics"]["val_images"])
     assert abs(correct - reported) <= 1, (correct, reported, len(rows))
+
+
+# --- the fp32 runtime (OpenVINO by default, eager PyTorch as the fallback) ------------------------------------------
+
+
+def _runtime_files(messy: dict[str, Path], data_root: Path) -> list[tuple[str, Path]]:
+    """The readable messy files and the model's 30 training shapes."""
+    shapes = sorted((data_root / "predict-train").rglob("*.jpg"))
+    return [(n, p) for n, p in messy.items() if n not in BAD] + [(p.name, p) for p in shapes]
+
+
+def _assert_same_rows(a: list[dict], b: list[dict], atol: float) -> None:
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    for x, y in zip(a, b):
+        assert [t["label"] for t in x["top_k"]] == [t["label"] for t in y["top_k"]], (x, y)
+        assert np.allclose([t["confidence"] for t in x["top_k"]], [t["confidence"] for t in y["top_k"]], atol=atol)
+
+
+def test_default_runtime_agrees_with_torch_fp32(model: dict, messy: dict[str, Path], data_root: Path) -> None:
+    from worker.core.predict import Predictor
+    from worker.core.runtimes import DEFAULT_RUNTIME
+
+    files = _runtime_files(messy, data_root)
+    fast = Predictor.from_artifact(model["path"])
+    eager = Predictor.from_artifact(model["path"], optimize=False, runtime="torch")
+    assert fast.runtime == DEFAULT_RUNTIME == "openvino" and eager.runtime == "torch"  # no silent fallback here
+    _assert_same_rows(fast.predict_files(files, top_k=3), eager.predict_files(files, top_k=3), atol=1e-4)
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "torch"])
+def test_runtime_batch_equals_one_at_a_time(model: dict, messy: dict[str, Path], data_root: Path, runtime: str) -> None:
+    from worker.core.predict import Predictor
+
+    files = _runtime_files(messy, data_root)
+    batched = Predictor.from_artifact(model["path"], runtime=runtime, batch_size=8)
+    single = Predictor.from_artifact(model["path"], runtime=runtime, batch_size=1)
+    assert batched.runtime == single.runtime == runtime
+    _assert_same_rows(batched.predict_files(files, top_k=3), single.predict_files(files, top_k=3), atol=1e-5)
+
+
+@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="hymenoptera data set not present")
+def test_default_runtime_agrees_on_imagenet_lite0(tmp_path: Path) -> None:
+    """1000 ImageNet classes on real photos: near-ties are common, so a runtime that changes results shows here."""
+    from worker.core.backbones import BACKBONES, WeightsNotFound, build_model, lite0_imagenet
+    from worker.core.checkpoint import save_model_artifact
+    from worker.core.predict import Predictor
+    from worker.core.transforms import Preprocessing
+
+    try:
+        net = build_model("efficientnet_lite0", 1000, pretrained=True)
+        net.head.load_state_dict(lite0_imagenet()._fc.state_dict())
+    except WeightsNotFound as exc:
+        pytest.skip(str(exc))
+    info = BACKBONES["efficientnet_lite0"]
+    meta = {"backbone": "efficientnet_lite0", "classes": [str(i) for i in range(1000)], "image_size": 224,
+            "preprocessing": Preprocessing.for_size(224, info.mean, info.std).to_dict(), "metrics": {}, "params": {}}
+    path = save_model_artifact(tmp_path, net.eval(), meta)
+    photos = sorted((HYMENOPTERA / "val").rglob("*.jpg"))[::4]
+    files = [(p.name, p) for p in photos]
+    fast = Predictor.from_artifact(path)
+    assert fast.runtime == "openvino" and len(files) >= 30
+    _assert_same_rows(fast.predict_files(files, top_k=5),
+                      Predictor.from_artifact(path, optimize=False, runtime="torch").predict_files(files, top_k=5),
+                      atol=1e-4)
+
+
+def test_runtime_falls_back_to_torch_without_openvino(model: dict, messy: dict[str, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.core.predict import Predictor
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    predictor = Predictor.from_artifact(model["path"], runtime="openvino")
+    assert predictor.runtime == "torch"
+    rows = predictor.predict_files([("gray.jpg", messy["odd/gray.jpg"])])
+    assert rows[0]["label"] in CLASSES and rows[0]["error"] is None
+
+
+def test_model_cache_keys_on_runtime(model: dict) -> None:
+    from worker.core.model_cache import ModelCache
+
+    cache = ModelCache(size=2)
+    default, torch_ = cache.get(model["path"]), cache.get(model["path"], runtime="torch")
+    assert (default.runtime, torch_.runtime) == ("openvino", "torch") and cache.loads == 2
+    assert cache.get(model["path"], runtime="openvino") is default
+    assert cache.get(model["path"], "fp32", "torch") is torch_
+    assert cache.loads == 2  # converted once per process and model, not per chunk
+
+
+def test_openvino_import_sends_no_telemetry(tmp_path: Path) -> None:
+    code = ("import sys; from worker.core.runtimes import import_openvino; ov = import_openvino(); "
+            "assert sys.modules['openvino_telemetry'] is None; ov.Core()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []  # a plain `import openvino` writes ~/intel/openvino_ga_cid and phones home
+
+
+def test_job_runtime_param(client, model: dict, data_root: Path) -> None:  # noqa: ANN001
+    root = make_shapes_dataset(data_root / "runtimes", per_class=2, size=64)
+    rows = {}
+    for runtime in ("torch", None):
+        job = wait_for_job(client, _submit(client, model_id=model["id"], input_dir=str(root), top_k=3,
+                                           runtime=runtime)["id"])
+        assert job["status"] == "succeeded" and job["params"]["runtime"] == runtime, job["error"]
+        rows[runtime] = _all_results(client, job["id"])
+    assert len(rows[None]) == 6
+    _assert_same_rows(rows[None], rows["torch"], atol=1e-4)
+
+
+# --- uploads are removed when the job that used them is finished -------------------------------------------------
+
+
+def _upload_gone(service_config, upload_id: str, timeout: float = 20) -> bool:  # noqa: ANN001
+    """Wait for the upload folder to go: the worker removes it just after recording the job's end."""
+    from shared.uploads import upload_dir
+
+    folder = upload_dir(service_config.artifacts_dir, upload_id)
+    deadline = time.monotonic() + timeout
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not folder.exists()
+
+
+def test_upload_removed_when_job_succeeds_or_fails(client, service_config, model: dict,  # noqa: ANN001
+                                                    messy: dict[str, Path]) -> None:
+    data = {"model_id": model["id"], "file": [(io.BytesIO(messy["odd/gray.jpg"].read_bytes()), "gray.jpg")]}
+    response = client.post("/api/v1/jobs/predict", data=data, content_type="multipart/form-data")
+    job = wait_for_job(client, response.get_json()["id"])
+    assert job["status"] == "succeeded" and _upload_gone(service_config, job["params"]["upload_id"])
+    assert len(_all_results(client, job["id"])) == 1  # the results stay: they are in the database
+
+    data = {"model_id": model["id"], "file": [(io.BytesIO(b"junk"), ".DS_Store")]}  # nothing to classify: fails
+    response = client.post("/api/v1/jobs/predict", data=data, content_type="multipart/form-data")
+    job = wait_for_job(client, response.get_json()["id"])
+    assert job["status"] == "failed" and _upload_gone(service_config, job["params"]["upload_id"])
+
+
+def _upload_with_jobs(service_config, model: dict, count: int) -> tuple[Path, list[str]]:  # noqa: ANN001
+    """An upload folder and count queued predict jobs reading it, recorded but not enqueued."""
+    from shared.uploads import upload_dir
+
+    upload_id = uuid.uuid4().hex
+    folder = upload_dir(service_config.artifacts_dir, upload_id)
+    folder.mkdir(parents=True)
+    _jpeg(folder / "one.jpg", 5)
+    with session_scope(service_config.database_url) as session:
+        jobs = [sm.create_job(session, "predict", {"model_id": model["id"], "upload_id": upload_id, "top_k": 1})
+                for _ in range(count)]
+        return folder, [job.id for job in jobs]
+
+
+def _cancel(service_config, job_id: str) -> None:  # noqa: ANN001
+    with session_scope(service_config.database_url) as session:
+        sm.request_cancel(session, session.get(Job, job_id))
+
+
+def test_upload_kept_while_another_job_uses_it(service_config, model: dict) -> None:  # noqa: ANN001
+    from shared.uploads import release_upload
+
+    folder, (first, second) = _upload_with_jobs(service_config, model, 2)
+    with session_scope(service_config.database_url) as session:
+        assert not release_upload(session, service_config.artifacts_dir, first)  # not finished yet
+    _cancel(service_config, first)
+    with session_scope(service_config.database_url) as session:
+        assert not release_upload(session, service_config.artifacts_dir, first)  # second still queued
+    assert folder.is_dir()
+    with session_scope(service_config.database_url) as session:
+        job = session.get(Job, second)
+        sm.transition(session, job, sm.RUNNING, message="test")
+        sm.transition(session, job, sm.FAILED, message="test", error="test")
+    with session_scope(service_config.database_url) as session:
+        assert release_upload(session, service_config.artifacts_dir, second)
+    assert not folder.exists()
+
+
+def test_upload_removed_when_job_is_cancelled(service_config, model: dict) -> None:  # noqa: ANN001
+    from worker.predict_jobs import run_predict_chunk, start_predict_job
+
+    # Cancelled while queued: the worker that receives its message removes the upload.
+    folder, (queued,) = _upload_with_jobs(service_config, model, 1)
+    _cancel(service_config, queued)
+    start_predict_job(queued, "test", dispatch=lambda chunks: None, config=service_config)
+    assert not folder.exists()
+
+    # Cancelled while running: the chunk that sees the request ends the job and removes the upload.
+    folder, (running,) = _upload_with_jobs(service_config, model, 1)
+    dispatched: list[list[str]] = []
+    start_predict_job(running, "test", dispatch=dispatched.extend, config=service_config)
+    assert dispatched == [["one.jpg"]] and folder.is_dir()
+    _cancel(service_config, running)
+    assert run_predict_chunk(running, 0, dispatched[0], "test", config=service_config)["skipped"]
+    with session_scope(service_config.database_url) as session:
+        assert session.get(Job, running).status == sm.CANCELLED
+    assert not folder.exists()

@@ -17,7 +17,7 @@ from shared.db import session_scope
 from shared.models import Job, TrainedModel, utcnow
 from shared.results import PredictionResult
 from shared.storage import PathNotAllowed, resolve_under_roots
-from shared.uploads import UploadError, upload_dir
+from shared.uploads import UploadError, release_upload, upload_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,17 @@ def _end(session: Any, job: Job | None, target: str, message: str, **fields: Any
 def _fail(config: Config, job_id: str, error: str) -> None:
     with session_scope(config.database_url) as session:
         _end(session, session.get(Job, job_id), sm.FAILED, error, error=error)
+    _release_upload(config, job_id)
+
+
+def _release_upload(config: Config, job_id: str) -> None:
+    """Remove a finished job's uploaded images unless an active job still reads them (never raises)."""
+    try:
+        with session_scope(config.database_url) as session:
+            if release_upload(session, config.artifacts_dir, job_id):
+                log.info("predict job %s: upload removed", job_id)
+    except Exception:  # noqa: BLE001 - cleanup trouble must not change how the job ended
+        log.exception("predict job %s: could not remove its upload", job_id)
 
 
 def split_chunks(names: Sequence[str], size: int) -> list[list[str]]:
@@ -98,6 +109,7 @@ def start_predict_job(job_id: str, worker: str, dispatch: Dispatch, config: Conf
     config = config or get_config()
     params = _start(config, job_id, worker)
     if params is None:
+        _release_upload(config, job_id)  # cancelled while queued: its upload is no longer needed
         return
     try:
         _model_path(config, params["model_id"])
@@ -142,16 +154,22 @@ def run_predict_chunk(job_id: str, index: int, names: list[str], worker: str,
         job = session.get(Job, job_id)
         if job is not None and job.cancel_requested:
             _end(session, job, sm.CANCELLED, "cancelled by user")
-        if job is None or job.status != sm.RUNNING:
+        skipped = job is None or job.status != sm.RUNNING
+        if skipped:
             log.info("predict job %s: chunk %d skipped (job %s)", job_id, index, job.status if job else "gone")
-            return {"chunk": index, "files": 0, "skipped": True}
-        params = dict(job.params)
+        else:
+            params = dict(job.params)
+    if skipped:
+        _release_upload(config, job_id)
+        return {"chunk": index, "files": 0, "skipped": True}
     folder, roots = input_folder(config, params)
-    predictor = default_cache().get(_model_path(config, params["model_id"]), params.get("precision") or "fp32")
+    predictor = default_cache().get(_model_path(config, params["model_id"]), params.get("precision") or "fp32",
+                                    params.get("runtime"))
     rows = predictor.predict_files([(name, folder / name) for name in names], params.get("top_k", 1),
                                    params.get("threshold"), roots)
     _store_chunk(config, job_id, index, rows, worker)
-    return {"chunk": index, "files": len(rows), "errors": sum(1 for r in rows if r["error"])}
+    errors = sum(1 for r in rows if r["error"])
+    return {"chunk": index, "files": len(rows), "errors": errors, "runtime": predictor.runtime}
 
 
 def _store_chunk(config: Config, job_id: str, index: int, rows: list[dict[str, Any]], worker: str) -> None:
@@ -191,6 +209,13 @@ def result_summary(session: Any, job_id: str) -> dict[str, Any]:
 def finish_predict_job(job_id: str, config: Config | None = None) -> None:
     """The chord callback: check every file has its row, record the summary, mark the job succeeded."""
     config = config or get_config()
+    try:
+        _finish(config, job_id)
+    finally:
+        _release_upload(config, job_id)
+
+
+def _finish(config: Config, job_id: str) -> None:
     with session_scope(config.database_url) as session:
         job = session.get(Job, job_id)
         if job is None or job.status != sm.RUNNING:

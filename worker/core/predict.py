@@ -1,6 +1,7 @@
 """The pure prediction core: a trained model's eval transform, batched inference, decoding overlapping inference.
 
 No Flask, Celery or SQLAlchemy here. Every input file gives exactly one row; unreadable ones get an error.
+Inference runs on a runtime from worker.core.runtimes (OpenVINO fp32 by default, eager PyTorch as the fallback).
 """
 from __future__ import annotations
 
@@ -14,18 +15,20 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from worker.core.backbones import Classifier
 from worker.core.checkpoint import load_model_artifact
 from worker.core.dataset import JUNK_NAMES
 from worker.core.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
-from worker.core.transforms import Preprocessing, eval_batch
+from worker.core.runtimes import DEFAULT_RUNTIME, RUNTIMES, TORCH, Normalized, Runner, RuntimeUnavailable, make_runner
+from worker.core.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 UNKNOWN = "unknown"
-PRECISIONS = ("fp32", "bf16")  # bf16: about 2x faster where the CPU has native bf16, top-1 may differ on near-ties
+PRECISIONS = ("fp32", "bf16")  # bf16 (eager PyTorch only): ~2x faster with native bf16, top-1 may differ on near-ties
 Row = dict[str, Any]
 
 
@@ -107,26 +110,65 @@ def optimize_for_cpu(model: Classifier) -> Classifier:
     return fused.to(memory_format=torch.channels_last)
 
 
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The centre size x size of an HWC image: the same pixels as torchvision's center_crop (it pads when smaller)."""
+    h, w = img.shape[:2]
+    if h < size or w < size:
+        chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        return TF.center_crop(chw, [size, size]).permute(1, 2, 0).numpy()
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img[top : top + size, left : left + size]
+
+
+def crop_batch(images: Sequence[np.ndarray], prep: Preprocessing) -> np.ndarray:
+    """Centre crops of images already resized to prep.resize, as one uint8 (N, crop, crop, 3) array."""
+    return np.stack([center_crop(img, prep.crop) for img in images])
+
+
 class Predictor:
     """A loaded model with its classes and eval transform, ready to classify files or decoded images."""
 
-    def __init__(self, model: torch.nn.Module, classes: Sequence[str], prep: Preprocessing,
+    def __init__(self, runner: Runner, classes: Sequence[str], prep: Preprocessing,
                  batch_size: int = BATCH_SIZE, decode_threads: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, dtype: torch.dtype = torch.float32) -> None:
-        self.model, self.classes, self.prep, self.dtype = model, list(classes), prep, dtype
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.runner, self.classes, self.prep = runner, list(classes), prep
         self.batch_size = max(1, batch_size)
         self.decode_threads = decode_threads or max(1, min(4, os.cpu_count() or 1))
         self.max_pixels = max_pixels
 
+    @property
+    def runtime(self) -> str:
+        """The runtime actually in use (a requested one that is unavailable here falls back to torch)."""
+        return self.runner.name
+
     @classmethod
     def from_artifact(cls, path: str | Path, optimize: bool = True, precision: str = "fp32",
-                      **kwargs: Any) -> "Predictor":
-        """Load model.pt (weights_only) and build a Predictor with the artifact's classes and preprocessing."""
+                      runtime: str | None = None, **kwargs: Any) -> "Predictor":
+        """Load model.pt (weights_only) and build a Predictor with the artifact's classes and preprocessing.
+
+        runtime (default DEFAULT_RUNTIME) applies to fp32; bf16 always runs on eager PyTorch. A runtime that is not
+        installed or cannot convert the model falls back to PyTorch fp32, with a warning in the log.
+        """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        runtime = runtime or DEFAULT_RUNTIME
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         model, meta = load_model_artifact(Path(path))
         prep: Preprocessing = meta["preprocessing"]
         model = model.to(memory_format=torch.channels_last).eval()
+        runner: Runner | None = None
+        if precision == "fp32" and runtime != TORCH:
+            try:
+                runner = make_runner(runtime, Normalized(model, prep.mean, prep.std), prep.crop)
+            except RuntimeUnavailable as exc:
+                log.warning("runtime %s unavailable for %s, using torch fp32: %s", runtime, path, exc)
+        if runner is None:
+            runner = cls._torch_runner(model, prep, precision, optimize)
+        return cls(runner, meta["classes"], prep, **kwargs)
+
+    @staticmethod
+    def _torch_runner(model: Classifier, prep: Preprocessing, precision: str, optimize: bool) -> Runner:
         if optimize:
             model = optimize_for_cpu(model)
         dtype = torch.float32
@@ -136,13 +178,15 @@ class Predictor:
                 model = model.to(dtype)
             else:
                 log.info("bf16 asked for but this CPU has no native bf16: running fp32")
-        return cls(model, meta["classes"], prep, dtype=dtype, **kwargs)
+        return make_runner(TORCH, Normalized(model, prep.mean, prep.std, dtype), prep.crop)
+
+    def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Float32 logits for images already decoded to the model's resize size."""
+        return self.runner(crop_batch(images, self.prep))
 
     def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Softmax class probabilities for images already decoded to the model's resize size."""
-        with torch.inference_mode():
-            logits = self.model(eval_batch(images, self.prep).to(self.dtype))
-            return torch.softmax(logits.float(), dim=1)
+        return torch.softmax(torch.from_numpy(self.logits(images)).float(), dim=1)
 
     def _rows(self, names: Sequence[str], decoded: Sequence[np.ndarray | str], top_k: int,
               threshold: float | None) -> list[Row]:
