@@ -241,7 +241,8 @@ def predict_now(model_id: str):  # noqa: ANN201
     from worker.core.predict import summarize
 
     try:
-        predictor = default_cache().get(model.path, params["precision"], params["runtime"])
+        predictor = default_cache().get(model.path, params["precision"], params["runtime"],
+                                        max_pixels=config().max_image_pixels)
     except FileNotFoundError:
         raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id") from None
     budget = [config().max_body_mb * 1024 * 1024]

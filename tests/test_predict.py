@@ -289,6 +289,20 @@ def test_synchronous_predict(client, model: dict, messy: dict[str, Path]) -> Non
                        content_type="multipart/form-data").status_code == 404
 
 
+def test_configured_pixel_limit_applies_when_predicting(app, model: dict, messy: dict[str, Path]) -> None:  # noqa: ANN001
+    from api import create_app
+    from tests.conftest import TOKEN
+
+    strict = create_app(app.config["GRAFT"].replace(max_image_pixels=100)).test_client()
+    strict.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    files = [(io.BytesIO(messy["odd/gray.jpg"].read_bytes()), "gray.jpg")]
+    response = strict.post(f"/api/v1/models/{model['id']}/predict", data={"file": files},
+                           content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_json()
+    (item,) = response.get_json()["items"]
+    assert item["label"] in ("", None) and "too large" in item["error"]
+
+
 def test_failed_chunk_is_retried_then_fails_the_job(client, service_config, data_root: Path) -> None:  # noqa: ANN001
     model_id = uuid.uuid4().hex
     with session_scope(service_config.database_url) as session:

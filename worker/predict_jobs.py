@@ -164,7 +164,7 @@ def run_predict_chunk(job_id: str, index: int, names: list[str], worker: str,
         return {"chunk": index, "files": 0, "skipped": True}
     folder, roots = input_folder(config, params)
     predictor = default_cache().get(_model_path(config, params["model_id"]), params.get("precision") or "fp32",
-                                    params.get("runtime"))
+                                    params.get("runtime"), max_pixels=config.max_image_pixels)
     rows = predictor.predict_files([(name, folder / name) for name in names], params.get("top_k", 1),
                                    params.get("threshold"), roots)
     _store_chunk(config, job_id, index, rows, worker)

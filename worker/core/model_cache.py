@@ -7,6 +7,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
+from worker.core.images import DEFAULT_MAX_PIXELS
 from worker.core.predict import Predictor
 from worker.core.runtimes import DEFAULT_RUNTIME, TORCH
 
@@ -23,21 +24,22 @@ class ModelCache:
 
     def __init__(self, size: int = DEFAULT_SIZE, loader: Callable[..., Predictor] = Predictor.from_artifact) -> None:
         self.size, self.loader = max(1, size), loader
-        self._items: OrderedDict[tuple[str, int, int, str, str], Predictor] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int, int, str, str, int | None], Predictor] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0
 
-    def get(self, path: str | Path, precision: str = "fp32", runtime: str | None = None) -> Predictor:
+    def get(self, path: str | Path, precision: str = "fp32", runtime: str | None = None,
+            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Predictor:
         """The Predictor for the artifact at path, loaded on first use (a rewritten file is reloaded)."""
         path = Path(path)
         runtime = TORCH if precision == "bf16" else runtime or DEFAULT_RUNTIME  # bf16 runs on torch only
         stat = path.stat()  # FileNotFoundError for a missing artifact: the caller decides what that means
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, precision, runtime)
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, precision, runtime, max_pixels)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-            predictor = self.loader(path, precision=precision, runtime=runtime)
+            predictor = self.loader(path, precision=precision, runtime=runtime, max_pixels=max_pixels)
             self.loads += 1
             self._items[key] = predictor
             while len(self._items) > self.size:
