@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
-from flask import Blueprint, jsonify, request, url_for
+from celery import Celery
+from flask import Blueprint, Response, jsonify, request, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -39,22 +41,30 @@ def submit_train():  # noqa: ANN201
         sm.transition(session, job, sm.FAILED, message=error, error=error)
         session.commit()
     else:
-        _enqueue(session, job)
-    response = jsonify(sm.serialize_job(job))
-    response.status_code = 202
-    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
-    return response
+        enqueue_or_fail(session, job)
+    return accepted(job)
 
 
-def _enqueue(session: Session, job: Job) -> None:
-    """Send the job to the queue; with the broker down, record it as failed and answer 503."""
+def enqueue_or_fail(session: Session, job: Job, send: Callable[[Celery, str], None] = enqueue_train,
+                    cleanup: Callable[[], None] | None = None) -> None:
+    """Send the job to the queue; with the broker down, record it as failed (then cleanup) and answer 503."""
     try:
-        enqueue_train(celery(), job.id)
+        send(celery(), job.id)
     except Exception as exc:  # noqa: BLE001 - broker down: the job is recorded, then marked failed
         log.exception("could not enqueue job %s", job.id)
         sm.transition(session, job, sm.FAILED, message="queue unavailable", error=f"queue unavailable: {exc}")
         session.commit()
+        if cleanup is not None:
+            cleanup()
         raise APIError(503, "the job queue (Redis) is unavailable; the job was recorded as failed", job_id=job.id) from None
+
+
+def accepted(job: Job) -> Response:
+    """202 with the job and its Location."""
+    response = jsonify(sm.serialize_job(job))
+    response.status_code = 202
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    return response
 
 
 @bp.get("/jobs/<job_id>")

@@ -14,7 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
-from api.db import celery, config, db
+from api.db import config, db
+from api.jobs import accepted, enqueue_or_fail
 from api.errors import APIError
 from api.validation import PREDICT_SCHEMA, form_values, json_body, validate
 from shared import jobs as sm
@@ -136,18 +137,8 @@ def submit_predict():  # noqa: ANN201
     session = db()
     job = sm.create_job(session, "predict", params)
     session.commit()
-    try:
-        enqueue_predict(celery(), job.id)
-    except Exception as exc:  # noqa: BLE001 - broker down: the job is recorded, then marked failed
-        log.exception("could not enqueue job %s", job.id)
-        sm.transition(session, job, sm.FAILED, message="queue unavailable", error=f"queue unavailable: {exc}")
-        session.commit()
-        release_upload(session, config().artifacts_dir, job.id)
-        raise APIError(503, "the job queue (Redis) is unavailable; the job was recorded as failed", job_id=job.id) from None
-    response = jsonify(sm.serialize_job(job))
-    response.status_code = 202
-    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
-    return response
+    enqueue_or_fail(session, job, enqueue_predict, cleanup=lambda: release_upload(session, config().artifacts_dir, job.id))
+    return accepted(job)
 
 
 def _finished_predict_job(job_id: str) -> Job:
