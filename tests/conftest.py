@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -126,16 +127,34 @@ class WorkerProcess:
         self.log.close()
 
 
-@pytest.fixture(scope="session")
-def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """One real worker process for the session."""
+@contextmanager
+def running_worker(service_env: dict[str, str], prefix: str, log_path: Path) -> Iterator[WorkerProcess]:
+    """A real worker process on the session's queue, database and artifacts, stopped on exit."""
     env = {k: v for k, v in service_env.items() if k != "GRAFT_API_TOKENS"}
-    proc = WorkerProcess(env, f"w1-{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("logs") / "worker1.log")
+    proc = WorkerProcess(env, f"{prefix}-{uuid.uuid4().hex[:6]}", log_path)
     try:
         proc.wait_ready()
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One real worker process for the session."""
+    with running_worker(service_env, "w1", tmp_path_factory.mktemp("logs") / "worker1.log") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors on a shared 2-core machine: one thread avoids OpenMP spin contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

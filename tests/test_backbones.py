@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -18,13 +17,7 @@ from worker.core.images import resize_short_side
 from worker.core.transforms import Preprocessing, eval_batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors on a shared 2-core machine: one thread avoids OpenMP spin contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -17,13 +17,7 @@ from worker.core.checkpoint import (
 from worker.core.transforms import Preprocessing
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors on a shared 2-core machine: one thread avoids OpenMP spin contention (100x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _assert_same(a: Any, b: Any) -> None:

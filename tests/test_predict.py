@@ -23,7 +23,7 @@ from cli.sampledata import make_shapes_dataset
 from shared import jobs as sm
 from shared.db import session_scope
 from shared.models import Job, TrainedModel
-from tests.conftest import HYMENOPTERA, ROOT, TOKEN, WorkerProcess, wait_for_job
+from tests.conftest import HYMENOPTERA, ROOT, TOKEN, WorkerProcess, running_worker, wait_for_job
 
 TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "epochs": 2, "batch_size": 8}
 CLASSES = ["circles", "squares", "triangles"]
@@ -49,13 +49,8 @@ def model(app, worker, data_root: Path) -> dict:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def second_worker(service_env: dict[str, str], worker, tmp_path_factory) -> Iterator[WorkerProcess]:  # noqa: ANN001
     """Another real worker process on the same queue, database and artifacts."""
-    env = {k: v for k, v in service_env.items() if k != "GRAFT_API_TOKENS"}
-    proc = WorkerProcess(env, f"w2-{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("logs") / "worker2.log")
-    try:
-        proc.wait_ready()
+    with running_worker(service_env, "w2", tmp_path_factory.mktemp("logs") / "worker2.log") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _jpeg(path: Path, seed: int, size: tuple[int, int] = (72, 60)) -> None:
