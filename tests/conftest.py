@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -163,6 +164,18 @@ def app(service_config: Config):  # noqa: ANN201
     from api import create_app
 
     return create_app(service_config)
+
+
+@pytest.fixture()
+def http_app(app) -> Iterator[str]:  # noqa: ANN001
+    """The app under test served over real HTTP by waitress in a thread; yields its base URL."""
+    from waitress import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    threading.Thread(target=server.run, daemon=True).start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    server.close()
+    server.task_dispatcher.shutdown()
 
 
 @pytest.fixture()

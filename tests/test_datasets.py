@@ -8,11 +8,10 @@ import struct
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -416,24 +415,11 @@ def test_a_server_folder_is_inspected_in_place(client, data_root: Path, tmp_path
     assert (folder / "circles").is_dir()  # the user's own folder is never deleted
 
 
-@pytest.fixture()
-def api_server(app) -> Iterator[str]:  # noqa: ANN001
-    """The app served over real HTTP by waitress in a thread."""
-    from waitress import create_server
-
-    server = create_server(app, host="127.0.0.1", port=0, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}"
-    server.close()
-    server.task_dispatcher.shutdown()
-
-
-def test_cli_adds_a_folder_and_shows_the_report(api_server: str, tmp_path: Path) -> None:
+def test_cli_adds_a_folder_and_shows_the_report(http_app: str, tmp_path: Path) -> None:
     folder = make_shapes_dataset(tmp_path / "my photos", per_class=3, size=40, classes=("circles", "squares"))
     (folder / ".DS_Store").write_bytes(b"junk")
     (folder / "squares" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
-    env = {**os.environ, "GRAFT_URL": api_server, "GRAFT_TOKEN": TOKEN}
+    env = {**os.environ, "GRAFT_URL": http_app, "GRAFT_TOKEN": TOKEN}
 
     def graft(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "cli.main", "datasets", *args], cwd=ROOT, env=env,

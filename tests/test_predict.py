@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import zipfile
@@ -326,22 +325,9 @@ def test_model_cache_loads_once_and_evicts(model: dict, tmp_path: Path) -> None:
     assert cache.get(model["path"]) is not first and cache.loads == 3
 
 
-@pytest.fixture()
-def api_server(app) -> Iterator[str]:  # noqa: ANN001
-    """The app served over real HTTP by waitress in a thread."""
-    from waitress import create_server
-
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}"
-    server.close()
-    server.task_dispatcher.shutdown()
-
-
-def test_cli_predict_uploads_and_writes_csv_and_json(api_server: str, model: dict, messy: dict[str, Path],
+def test_cli_predict_uploads_and_writes_csv_and_json(http_app: str, model: dict, messy: dict[str, Path],
                                                      data_root: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "GRAFT_URL": api_server, "GRAFT_TOKEN": TOKEN}
+    env = {**os.environ, "GRAFT_URL": http_app, "GRAFT_TOKEN": TOKEN}
     base = [sys.executable, "-m", "cli.main", "predict", model["id"]]
     out = tmp_path / "out.csv"
     done = subprocess.run(base + [str(data_root / "messy"), "-o", str(out), "--top-k", "2"], cwd=ROOT, env=env,
