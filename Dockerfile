@@ -25,7 +25,7 @@ RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu . \
 # build with --build-arg FETCH_RESNET18=0 to skip (then set GRAFT_RESNET18_WEIGHTS or train with pretrained=false).
 ARG FETCH_RESNET18=1
 RUN if [ "$FETCH_RESNET18" = "1" ]; then \
-        python -c "from worker.core.backbones import resolve_resnet18_weights as r; print(r(None))" \
+        python -c "from graft.worker.core.backbones import resolve_resnet18_weights as r; print(r(None))" \
         && chown -R graft:graft /opt/torch; \
     fi
 

@@ -1,14 +1,17 @@
-"""Graft's HTTP API: a Flask app factory and small blueprints."""
+"""Graft's HTTP API: a Flask app factory and one small blueprint per concern. It never imports graft.worker."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-from shared.config import Config, get_config
-from shared.db import session_factory
-from shared.queue import make_celery
+from graft.api import datasets, errors, health, jobs, models, predict_jobs, predict_now, results, uploads
+from graft.api.auth import require_token
+from graft.shared.config import Config, get_config
+from graft.shared.db import session_factory
+from graft.shared.queue import make_celery
 
 log = logging.getLogger(__name__)
 
@@ -19,24 +22,21 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
         config = get_config()
     elif isinstance(config, dict):
         config = get_config().replace(**config)
-    app = Flask(__name__)
+    # Graft keeps nothing in Flask's instance folder; naming one spares Flask its search for the package folder,
+    # which cannot see through the editable install of the `graft` namespace package.
+    app = Flask(__name__, instance_path=str(Path(config.artifacts_dir).absolute() / "flask-instance"))
     app.config["GRAFT"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_mb * 1024 * 1024
     app.json.sort_keys = False
     app.extensions["graft_sessions"] = session_factory(config.database_url)
     app.extensions["graft_celery"] = make_celery(config)
 
-    from api import datasets, errors, health, jobs, models, predict
-    from api.auth import require_token
-
     errors.register(app)
-    for bp in (jobs.bp, models.bp, predict.bp, datasets.bp):  # on the app, not the shared blueprint: create_app can run more than once
-        app.before_request_funcs.setdefault(bp.name, []).append(require_token)
     app.register_blueprint(health.bp)
-    app.register_blueprint(jobs.bp, url_prefix="/api/v1")
-    app.register_blueprint(models.bp, url_prefix="/api/v1")
-    app.register_blueprint(predict.bp, url_prefix="/api/v1")
-    app.register_blueprint(datasets.bp, url_prefix="/api/v1")
+    for module in (jobs, models, uploads, predict_jobs, results, predict_now, datasets):
+        # Token check on the app, not on the shared blueprint object: create_app can run more than once.
+        app.before_request_funcs.setdefault(module.bp.name, []).append(require_token)
+        app.register_blueprint(module.bp, url_prefix="/api/v1")
     app.teardown_appcontext(_close_session)
     return app
 

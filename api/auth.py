@@ -5,8 +5,8 @@ import hmac
 
 from flask import request
 
-from api.db import config
-from api.errors import APIError
+from graft.api.context import config
+from graft.api.errors import APIError
 
 
 def require_token() -> None:

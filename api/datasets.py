@@ -1,9 +1,10 @@
 """Dataset endpoints: upload an archive (or name a server folder), read the inspection report, delete.
 
 The upload is streamed to a file under the datasets folder (never held in memory), checked and extracted
-into a staging folder, and inspected in this request (a few hundred images take about a second; the
-inspection decodes JPEGs at 1/8 scale on every core). Only then does it move to datasets/<id>/ and get
-its database row: a refused or failed upload leaves nothing behind.
+into a staging folder in this request: a hostile archive is refused at once with its 4xx, and a refused
+upload leaves nothing behind. The accepted tree moves to datasets/<id>/, gets its row in status
+"inspecting", and the inspection (which decodes images) runs on a worker: the dataset then becomes
+"ready" or "failed", with its report. Training on a dataset that is not ready is refused with a 409.
 """
 from __future__ import annotations
 
@@ -19,15 +20,18 @@ from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import parse_form_data
 
-from api.db import config, db
-from api.errors import APIError
-from api.pagination import page
-from api.validation import Field, json_body, validate
-from shared.archive import ArchiveError, ArchiveLimits, extract_archive
-from shared.config import Config
-from shared.datasets import SERVER_PATH, UPLOAD, Dataset, first_errors, jobs_using, serialize_dataset
-from shared.models import new_id
-from shared.storage import PathNotAllowed, resolve_under_roots
+from graft.api.context import celery, config, db
+from graft.api.errors import APIError
+from graft.api.pagination import page
+from graft.api.validation import Field, json_body, validate
+from graft.shared.archive import ArchiveError, ArchiveLimits, extract_archive
+from graft.shared.config import Config
+from graft.shared.datasets import SERVER_PATH, UPLOAD, jobs_using, not_trainable_reason
+from graft.shared.files import is_junk_name, is_junk_path
+from graft.shared.models import INSPECTING, DatasetRecord, new_id
+from graft.shared.queue import enqueue_inspection
+from graft.shared.serializers import serialize_dataset
+from graft.shared.storage import PathNotAllowed, resolve_under_roots
 
 log = logging.getLogger(__name__)
 bp = Blueprint("datasets", __name__)
@@ -88,23 +92,15 @@ def _receive(staging: Path, cfg: Config) -> tuple[Path, str, str | None]:
     return target, part.filename or "dataset", form.get("name")
 
 
-def _is_junk(name: PurePosixPath) -> bool:
-    from worker.core.inspect import is_junk  # the same rule training uses
-
-    return is_junk(name.parts)
-
-
 def _dataset_root(tree: Path) -> Path:
     """Step into a lone wrapper folder (a zipped "myset/" holding the class folders)."""
-    from worker.core.inspect import is_junk
-
     root = tree
     while True:
-        entries = [p for p in root.iterdir() if not is_junk([p.name])]
+        entries = [p for p in root.iterdir() if not is_junk_name(p.name)]
         if len(entries) != 1 or not entries[0].is_dir():
             return root
         inner = entries[0]
-        if not any(p.is_dir() and not is_junk([p.name]) for p in inner.iterdir()):
+        if not any(p.is_dir() and not is_junk_name(p.name) for p in inner.iterdir()):
             return root  # a single class folder, not a wrapper
         root = inner
 
@@ -117,24 +113,26 @@ def _display_name(filename: str) -> str:
     return base
 
 
-def _inspect(root: Path, cfg: Config, non_utf8: list[str]) -> dict[str, Any]:
-    from worker.core.inspect import inspect_dataset  # Pillow and numpy, never torch
-
-    return inspect_dataset(root, cfg.max_image_pixels, non_utf8=non_utf8)
-
-
-def _store(dataset_id: str, name: str, source: str, path: Path, report: dict[str, Any], size: int) -> Dataset:
-    has_errors = any(i["level"] == "error" for i in report["issues"])
-    dataset = Dataset(id=dataset_id, name=name[:255], source=source, path=str(path), classes=report["classes"],
-                      num_images=report["num_images"], has_errors=has_errors, size_bytes=size, report=report)
+def _record(dataset_id: str, name: str, source: str, path: Path, size: int, non_utf8: list[str]) -> DatasetRecord:
+    """Record the accepted dataset as inspecting and send its inspection to a worker (503 if Redis is down)."""
+    # The inspection reports the archive's non-UTF-8 names: they travel in the report until it is written.
+    dataset = DatasetRecord(id=dataset_id, name=name[:255], source=source, path=str(path), status=INSPECTING,
+                            size_bytes=size, report={"non_utf8": non_utf8})
     session = db()
     session.add(dataset)
     session.commit()
-    log.info("dataset %s (%s): %d images, %d issues", dataset_id, name, dataset.num_images, len(report["issues"]))
+    try:
+        enqueue_inspection(celery(), dataset_id)
+    except Exception:  # noqa: BLE001 - broker down: forget the dataset rather than leave it inspecting forever
+        log.exception("could not enqueue the inspection of dataset %s", dataset_id)
+        session.delete(dataset)
+        session.commit()
+        raise APIError(503, "the job queue (Redis) is unavailable; the dataset was not kept, try again") from None
+    log.info("dataset %s (%s) accepted, inspection queued", dataset_id, name)
     return dataset
 
 
-def _from_upload(cfg: Config) -> Dataset:
+def _from_upload(cfg: Config) -> DatasetRecord:
     dataset_id = new_id()
     staging = cfg.datasets_dir / ".staging" / dataset_id
     final = cfg.datasets_dir / dataset_id
@@ -144,14 +142,14 @@ def _from_upload(cfg: Config) -> Dataset:
         archive, filename, name = _receive(staging, cfg)
         limits = ArchiveLimits(cfg.archive_max_members, cfg.archive_max_bytes, cfg.archive_max_ratio)
         try:
-            extracted = extract_archive(archive, staging / "tree", limits, skip=_is_junk)
+            extracted = extract_archive(archive, staging / "tree", limits, skip=lambda n: is_junk_path(n.parts))
         except ArchiveError as exc:
             raise APIError(400, f"file: {exc}", field="file", code=exc.code) from None
         archive.unlink()
         root = _dataset_root(staging / "tree")
-        report = _inspect(root, cfg, extracted.non_utf8)
         os.replace(root, final)
-        dataset = _store(dataset_id, name or _display_name(filename), UPLOAD, final, report, extracted.bytes)
+        dataset = _record(dataset_id, name or _display_name(filename), UPLOAD, final, extracted.bytes,
+                          extracted.non_utf8)
         stored = True
         return dataset
     finally:
@@ -160,19 +158,18 @@ def _from_upload(cfg: Config) -> Dataset:
             shutil.rmtree(final, ignore_errors=True)
 
 
-def _from_path(cfg: Config, body: dict[str, Any]) -> Dataset:
+def _from_path(cfg: Config, body: dict[str, Any]) -> DatasetRecord:
     params = validate(body, PATH_SCHEMA)
     try:
         root = resolve_under_roots(params["path"], cfg.data_roots)
     except PathNotAllowed as exc:
         raise APIError(400, f"path: {exc}", field="path") from None
-    report = _inspect(root, cfg, [])
-    return _store(new_id(), params["name"] or root.name, SERVER_PATH, root, report, 0)
+    return _record(new_id(), params["name"] or root.name, SERVER_PATH, root, 0, [])
 
 
 @bp.post("/datasets")
 def create_dataset():  # noqa: ANN201
-    """Upload a zip or tar(.gz) as multipart field 'file', or JSON {"path"}; 201 with the inspection report."""
+    """Upload a zip or tar(.gz) as multipart field 'file', or JSON {"path"}; 202 with the dataset, inspecting."""
     cfg = config()
     if request.mimetype == "application/json":
         dataset = _from_path(cfg, json_body())
@@ -181,13 +178,13 @@ def create_dataset():  # noqa: ANN201
     else:
         raise APIError(415, "send an archive as multipart/form-data field 'file', or JSON {\"path\": ...}")
     response = jsonify(serialize_dataset(dataset))
-    response.status_code = 201
+    response.status_code = 202
     response.headers["Location"] = url_for("datasets.get_dataset", dataset_id=dataset.id)
     return response
 
 
-def _get(dataset_id: str) -> Dataset:
-    dataset = db().get(Dataset, dataset_id)
+def _get(dataset_id: str) -> DatasetRecord:
+    dataset = db().get(DatasetRecord, dataset_id)
     if dataset is None:
         raise APIError(404, f"no dataset with id {dataset_id}", field="dataset_id")
     return dataset
@@ -196,7 +193,7 @@ def _get(dataset_id: str) -> Dataset:
 @bp.get("/datasets")
 def list_datasets():  # noqa: ANN201
     """Datasets, newest first, without per-file details."""
-    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc())
+    query = select(DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc())
     return page(query, "datasets.list_datasets", lambda rows: [serialize_dataset(d, full=False) for d in rows])
 
 
@@ -222,13 +219,16 @@ def delete_dataset(dataset_id: str):  # noqa: ANN201
     return jsonify({"id": dataset_id, "deleted": True})
 
 
-def training_source(params: dict[str, Any]) -> Dataset | None:
-    """Turn a train request's data_dir or dataset_id (exactly one) into params["data_dir"]; the dataset if any."""
+def training_source(params: dict[str, Any]) -> DatasetRecord | None:
+    """Turn a train request's data_dir or dataset_id (exactly one) into params["data_dir"]; 409 unless ready."""
     given = [k for k in ("data_dir", "dataset_id") if params.get(k) is not None]
     if len(given) != 1:
         raise APIError(400, "give exactly one of data_dir or dataset_id", field=given[-1] if given else "data_dir")
     if given == ["dataset_id"]:
         dataset = _get(params["dataset_id"])
+        reason = not_trainable_reason(dataset)
+        if reason is not None:
+            raise APIError(409, reason, field="dataset_id", dataset_status=dataset.status)
         params["data_dir"] = dataset.path
         return dataset
     params.pop("dataset_id", None)
@@ -237,8 +237,3 @@ def training_source(params: dict[str, Any]) -> Dataset | None:
     except PathNotAllowed as exc:
         raise APIError(400, f"data_dir: {exc}", field="data_dir") from None
     return None
-
-
-def failed_dataset_message(dataset: Dataset) -> str:
-    """The error a training job on a dataset with errors fails with."""
-    return f"dataset {dataset.id} has errors: {first_errors(dataset)}"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from api.db import config
-from shared.db import ping
-from shared.queue import redis_ping
+from graft.api.context import config
+from graft.shared.db import ping
+from graft.shared.queue import redis_ping
 
 bp = Blueprint("health", __name__)
 

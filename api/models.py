@@ -1,31 +1,16 @@
 """Model endpoints: list trained models and read one."""
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 
-from api.db import db
-from api.errors import APIError
-from api.pagination import page
-from shared.models import TrainedModel
+from graft.api.context import db
+from graft.api.errors import APIError
+from graft.api.pagination import page
+from graft.shared.models import TrainedModel
+from graft.shared.serializers import serialize_model
 
 bp = Blueprint("models", __name__)
-
-
-def serialize_model(model: TrainedModel) -> dict[str, Any]:
-    """The model resource as the API shows it."""
-    return {
-        "id": model.id,
-        "job_id": model.job_id,
-        "backbone": model.backbone,
-        "classes": model.classes,
-        "image_size": model.image_size,
-        "metrics": model.metrics,
-        "path": model.path,
-        "created_at": model.created_at.isoformat(),
-    }
 
 
 @bp.get("/models")

@@ -6,8 +6,8 @@ from typing import Any, Callable
 from flask import jsonify, request, url_for
 from sqlalchemy import Select
 
-from api.db import db
-from api.errors import APIError
+from graft.api.context import db
+from graft.api.errors import APIError
 
 MAX_PAGE = 100
 

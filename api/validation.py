@@ -6,7 +6,8 @@ from typing import Any
 
 from flask import request
 
-from api.errors import APIError
+from graft.api.errors import APIError
+from graft.shared.params import PREDICT_PARAMS, TRAIN_PARAMS, Param
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,12 @@ class Field:
     maximum: float | None = None
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
+
+    @classmethod
+    def of(cls, param: Param) -> Field:
+        """The field that accepts param."""
+        return cls(param.type, param.default, param.required, param.minimum, param.maximum, param.choices,
+                   param.nullable)
 
 
 def _type_ok(value: Any, kind: type) -> bool:
@@ -68,37 +75,9 @@ def validate(body: dict[str, Any], schema: dict[str, Field]) -> dict[str, Any]:
     return out
 
 
-TRAIN_SCHEMA: dict[str, Field] = {
-    "data_dir": Field(str, None, nullable=True),  # exactly one of data_dir and dataset_id (api.datasets)
-    "dataset_id": Field(str, None, nullable=True),
-    "backbone": Field(str, "resnet18", choices=("resnet18", "efficientnet_lite0")),
-    "pretrained": Field(bool, True),
-    "epochs": Field(int, 10, minimum=1, maximum=500),
-    "batch_size": Field(int, 32, minimum=1, maximum=1024),
-    "learning_rate": Field(float, 1e-3, minimum=1e-7, maximum=1.0),
-    "image_size": Field(int, 224, minimum=32, maximum=1024),
-    "val_split": Field(float, 0.2, minimum=0.0, maximum=0.9),
-    "seed": Field(int, 0, minimum=0, maximum=2**31 - 1),
-    "freeze_epochs": Field(int, None, minimum=0, maximum=500, nullable=True),
-    "mode": Field(str, "auto", choices=("auto", "linear", "finetune", "full")),
-    "time_budget_s": Field(float, None, minimum=1.0, maximum=7 * 24 * 3600, nullable=True),
-    "patience": Field(int, 3, minimum=0, maximum=500),
-    "views": Field(int, 3, minimum=0, maximum=16),
-}
-
-
-PREDICT_SCHEMA: dict[str, Field] = {
-    "model_id": Field(str, required=True),
-    "input_dir": Field(str, None, nullable=True),
-    "upload_id": Field(str, None, nullable=True),
-    "top_k": Field(int, 1, minimum=1, maximum=1000),
-    "threshold": Field(float, None, minimum=0.0, maximum=1.0, nullable=True),
-    "recursive": Field(bool, True),
-    "chunk_size": Field(int, 256, minimum=1, maximum=100_000),
-    "precision": Field(str, "fp32", choices=("fp32", "bf16")),
-    # fp32 inference runtime (worker.core.runtimes.RUNTIMES); bf16 always runs on torch. null: the server's default.
-    "runtime": Field(str, None, nullable=True, choices=("openvino", "torch")),
-}
+# Built from graft.shared.params, the one home of the parameters (the worker and the CLI read it too).
+TRAIN_SCHEMA: dict[str, Field] = {p.name: Field.of(p) for p in TRAIN_PARAMS}
+PREDICT_SCHEMA: dict[str, Field] = {p.name: Field.of(p) for p in PREDICT_PARAMS}
 
 
 def form_values(form: dict[str, str], schema: dict[str, Field]) -> dict[str, Any]:

@@ -68,9 +68,9 @@ def real_jpegs(source: Path, folder: Path, n: int) -> list[Path]:
 
 def write_model(folder: Path, backbone: str, image_size: int, classes: list[str]) -> Path:
     """A model artifact with ImageNet weights when they are available here, random ones otherwise."""
-    from worker.core.backbones import BACKBONES, WeightsNotFound, build_model
-    from worker.core.checkpoint import save_model_artifact
-    from worker.core.transforms import Preprocessing
+    from graft.worker.core.backbones import BACKBONES, WeightsNotFound, build_model
+    from graft.worker.core.checkpoint import save_model_artifact
+    from graft.worker.core.transforms import Preprocessing
 
     try:
         model = build_model(backbone, len(classes), pretrained=True)
@@ -115,16 +115,16 @@ def peak_rss_mb(pid: int) -> float:
 def run_job(env: dict[str, str], model_path: Path, folder: Path, n: int, chunk_size: int, workers: int,
             variants: list[Variant]) -> tuple[dict[Variant, float], float]:
     """images/s of one predict job per variant (each after a warm-up job), and the workers' peak RSS (MiB)."""
-    from api import create_app
-    from shared import jobs as sm
-    from shared.config import Config
-    from shared.db import session_scope
-    from shared.models import TrainedModel
+    from graft.api import create_app
+    from graft.shared import lifecycle
+    from graft.shared.config import Config
+    from graft.shared.db import session_scope
+    from graft.shared.models import TrainedModel
 
     config = Config.from_env(env)
     model_id = uuid.uuid4().hex
     with session_scope(config.database_url) as session:
-        owner = sm.create_job(session, "train", {"bench": True})
+        owner = lifecycle.create_job(session, "train", {"bench": True})
         session.add(TrainedModel(id=model_id, job_id=owner.id, backbone="bench", classes=["a", "b"], image_size=0,
                                  metrics={}, path=str(model_path)))
     logs = Path(env["GRAFT_VAR_DIR"])
@@ -132,7 +132,7 @@ def run_job(env: dict[str, str], model_path: Path, folder: Path, n: int, chunk_s
     for i in range(workers):
         log = open(logs / f"worker{i}.log", "wb")
         procs.append((subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "--name", f"bench{i}-{uuid.uuid4().hex[:4]}", "--loglevel", "WARNING"],
+            [sys.executable, "-m", "graft.cli.main", "worker", "--name", f"bench{i}-{uuid.uuid4().hex[:4]}", "--loglevel", "WARNING"],
             cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
     try:
         client = create_app(config).test_client()
@@ -171,7 +171,7 @@ def run_job(env: dict[str, str], model_path: Path, folder: Path, n: int, chunk_s
 
 
 def _eager(model_path: Path):  # noqa: ANN202 - a Predictor
-    from worker.core.predict import Predictor
+    from graft.worker.core.predict import Predictor
 
     return Predictor.from_artifact(model_path, optimize=False, runtime="torch")
 
@@ -185,7 +185,7 @@ def _agreement(rows: list[dict], reference: list[dict]) -> tuple[float, float]:
 
 def run_core(model_path: Path, paths: list[Path], variant: Variant) -> tuple[float, str, tuple[float, float]]:
     """images/s of the worker's core in this process, the runtime it used, and its agreement with eager fp32."""
-    from worker.core.predict import Predictor
+    from graft.worker.core.predict import Predictor
 
     files = [(p.name, p) for p in paths]
     fast = Predictor.from_artifact(model_path, precision=variant[0], runtime=variant[1])
@@ -199,10 +199,10 @@ def run_core(model_path: Path, paths: list[Path], variant: Variant) -> tuple[flo
 def imagenet_agreement(folder: Path, base: Path, variants: list[Variant]) -> dict[Variant, tuple[float, float, int]]:
     """Per variant: top-1 agreement with eager fp32 and the largest confidence difference, for the ImageNet-trained
     EfficientNet-Lite0 (all 1000 classes) on every JPEG below folder; {} when its weights are not installed."""
-    from worker.core.backbones import BACKBONES, WeightsNotFound, build_model, lite0_imagenet
-    from worker.core.checkpoint import save_model_artifact
-    from worker.core.predict import Predictor
-    from worker.core.transforms import Preprocessing
+    from graft.worker.core.backbones import BACKBONES, WeightsNotFound, build_model, lite0_imagenet
+    from graft.worker.core.checkpoint import save_model_artifact
+    from graft.worker.core.predict import Predictor
+    from graft.worker.core.transforms import Preprocessing
 
     try:
         model = build_model("efficientnet_lite0", 1000, pretrained=True)
@@ -230,7 +230,7 @@ def run_plain(model_path: Path, paths: list[Path]) -> float:
     from PIL import Image
     from torchvision import transforms as T
 
-    from worker.core.checkpoint import load_model_artifact
+    from graft.worker.core.checkpoint import load_model_artifact
 
     model, meta = load_model_artifact(model_path)
     model = model.to(memory_format=torch.contiguous_format)  # as a textbook model: plain NCHW
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"images: {args.n} ({'from ' + str(args.images) if args.images else f'generated {args.width}x{args.height}'}),"
               f" cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
-        from worker.core.runtimes import DEFAULT_RUNTIME
+        from graft.worker.core.runtimes import DEFAULT_RUNTIME
 
         precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
         runtimes = [r.strip() for r in (args.runtime or DEFAULT_RUNTIME).split(",") if r.strip()]

@@ -33,8 +33,8 @@ BATCH = 32
 
 def crops(paths: list[Path], prep) -> np.ndarray:  # noqa: ANN001 - a Preprocessing
     """uint8 (N, crop, crop, 3) eval crops, exactly as the predict path makes them."""
-    from worker.core.images import decode_image
-    from worker.core.predict import crop_batch
+    from graft.worker.core.images import decode_image
+    from graft.worker.core.predict import crop_batch
 
     return crop_batch([decode_image(p, prep.resize) for p in paths], prep)
 
@@ -62,7 +62,7 @@ def torch_fn(net: torch.nn.Module) -> Fn:
 
 
 def normalized(model: torch.nn.Module, prep, dtype: torch.dtype = torch.float32) -> torch.nn.Module:  # noqa: ANN001
-    from worker.core.runtimes import Normalized
+    from graft.worker.core.runtimes import Normalized
 
     return Normalized(model, prep.mean, prep.std, dtype).eval()
 
@@ -74,8 +74,8 @@ def plain(model: torch.nn.Module) -> torch.nn.Module:
 
 def candidates(model: torch.nn.Module, prep, x: np.ndarray, compile_: bool) -> dict[str, Callable[[], Fn]]:  # noqa: ANN001
     """name -> factory of the batch function (the factory's time is the candidate's setup cost)."""
-    from worker.core.predict import bf16_native, optimize_for_cpu
-    from worker.core.runtimes import OpenVINORunner, import_openvino
+    from graft.worker.core.predict import bf16_native, optimize_for_cpu
+    from graft.worker.core.runtimes import OpenVINORunner, import_openvino
 
     folded = optimize_for_cpu(model)
     example = torch.from_numpy(x[:2])
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compiling)")
     args = parser.parse_args(argv)
 
-    from worker.core.backbones import BACKBONES, WeightsNotFound, build_model, lite0_imagenet
-    from worker.core.transforms import Preprocessing
+    from graft.worker.core.backbones import BACKBONES, WeightsNotFound, build_model, lite0_imagenet
+    from graft.worker.core.transforms import Preprocessing
 
     paths = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     if not paths:

@@ -29,7 +29,7 @@ def run_tutorial(data: Path, epochs: int) -> dict:
     from torch import nn
     from torchvision import datasets, models, transforms
 
-    from worker.core.backbones import WeightsNotFound, resolve_resnet18_weights
+    from graft.worker.core.backbones import WeightsNotFound, resolve_resnet18_weights
 
     norm = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     tfs = {
@@ -74,7 +74,7 @@ def run_tutorial(data: Path, epochs: int) -> dict:
 
 def run_graft(data: Path, backbone: str, mode: str, weights: str | None) -> dict:
     """Graft's training core with default settings (what a job with only data_dir and backbone runs)."""
-    from worker.core.train import TrainSpec, fit
+    from graft.worker.core.train import TrainSpec, fit
 
     tmp = Path(tempfile.mkdtemp(prefix="graft-bench-"))
     spec = TrainSpec(backbone=backbone, mode=mode)

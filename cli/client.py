@@ -93,6 +93,17 @@ class GraftClient:
         data = {k: str(v) for k, v in form.items() if v is not None}
         return self.request("POST", f"/api/v1/models/{model_id}/predict", files=parts, data=data)
 
+    def wait_dataset(self, dataset_id: str, interval: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
+        """Poll a dataset until a worker has inspected it (status ready or failed); returns it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            dataset = self.request("GET", f"/api/v1/datasets/{dataset_id}")
+            if dataset["status"] != "inspecting":
+                return dataset
+            if deadline is not None and time.monotonic() > deadline:
+                raise ClientError(f"dataset {dataset_id} still inspecting after {timeout} s (is a worker running?)")
+            time.sleep(interval)
+
     def wait(self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
              interval: float = 1.0, timeout: float | None = None) -> dict[str, Any]:
         """Poll a job until it is finished; returns the final job."""

@@ -11,11 +11,13 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-from cli.client import ClientError, GraftClient
+from graft.cli.client import ClientError, GraftClient
+from graft.cli.predict import local_files
 
 STORED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".zip", ".gz", ".heic"})  # compressed already
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-UPLOAD_TIMEOUT_S = 3600.0  # the server inspects every image before it answers
+UPLOAD_TIMEOUT_S = 3600.0  # a large archive is checked and extracted before the server answers
+INSPECT_TIMEOUT_S = 6 * 3600.0  # a worker inspects every image; a busy batch queue may make it wait
 
 
 class Bar:
@@ -47,8 +49,6 @@ class Bar:
 
 def zip_folder(folder: Path, out: Path) -> int:
     """Zip folder's files (hidden files and OS junk left out, like the server does) into out; returns the count."""
-    from cli.predict import local_files  # the same junk rules as `graft predict`
-
     files = local_files(folder)
     if not files:
         raise ClientError(f"no files in {folder}")
@@ -108,7 +108,7 @@ class MultipartBody:
 
 
 def upload(client: GraftClient, path: Path, name: str | None = None) -> dict[str, Any]:
-    """Upload a folder (zipped first) or an archive file; returns the dataset with its report."""
+    """Upload a folder (zipped first) or an archive file, wait for a worker's inspection; returns the dataset."""
     path = path.expanduser()
     if not path.exists():
         raise ClientError(f"no such file or folder: {path}")
@@ -128,7 +128,9 @@ def upload(client: GraftClient, path: Path, name: str | None = None) -> dict[str
                                      headers={"Content-Type": body.content_type})
         finally:
             body.close()
-        sys.stderr.write(f"uploaded and inspected in {time.monotonic() - started:.1f} s\n")
+        sys.stderr.write(f"uploaded in {time.monotonic() - started:.1f} s; inspecting on a worker ...\n")
+    dataset = client.wait_dataset(dataset["id"], timeout=INSPECT_TIMEOUT_S)
+    sys.stderr.write(f"inspected: {dataset['status']} ({time.monotonic() - started:.1f} s in all)\n")
     return dataset
 
 
@@ -149,8 +151,12 @@ def print_report(dataset: dict[str, Any]) -> None:
     converted = {k: v for k, v in (dataset.get("conversions") or {}).items() if v}
     if converted:
         print("converted on load: " + ", ".join(f"{k} {v}" for k, v in converted.items()))
-    if dataset.get("has_errors"):
-        print("this dataset has errors: a training job on it fails at once")
+    if dataset.get("error"):
+        print(f"inspection failed: {dataset['error']}")
+    if dataset.get("status") == "failed":
+        print("this dataset failed inspection: training on it is refused")
+    elif dataset.get("status") == "inspecting":
+        print("a worker is still inspecting this dataset")
 
 
 def run_datasets(client: GraftClient, args: argparse.Namespace) -> int:
@@ -169,7 +175,7 @@ def run_datasets(client: GraftClient, args: argparse.Namespace) -> int:
         return 0
     for item in client.request("GET", "/api/v1/datasets")["items"]:
         counts = item["issue_counts"]
-        print(f"{item['id']}  {item['num_images']:>7} images  {len(item['classes']):>3} classes  "
+        print(f"{item['id']}  {item['status']:<10} {item['num_images']:>7} images  {len(item['classes']):>3} classes  "
               f"{counts['error']} errors  {counts['warning']} warnings  {item['name']}")
     return 0
 

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from cli.client import ClientError, GraftClient, ProgressPrinter
-from cli.main import print_training_summary
-from cli.sampledata import make_shapes_dataset
-from shared.config import get_config
-from shared.queue import redis_ping
+from graft.cli.client import ClientError, GraftClient, ProgressPrinter
+from graft.cli.summary import print_training_summary
+from graft.cli.sampledata import make_shapes_dataset
+from graft.shared.config import get_config
+from graft.shared.queue import redis_ping
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def ensure_redis(url: str, workdir: Path) -> subprocess.Popen | None:
 
 def choose_backbone() -> tuple[str, str]:
     """ResNet-18 when its ImageNet weights are at hand, else EfficientNet-Lite0 (weights ship with pip)."""
-    from worker.core.backbones import WeightsNotFound, resolve_resnet18_weights
+    from graft.worker.core.backbones import WeightsNotFound, resolve_resnet18_weights
 
     try:
         path = resolve_resnet18_weights(get_config().resnet18_weights)
@@ -85,7 +85,7 @@ def choose_backbone() -> tuple[str, str]:
 
 def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     with open(log_path, "wb") as log_file:
-        return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env,
+        return subprocess.Popen([sys.executable, "-m", "graft.cli.main", *args], env=env,
                                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
 

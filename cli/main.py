@@ -8,8 +8,11 @@ import os
 import sys
 from typing import Any
 
-from cli.client import ClientError, GraftClient, ProgressPrinter
-from shared.config import get_config
+from graft.cli.client import ClientError, GraftClient, ProgressPrinter
+from graft.cli.summary import print_training_summary
+from graft.shared.config import get_config
+from graft.shared.params import TRAIN_PARAMS, Param
+from graft.shared.queue import QUEUE_KINDS, queue_name
 
 
 def _client(args: argparse.Namespace) -> GraftClient:
@@ -21,7 +24,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     """Serve the Flask app under waitress."""
     from waitress import serve
 
-    from api import create_app
+    from graft.api import create_app
 
     logging.getLogger("waitress").setLevel(logging.INFO)
     # waitress buffers a whole body before the app runs: stop it a little past the app's own (JSON 413) limit.
@@ -30,48 +33,57 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_queues(kinds: str) -> list[str]:
+    """The Redis queues for a comma-separated list of kinds (train, batch, interactive; "all" for every one)."""
+    chosen = [k.strip() for k in kinds.split(",") if k.strip()]
+    if chosen in ([], ["all"]):
+        chosen = list(QUEUE_KINDS)
+    unknown = [k for k in chosen if k not in QUEUE_KINDS]
+    if unknown:
+        raise ClientError(f"unknown queue kind(s) {', '.join(unknown)}; choose from all, {', '.join(QUEUE_KINDS)}")
+    return [queue_name(get_config(), kind) for kind in chosen]
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Start a Celery worker on the configured queue."""
-    from worker import celery_app
+    """Start a Celery worker on the chosen queues (all of them by default)."""
+    queues = worker_queues(args.queues)
+    from graft.worker import celery_app
 
     celery_app.TORCH_THREADS["n"] = args.threads
     name = args.name if "@" in args.name else f"{args.name}@%h"
     argv = ["worker", "-n", name, "-c", str(args.concurrency), "-P", args.pool,
-            "-Q", get_config().queue, "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"]
+            "-Q", ",".join(queues), "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"]
     celery_app.app.worker_main(argv)
     return 0
 
 
-def print_training_summary(job: dict[str, Any], client: GraftClient) -> None:
-    """Model id, accuracy, per-class figures and where the files are."""
-    if job["status"] != "succeeded":
-        print(f"job {job['id']} {job['status']}: {job.get('error') or ''}")
+def add_param_option(parser: argparse.ArgumentParser, param: Param) -> None:
+    """An option for param; it defaults to None so that an option not given leaves the server's default."""
+    if param.type is bool:
+        # --no-NAME for a true default, --NAME otherwise: the flag says the value it sets.
+        value = not param.option.startswith("--no-")
+        help_text = f"set {param.name} to {str(value).lower()} (default: {str(param.default).lower()}): {param.help}"
+        parser.add_argument(param.option, dest=param.name, action="store_true" if value else "store_false",
+                            default=None, help=help_text.replace("%", "%%"))  # argparse %-formats help
         return
-    model = client.model(job["model_id"])
-    metrics = model["metrics"]
-    print(f"job {job['id']} succeeded")
-    print(f"model id:      {model['id']}  ({model['backbone']}, classes: {', '.join(model['classes'])})")
-    print(f"val accuracy:  {metrics['val_acc']:.4f} (best epoch {metrics.get('best_epoch')})")
-    print(f"{'class':<20}{'precision':>10}{'recall':>10}{'support':>9}")
-    for name, row in metrics["per_class"].items():
-        print(f"{name:<20}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['support']:>9}")
-    skipped = job["metrics"].get("skipped_files") or []
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(s["path"] for s in skipped[:5]))
-    print(f"model files:   {os.path.dirname(model['path'])}")
+    default = "" if param.default is None else f" (default: {param.default})"
+    parser.add_argument(param.option, dest=param.name, type=param.type, choices=param.choices,
+                        help=f"{param.help}{default}".replace("%", "%%"))
+
+
+def train_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The training job's body from parsed `train` options: the data source and every option given."""
+    if (args.data_dir is None) == (args.dataset is None):
+        raise ClientError("give DATA_DIR (a folder on the server) or --dataset ID, not both")
+    source = {"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else {"dataset_id": args.dataset}
+    options = {p.name: getattr(args, p.name) for p in TRAIN_PARAMS if p.cli and getattr(args, p.name) is not None}
+    return {**source, **options}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Submit a training job for a server-side folder."""
+    params = train_request(args)
     client = _client(args)
-    if (args.data_dir is None) == (args.dataset is None):
-        raise ClientError("give DATA_DIR (a folder on the server) or --dataset ID, not both")
-    source = {"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else {"dataset_id": args.dataset}
-    params: dict[str, Any] = {**source, "backbone": args.backbone,
-                              "pretrained": not args.no_pretrained, "epochs": args.epochs}
-    for key in ("batch_size", "learning_rate", "image_size", "val_split", "seed", "mode", "time_budget_s"):
-        if getattr(args, key) is not None:
-            params[key] = getattr(args, key)
     job = client.train(**params)
     print(f"submitted job {job['id']}")
     if args.wait:
@@ -106,21 +118,21 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Classify a folder (uploaded, or --server-dir) with a trained model and write CSV or JSON."""
-    from cli.predict import run_predict
+    from graft.cli.predict import run_predict
 
     return run_predict(_client(args), args)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     """Upload a dataset, or show, list or delete datasets."""
-    from cli.datasets import run_datasets
+    from graft.cli.datasets import run_datasets
 
     return run_datasets(_client(args), args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole service locally and train once."""
-    from cli.demo import run_demo
+    from graft.cli.demo import run_demo
 
     return run_demo(args.data, epochs=args.epochs)
 
@@ -143,22 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="jobs run at once on this machine")
     p.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
     p.add_argument("--threads", type=int, default=0, help="torch threads per job (0: cores / concurrency)")
+    p.add_argument("--queues", default="all", metavar="KINDS",
+                   help="comma-separated kinds of work to take: train, batch, interactive (default: all)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("train", help="submit a training job for DATA_DIR (a folder on the server) or --dataset ID")
     p.add_argument("data_dir", nargs="?")
     p.add_argument("--dataset", help="an uploaded dataset's id (see `graft datasets add`) instead of DATA_DIR")
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "efficientnet_lite0"])
-    p.add_argument("--no-pretrained", action="store_true", help="train from random weights")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", dest="learning_rate", type=float)
-    p.add_argument("--image-size", dest="image_size", type=int)
-    p.add_argument("--val-split", dest="val_split", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--mode", choices=["auto", "linear", "finetune", "full"], help="default: auto")
-    p.add_argument("--time-budget", dest="time_budget_s", type=float, help="seconds (auto's default: 600)")
+    for param in TRAIN_PARAMS:  # generated from graft.shared.params, as the API's schema and TrainSpec are
+        if param.cli:
+            add_param_option(p, param)
     p.add_argument("--wait", action="store_true", help="show progress until the job ends")
     p.set_defaults(func=cmd_train)
 
@@ -174,11 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status")
     p.set_defaults(func=cmd_jobs)
 
-    from cli.predict import add_parser as add_predict_parser
+    from graft.cli.predict import add_parser as add_predict_parser
 
     add_predict_parser(sub).set_defaults(func=cmd_predict)
 
-    from cli.datasets import add_parser as add_datasets_parser
+    from graft.cli.datasets import add_parser as add_datasets_parser
 
     add_datasets_parser(sub).set_defaults(func=cmd_datasets)
 

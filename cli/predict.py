@@ -9,23 +9,19 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterator
 
-from cli.client import ClientError, GraftClient, ProgressPrinter
+from graft.cli.client import ClientError, GraftClient, ProgressPrinter
+from graft.shared.files import is_junk_name
 
 PART_FILES = 200  # files per upload request (the server parses at most 1000 form parts)
 PART_BYTES = 64 * 1024 * 1024
-JUNK_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX"})
-
-
-def _junk(name: str) -> bool:
-    return name.startswith(".") or name in JUNK_NAMES
 
 
 def local_files(root: Path, recursive: bool = True) -> list[tuple[str, Path]]:
     """(relative posix path, path) for every file below root, skipping hidden files and OS litter like the server."""
     found = []
     for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not _junk(d)) if recursive else []
-        found += [((Path(folder) / n).relative_to(root).as_posix(), Path(folder) / n) for n in names if not _junk(n)]
+        dirs[:] = sorted(d for d in dirs if not is_junk_name(d)) if recursive else []
+        found += [((Path(folder) / n).relative_to(root).as_posix(), Path(folder) / n) for n in names if not is_junk_name(n)]
     return sorted(found)
 
 

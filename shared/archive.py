@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Generator
 
-from shared.uploads import COPY_BLOCK, UploadError, safe_relative
+from graft.shared.files import COPY_BLOCK, UploadError, safe_relative
 
 RATIO_MIN_BYTES = 1 << 20  # members smaller than this are never refused for their ratio
 ZIP_UTF8_FLAG = 0x800

@@ -40,7 +40,7 @@ class Config:
     data_roots: tuple[Path, ...] = ()
     api_tokens: tuple[str, ...] = ()
     resnet18_weights: Path | None = None
-    queue: str = "graft"
+    queue: str = "graft"  # prefix of the three queues: <queue>.train, <queue>.batch, <queue>.interactive
     visibility_timeout_s: int = 6 * 3600
     lease_s: int = 60
     max_attempts: int = 3
@@ -50,6 +50,7 @@ class Config:
     archive_max_members: int = 100_000
     archive_max_bytes: int = 10 * 1024**3
     archive_max_ratio: int = 100
+    sync_predict_wait_s: int = 30  # the synchronous predict endpoint waits this long, then answers 202 with a job
     url: str = "http://127.0.0.1:8000"
     token: str | None = None
 
@@ -76,6 +77,7 @@ class Config:
             archive_max_members=_int(env, "GRAFT_ARCHIVE_MAX_MEMBERS", cls.archive_max_members, 1),
             archive_max_bytes=_int(env, "GRAFT_ARCHIVE_MAX_BYTES", cls.archive_max_bytes, 1),
             archive_max_ratio=_int(env, "GRAFT_ARCHIVE_MAX_RATIO", cls.archive_max_ratio, 1),
+            sync_predict_wait_s=_int(env, "GRAFT_SYNC_PREDICT_WAIT_SECONDS", cls.sync_predict_wait_s, 1),
             url=(env.get("GRAFT_URL") or cls.url).rstrip("/"),
             token=env.get("GRAFT_TOKEN") or None,
         )

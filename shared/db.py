@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Base
+from graft.shared.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

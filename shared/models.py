@@ -1,11 +1,11 @@
-"""SQLAlchemy 2 models: jobs, their events, and trained models."""
+"""SQLAlchemy 2 models: every table of Graft (jobs, their events, trained models, datasets, prediction rows)."""
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -26,7 +26,7 @@ class Base(DeclarativeBase):
 
 
 class Job(Base):
-    """A training or prediction job; its status only changes through shared.jobs."""
+    """A training or prediction job; its status only changes through shared.lifecycle."""
 
     __tablename__ = "jobs"
 
@@ -83,6 +83,45 @@ class TrainedModel(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
-# Tables defined in other modules register on Base here, so create_all always sees them.
-from shared import results as _results  # noqa: E402,F401
-from shared import datasets as _datasets  # noqa: E402,F401
+# Dataset statuses: inspection runs on a worker after the upload is accepted.
+INSPECTING, READY, DATASET_FAILED = "inspecting", "ready", "failed"
+DATASET_STATUSES = (INSPECTING, READY, DATASET_FAILED)
+
+
+class DatasetRecord(Base):
+    """A dataset and its inspection report; path is its root folder (ours for uploads, the user's otherwise).
+
+    Not to be confused with the training data a worker decodes (graft.worker.core.dataset.TrainingData).
+    """
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=INSPECTING)
+    classes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    num_images: Mapped[int] = mapped_column(Integer, default=0)
+    has_errors: Mapped[bool] = mapped_column(Boolean, default=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)  # why inspection itself failed, if it did
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class PredictionResult(Base):
+    """The label (or the error) for one file of a predict job; (job_id, path) is unique."""
+
+    __tablename__ = "prediction_results"
+    __table_args__ = (UniqueConstraint("job_id", "path", name="uq_prediction_results_job_path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    chunk: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(255), default=None)
+    confidence: Mapped[float | None] = mapped_column(Float, default=None)
+    top_k: Mapped[list[Any]] = mapped_column(default=list)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)  # which worker classified it

@@ -1,27 +1,51 @@
-"""The Celery app on Redis (JSON only), shared by the API (to enqueue) and the workers (to run)."""
+"""The Celery app on Redis (JSON only), the task names, and one queue per kind of work.
+
+The API enqueues by task name through this module and never imports graft.worker (or torch).
+Queues: "train" (long training jobs), "batch" (batch prediction and dataset inspection) and
+"interactive" (the synchronous predict endpoint), so a 20-image request never waits behind a training job.
+"""
 from __future__ import annotations
 
 import redis
 from celery import Celery
+from celery.result import AsyncResult
 
-from shared.config import Config
+from graft.shared.config import Config
 
 TRAIN_TASK = "graft.train"
 PREDICT_TASK = "graft.predict"  # lists the input and fans out the chunks
 PREDICT_CHUNK_TASK = "graft.predict_chunk"  # classifies one chunk of files (a chord header task)
 PREDICT_FINISH_TASK = "graft.predict_finish"  # the chord callback: summary, job succeeded
+PREDICT_NOW_TASK = "graft.predict_now"  # a small predict job run whole in one task, for the synchronous endpoint
+INSPECT_TASK = "graft.inspect_dataset"  # inspect an accepted dataset: ready or failed, with its report
+
+QUEUE_KINDS = ("train", "batch", "interactive")
+TASK_KIND = {
+    TRAIN_TASK: "train",
+    PREDICT_TASK: "batch", PREDICT_CHUNK_TASK: "batch", PREDICT_FINISH_TASK: "batch", INSPECT_TASK: "batch",
+    PREDICT_NOW_TASK: "interactive",
+}
+
+
+def queue_name(config: Config, kind: str) -> str:
+    """The Redis queue of one kind of work: GRAFT_QUEUE plus the kind (graft.train, graft.batch, ...)."""
+    if kind not in QUEUE_KINDS:
+        raise ValueError(f"unknown queue kind {kind!r}; choose from {', '.join(QUEUE_KINDS)}")
+    return f"{config.queue}.{kind}"
 
 
 def make_celery(config: Config) -> Celery:
     """A Celery app configured for long CPU jobs whose state lives in the database, not in Celery."""
-    # The result backend only carries chord bookkeeping for predict jobs; every other task ignores results.
+    # The result backend carries chord bookkeeping for predict jobs and the synchronous predict's "done".
     app = Celery("graft", broker=config.redis_url, backend=config.redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
+        result_accept_content=["json"],
         task_ignore_result=True,  # job state lives in the database, not the result backend
-        task_default_queue=config.queue,
+        task_default_queue=queue_name(config, "batch"),
+        task_routes={name: {"queue": queue_name(config, kind)} for name, kind in TASK_KIND.items()},
         task_acks_late=True,  # a job is acknowledged only after it ran: a dead worker's job is redelivered
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # long jobs: do not hoard messages another worker could run
@@ -35,13 +59,23 @@ def make_celery(config: Config) -> Celery:
 
 
 def enqueue_train(app: Celery, job_id: str) -> None:
-    """Send the train task for job_id by name, so the API never imports the worker (or torch)."""
+    """Send the train task for job_id (to the train queue)."""
     app.send_task(TRAIN_TASK, args=[job_id])
 
 
 def enqueue_predict(app: Celery, job_id: str) -> None:
-    """Send the predict task for job_id by name (the API never imports the worker)."""
+    """Send the batch predict task for job_id (to the batch queue)."""
     app.send_task(PREDICT_TASK, args=[job_id])
+
+
+def enqueue_predict_now(app: Celery, job_id: str) -> AsyncResult:
+    """Send a small predict job to the interactive queue; its result says when it is done."""
+    return app.send_task(PREDICT_NOW_TASK, args=[job_id])
+
+
+def enqueue_inspection(app: Celery, dataset_id: str) -> None:
+    """Send the inspection of dataset_id (to the batch queue)."""
+    app.send_task(INSPECT_TASK, args=[dataset_id])
 
 
 def redis_ping(url: str, timeout: float = 1.0) -> bool:

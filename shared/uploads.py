@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from graft.shared.archive import extract_zip_stream
+from graft.shared.files import COPY_BLOCK, UploadError, safe_relative
+from graft.shared.lifecycle import FINISHED, QUEUED, RUNNING
+from graft.shared.models import Job
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
-COPY_BLOCK = 1 << 20
-
-
-class UploadError(ValueError):
-    """An uploaded name or archive that cannot be stored safely."""
 
 
 def uploads_root(artifacts_dir: Path) -> Path:
@@ -24,20 +27,6 @@ def upload_dir(artifacts_dir: Path, upload_id: str) -> Path:
     if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
         raise UploadError(f"not an upload id: {upload_id!r}")
     return uploads_root(artifacts_dir) / upload_id
-
-
-def safe_relative(name: str) -> PurePosixPath:
-    """A client-supplied file name as a relative path that stays inside its folder, or UploadError."""
-    if not name or "\x00" in name:
-        raise UploadError("empty file name or NUL byte in a file name")
-    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-    if not parts:
-        raise UploadError(f"file name has no usable part: {name!r}")
-    if ".." in parts:
-        raise UploadError(f"file name may not contain '..': {name!r}")
-    if any(len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts):
-        raise UploadError(f"file name part longer than 255 bytes: {name!r}")
-    return PurePosixPath(*parts)
 
 
 def save_stream(folder: Path, name: str, stream: BinaryIO, budget: list[int]) -> Path:
@@ -59,8 +48,6 @@ def extract_zip(folder: Path, stream: BinaryIO, budget: list[int], max_members: 
     The checks (no absolute or '..' names, links or device files; member count, size and ratio) are
     shared.archive's, so uploads for prediction and datasets obey the same rules.
     """
-    from shared.archive import extract_zip_stream  # shared.archive builds on this module
-
     return extract_zip_stream(folder, stream, budget, max_members)
 
 
@@ -69,17 +56,12 @@ def remove_upload(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def release_upload(session: Any, artifacts_dir: Path, job_id: str) -> bool:
+def release_upload(session: Session, artifacts_dir: Path, job_id: str) -> bool:
     """Delete the upload folder of predict job job_id once it has finished, unless a queued or running predict job
     still reads it; True when removed. Call after the job's final status is committed.
 
     Uploads live as long as the jobs that use them: a finished job's results are in the database, not in the folder.
     """
-    from sqlalchemy import select
-
-    from shared.jobs import FINISHED, QUEUED, RUNNING
-    from shared.models import Job
-
     job = session.get(Job, job_id)
     upload_id = (job.params or {}).get("upload_id") if job is not None else None
     if job is None or job.kind != "predict" or not upload_id or job.status not in FINISHED:

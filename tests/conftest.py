@@ -1,49 +1,28 @@
-"""Fixtures that start real services: Redis, PostgreSQL, `graft worker` processes, the Flask app."""
+"""Fixtures that start real services: Redis, PostgreSQL, `graft worker` processes, the Flask app.
+
+Service fixtures start nothing until a test asks for them, so tests/unit runs with no services at all.
+"""
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from shared.config import Config
-from shared.queue import redis_ping
-
-ROOT = Path(__file__).resolve().parent.parent
-HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
-REDIS_URL = os.environ.get("GRAFT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TOKEN = "test-token"
-
-
-def _ensure_redis() -> None:
-    if redis_ping(REDIS_URL):
-        return
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail(f"no Redis answers at {REDIS_URL} and redis-server is not installed")
-    subprocess.run([server, "--daemonize", "yes", "--port", "6379", "--save", "", "--appendonly", "no"], check=True)
-    for _ in range(50):
-        if redis_ping(REDIS_URL):
-            return
-        time.sleep(0.1)
-    pytest.fail("started redis-server but it does not answer")
+from graft.shared.config import Config
+from tests.helpers import HYMENOPTERA, POSTGRES_URL, REDIS_URL, TOKEN, WorkerProcess, ensure_redis, running_worker
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """A Redis that answers (started here if needed)."""
-    _ensure_redis()
+    try:
+        ensure_redis()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     return REDIS_URL
 
 
@@ -94,52 +73,6 @@ def data_root(service_config: Config) -> Path:
     return service_config.data_roots[0]
 
 
-class WorkerProcess:
-    """A real `graft worker` subprocess in its own process group."""
-
-    def __init__(self, env: dict[str, str], name: str, log_path: Path) -> None:
-        self.name, self.log_path = name, log_path
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "--name", name, "--concurrency", "1", "--loglevel", "INFO"],
-            cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Block until Celery logs that the worker is ready."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
-            if " ready." in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        """Warm shutdown, then kill the group if it lingers."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
-@contextmanager
-def running_worker(service_env: dict[str, str], prefix: str, log_path: Path) -> Iterator[WorkerProcess]:
-    """A real worker process on the session's queue, database and artifacts, stopped on exit."""
-    env = {k: v for k, v in service_env.items() if k != "GRAFT_API_TOKENS"}
-    proc = WorkerProcess(env, f"{prefix}-{uuid.uuid4().hex[:6]}", log_path)
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
-
-
 @pytest.fixture(scope="session")
 def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """One real worker process for the session."""
@@ -161,7 +94,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def app(service_config: Config):  # noqa: ANN201
     """The Flask app under test, on the session's database and queue."""
-    from api import create_app
+    from graft.api import create_app
 
     return create_app(service_config)
 
@@ -184,14 +117,3 @@ def client(app):  # noqa: ANN001, ANN201
     test_client = app.test_client()
     test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
     return test_client
-
-
-def wait_for_job(client, job_id: str, timeout: float = 300) -> dict:  # noqa: ANN001
-    """Poll the API until the job is finished."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").get_json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not finished after {timeout}s: {job}")

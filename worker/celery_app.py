@@ -7,13 +7,13 @@ import threading
 
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-from shared.config import Config, get_config
-from shared.queue import make_celery
+from graft.shared.config import Config, get_config
+from graft.shared.queue import make_celery
 
 log = logging.getLogger(__name__)
 
 app = make_celery(get_config())
-app.conf.include = ["worker.tasks"]
+app.conf.include = ["graft.worker.tasks"]
 
 # Set by `graft worker` before the pool forks; children inherit it. 0 means "cores / concurrency".
 TORCH_THREADS = {"n": 0}
@@ -33,9 +33,9 @@ def _init_child(**_kwargs: object) -> None:
 
 def sweep_forever(config: Config, stop: threading.Event) -> None:
     """Re-queue (or end) jobs whose lease expired, every sweep interval, until stop is set."""
-    from shared.db import session_scope
-    from shared.jobs import sweep_expired
-    from shared.queue import enqueue_train
+    from graft.shared.db import session_scope
+    from graft.shared.lifecycle import sweep_expired
+    from graft.shared.queue import enqueue_train  # routed to the train queue
 
     while not stop.wait(config.sweep_interval_s):
         try:

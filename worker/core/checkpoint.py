@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from shared.storage import atomic_write_bytes, atomic_write_json
-from worker.core.backbones import Classifier, build_model
-from worker.core.transforms import Preprocessing
+from graft.shared.storage import atomic_write_bytes, atomic_write_json
+from graft.worker.core.backbones import Classifier, build_model
+from graft.worker.core.transforms import Preprocessing
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"

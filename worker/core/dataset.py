@@ -11,12 +11,10 @@ from typing import Callable, Sequence, overload
 
 import numpy as np
 
-from worker.core.images import ImageError, decode_image
+from graft.shared.files import is_junk_name
+from graft.worker.core.images import ImageError, decode_image
 
 log = logging.getLogger(__name__)
-
-JUNK_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX"})
-
 
 class DatasetError(ValueError):
     """The dataset cannot be trained on (too few classes, an empty class, no such folder)."""
@@ -68,8 +66,11 @@ class Split:
 
 
 @dataclass
-class Dataset:
-    """A training dataset: class names, train and val splits, and files skipped as unreadable."""
+class TrainingData:
+    """Decoded training data: class names, train and val splits, and files skipped as unreadable.
+
+    Not to be confused with a dataset's database record (graft.shared.models.DatasetRecord).
+    """
 
     classes: list[str]
     train: Split
@@ -77,20 +78,15 @@ class Dataset:
     skipped: list[dict[str, str]]
 
 
-def _is_junk_name(name: str) -> bool:
-    # Hidden files and OS litter (.DS_Store, Thumbs.db, __MACOSX/) are not data: ignored silently.
-    return name.startswith(".") or name in JUNK_NAMES
-
-
 def _class_dirs(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not _is_junk_name(p.name)}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not is_junk_name(p.name)}
 
 
 def _files(folder: Path) -> list[Path]:
     """All non-junk files below folder (sorted, so splits are reproducible)."""
     return sorted(
         p for p in folder.rglob("*")
-        if p.is_file() and not any(_is_junk_name(part) for part in p.relative_to(folder).parts)
+        if p.is_file() and not any(is_junk_name(part) for part in p.relative_to(folder).parts)
     )
 
 
@@ -159,7 +155,7 @@ def load_dataset(
     data_dir: str | Path, val_split: float, seed: int, short_side: int,
     max_pixels: int | None = None, on_file: Callable[[int, int], None] | None = None,
     cache_mb: int = DEFAULT_CACHE_MB,
-) -> Dataset:
+) -> TrainingData:
     """Scan, split and decode a dataset; unreadable files are skipped and listed, never fatal."""
     root = Path(data_dir)
     classes, train_files, val_files = find_files(root)
@@ -187,4 +183,4 @@ def load_dataset(
     if len(val) == 0:
         raise DatasetError("no validation images: add a val/ folder or use a val_split above 0 with 2+ images a class")
     log.info("dataset %s: %d classes, %d train, %d val, %d skipped", root, len(classes), len(train), len(val), len(skipped))
-    return Dataset(classes=classes, train=train, val=val, skipped=skipped)
+    return TrainingData(classes=classes, train=train, val=val, skipped=skipped)

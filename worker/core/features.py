@@ -13,9 +13,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from worker.core.backbones import Classifier
-from worker.core.dataset import Split
-from worker.core.transforms import Preprocessing, eval_batch, train_batch
+from graft.worker.core.backbones import Classifier
+from graft.worker.core.dataset import Split
+from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
 
 log = logging.getLogger(__name__)
 

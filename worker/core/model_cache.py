@@ -7,9 +7,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from worker.core.images import DEFAULT_MAX_PIXELS
-from worker.core.predict import Predictor
-from worker.core.runtimes import DEFAULT_RUNTIME, TORCH
+from graft.worker.core.images import DEFAULT_MAX_PIXELS
+from graft.worker.core.predict import Predictor
+from graft.worker.core.runtimes import DEFAULT_RUNTIME, TORCH
 
 log = logging.getLogger(__name__)
 

@@ -17,23 +17,19 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from worker.core.backbones import Classifier
-from worker.core.checkpoint import load_model_artifact
-from worker.core.dataset import JUNK_NAMES
-from worker.core.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
-from worker.core.runtimes import DEFAULT_RUNTIME, RUNTIMES, TORCH, Normalized, Runner, RuntimeUnavailable, make_runner
-from worker.core.transforms import Preprocessing
+from graft.worker.core.backbones import Classifier
+from graft.worker.core.checkpoint import load_model_artifact
+from graft.shared.files import is_junk_name
+from graft.shared.params import PRECISIONS  # bf16 (eager PyTorch only): ~2x faster, top-1 may differ on near-ties
+from graft.worker.core.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from graft.worker.core.runtimes import DEFAULT_RUNTIME, RUNTIMES, TORCH, Normalized, Runner, RuntimeUnavailable, make_runner
+from graft.worker.core.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 UNKNOWN = "unknown"
-PRECISIONS = ("fp32", "bf16")  # bf16 (eager PyTorch only): ~2x faster with native bf16, top-1 may differ on near-ties
 Row = dict[str, Any]
-
-
-def _is_junk(name: str) -> bool:
-    return name.startswith(".") or name in JUNK_NAMES
 
 
 @dataclass
@@ -55,11 +51,11 @@ def list_input_files(root: Path, recursive: bool = True) -> Listing:
     ignored = 0
     for folder, dirs, names in os.walk(root, followlinks=False):
         here = Path(folder)
-        kept = [d for d in dirs if not _is_junk(d) and not (here / d).is_symlink()]
+        kept = [d for d in dirs if not is_junk_name(d) and not (here / d).is_symlink()]
         ignored += len(dirs) - len(kept)
         dirs[:] = sorted(kept) if recursive else []
         for name in names:
-            if _is_junk(name):
+            if is_junk_name(name):
                 ignored += 1
                 continue
             path = here / name

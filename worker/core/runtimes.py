@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from graft.shared.params import RUNTIMES
+
 log = logging.getLogger(__name__)
 
-OPENVINO, TORCH = "openvino", "torch"
-RUNTIMES = (OPENVINO, TORCH)
+OPENVINO, TORCH = "openvino", "torch"  # the names in RUNTIMES (graft.shared.params, their one home)
 DEFAULT_RUNTIME = OPENVINO
 
 

@@ -9,32 +9,34 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from worker.core.backbones import BACKBONES, Classifier
-from worker.core.inspect import IMBALANCE_RATIO
+from graft.shared.params import MODES, train_defaults
+from graft.worker.core.backbones import BACKBONES, Classifier
+from graft.worker.core.inspection import IMBALANCE_RATIO
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "linear", "finetune", "full")
 AUTO_TIME_BUDGET_S = 600.0
+DEFAULTS = train_defaults()  # request parameters default as the API does (graft.shared.params is their one home)
 
 
 @dataclass
 class TrainSpec:
     """Hyper-parameters of a training run (the job's params)."""
 
-    backbone: str = "resnet18"
-    pretrained: bool = True
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    image_size: int = 224
-    val_split: float = 0.2
-    seed: int = 0
-    freeze_epochs: int | None = None  # None: 40% of the epochs (at least 1) when pretrained, 0 otherwise
-    mode: str = "auto"
-    time_budget_s: float | None = None  # auto: 600 s unless set; other modes: no limit unless set
-    patience: int = 3  # fine-tune epochs without a better val accuracy before stopping early; 0: never
-    views: int = 3  # augmented views cached per training image (besides the plain one)
+    backbone: str = DEFAULTS["backbone"]
+    pretrained: bool = DEFAULTS["pretrained"]
+    epochs: int = DEFAULTS["epochs"]
+    batch_size: int = DEFAULTS["batch_size"]
+    learning_rate: float = DEFAULTS["learning_rate"]
+    image_size: int = DEFAULTS["image_size"]
+    val_split: float = DEFAULTS["val_split"]
+    seed: int = DEFAULTS["seed"]
+    freeze_epochs: int | None = DEFAULTS["freeze_epochs"]  # None: 40% of epochs (at least 1) if pretrained, else 0
+    mode: str = DEFAULTS["mode"]
+    time_budget_s: float | None = DEFAULTS["time_budget_s"]  # auto: 600 s unless set; other modes: no limit unless set
+    patience: int = DEFAULTS["patience"]  # fine-tune epochs with no better val accuracy before stopping; 0: never
+    views: int = DEFAULTS["views"]  # augmented views cached per training image (besides the plain one)
+    # Internal only (not request parameters):
     cache_mb: int = 1536  # most memory the cached trunk activations may take; past it, fine-tune on the fly
     label_smoothing: float = 0.1
     weight_decay: float = 1e-4

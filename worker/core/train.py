@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worker.core.backbones import BACKBONES, Classifier, build_model
-from worker.core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model_artifact
-from worker.core.dataset import Dataset, Split, load_dataset
-from worker.core.features import ViewCache, build_cache, cached_epoch, cached_eval, map_bytes
-from worker.core.metrics import classification_report
-from worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_lambdas, stop_reason
-from worker.core.transforms import Preprocessing, eval_batch, train_batch
+from graft.worker.core.backbones import BACKBONES, Classifier, build_model
+from graft.worker.core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model_artifact
+from graft.worker.core.dataset import TrainingData, Split, load_dataset
+from graft.worker.core.features import ViewCache, build_cache, cached_epoch, cached_eval, map_bytes
+from graft.worker.core.metrics import classification_report
+from graft.worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_lambdas, stop_reason
+from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _optimizer(model: Classifier, spec: TrainSpec) -> torch.optim.Optimizer:
 
 
 def _prepare_cache(
-    model: Classifier, data: Dataset, prep: Preprocessing, spec: TrainSpec, on_progress: ProgressFn,
+    model: Classifier, data: TrainingData, prep: Preprocessing, spec: TrainSpec, on_progress: ProgressFn,
     should_stop: Callable[[], bool],
 ) -> ViewCache | None:
     """Cache frozen-trunk outputs when the mode trains on a frozen trunk (all but "full")."""
@@ -126,7 +126,7 @@ def _prepare_cache(
 
 
 def _epoch(
-    model: Classifier, data: Dataset, cache: ViewCache | None, prep: Preprocessing, spec: TrainSpec, epoch: int,
+    model: Classifier, data: TrainingData, cache: ViewCache | None, prep: Preprocessing, spec: TrainSpec, epoch: int,
     optimizer: torch.optim.Optimizer, gen: torch.Generator, should_stop: Callable[[], bool],
     weight: torch.Tensor | None = None,
 ) -> tuple[float, float, float, float, np.ndarray, int]:
@@ -171,7 +171,7 @@ def fit(
             raise Cancelled()
         on_progress({"phase": "loading", "done": done, "total": total})
 
-    data: Dataset = load_dataset(data_dir, spec.val_split, spec.seed, prep.resize, max_pixels, on_file=on_file)
+    data: TrainingData = load_dataset(data_dir, spec.val_split, spec.seed, prep.resize, max_pixels, on_file=on_file)
     weights = class_weights(data.train.labels, len(data.classes))
     model = build_model(spec.backbone, len(data.classes), spec.pretrained, resnet18_weights)
     optimizer = _optimizer(model, spec)

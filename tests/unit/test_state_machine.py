@@ -11,12 +11,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from shared.db import SQLITE_BUSY_TIMEOUT_MS, get_engine, session_scope
-from shared.jobs import (
+from graft.shared.db import SQLITE_BUSY_TIMEOUT_MS, get_engine, session_scope
+from graft.shared.lifecycle import (
     CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, STATUSES, SUCCEEDED, TRANSITIONS, IllegalTransition,
-    can_transition, create_job, model_ids_for, serialize_job, transition,
+    can_transition, create_job, transition,
 )
-from shared.models import Job, JobEvent, TrainedModel
+from graft.shared.models import Job, JobEvent, TrainedModel
+from graft.shared.serializers import model_ids_for, serialize_job
 
 # A legal walk from a fresh (queued) job to each status.
 PATH_TO = {QUEUED: [], RUNNING: [RUNNING], SUCCEEDED: [RUNNING, SUCCEEDED], FAILED: [FAILED], CANCELLED: [CANCELLED]}

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 from PIL import Image, UnidentifiedImageError
 
-from worker.core.dataset import _is_junk_name, find_files
+from graft.shared.files import is_junk_name
+from graft.worker.core.dataset import find_files
 
 IMBALANCE_RATIO = 10.0  # above this largest/smallest class ratio: a warning, and training weights classes
 MIN_IMAGES, FEW_IMAGES = 2, 10  # a class below MIN_IMAGES readable images is an error, below FEW a warning
@@ -42,11 +43,6 @@ class FileCheck:
     detail: str = ""
     sha256: str | None = None
     conversions: tuple[str, ...] = ()
-
-
-def is_junk(parts: Iterable[str]) -> bool:
-    """True when any part of a relative path is a hidden name or OS junk (ignored silently everywhere)."""
-    return any(_is_junk_name(part) for part in parts)
 
 
 def _conversions(img: Image.Image, head: bytes) -> tuple[str, ...]:
@@ -117,7 +113,7 @@ def _issue(level: str, code: str, message: str, files: Iterable[str] = (), **ext
 def _ignored_entries(root: Path, layout: str) -> list[str]:
     """Non-junk files and folders that no class folder holds: present, but not used for training."""
     def entries(folder: Path) -> list[Path]:
-        return [p for p in sorted(folder.iterdir()) if not _is_junk_name(p.name)]
+        return [p for p in sorted(folder.iterdir()) if not is_junk_name(p.name)]
 
     if layout == "folders":
         return [p.name for p in entries(root) if not p.is_dir()]

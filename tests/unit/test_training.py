@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.sampledata import make_shapes_dataset
-from worker.core.backbones import BACKBONES, build_model
-from worker.core.dataset import load_dataset
-from worker.core.features import build_cache, cached_eval
-from worker.core.spec import stop_reason
-from worker.core.train import Cancelled, TrainSpec, fit
-from worker.core.transforms import Preprocessing, eval_batch
+from graft.cli.sampledata import make_shapes_dataset
+from graft.worker.core.backbones import BACKBONES, build_model
+from graft.worker.core.dataset import load_dataset
+from graft.worker.core.features import build_cache, cached_eval
+from graft.worker.core.spec import stop_reason
+from graft.worker.core.train import Cancelled, TrainSpec, fit
+from graft.worker.core.transforms import Preprocessing, eval_batch
 
 TINY = {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 8, "views": 1, "patience": 0}
 

@@ -1,15 +1,19 @@
-"""The one job state machine (queued → running → succeeded | failed | cancelled) and the job serializer."""
+"""The one job state machine: queued → running → succeeded | failed | cancelled, every move recorded as an event.
+
+Every status change anywhere in Graft goes through transition(), claim(), request_cancel() or sweep_expired() here.
+"""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, Callable
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from shared.models import Job, JobEvent, TrainedModel, utcnow
+from graft.shared.models import Job, JobEvent, utcnow
+from graft.shared.serializers import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +47,6 @@ class StaleJob(Exception):
 def can_transition(current: str, target: str) -> bool:
     """True when the state machine allows current → target."""
     return target in TRANSITIONS.get(current, frozenset())
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes: all of ours are UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=timezone.utc)
 
 
 def create_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
@@ -187,40 +184,3 @@ def sweep_expired(session: Session, max_attempts: int) -> list[str]:
         except StaleJob:
             continue  # another sweeper or the holder got there first
     return requeue
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def serialize_job(job: Job, model_id: str | None = None) -> dict[str, Any]:
-    """The job resource as the API shows it."""
-    progress = {"epoch": 0, "epochs": None, "fraction": 0.0, "eta_s": None}
-    progress.update(job.progress or {})
-    metrics = {"history": [], "best_val_acc": None, "skipped_files": []}
-    metrics.update(job.metrics or {})
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "status": job.status,
-        "params": job.params,
-        "progress": progress,
-        "metrics": metrics,
-        "model_id": model_id,
-        "error": job.error,
-        "worker": job.worker,
-        "attempts": job.attempts,
-        "cancel_requested": bool(job.cancel_requested),
-        "lease_expires_at": _iso(as_utc(job.lease_expires_at)),
-        "created_at": _iso(as_utc(job.created_at)),
-        "started_at": _iso(as_utc(job.started_at)),
-        "finished_at": _iso(as_utc(job.finished_at)),
-    }
-
-
-def model_ids_for(session: Session, job_ids: list[str]) -> dict[str, str]:
-    """Map job id → model id for the given jobs (one query)."""
-    if not job_ids:
-        return {}
-    rows = session.execute(select(TrainedModel.job_id, TrainedModel.id).where(TrainedModel.job_id.in_(job_ids)))
-    return {job_id: model_id for job_id, model_id in rows}

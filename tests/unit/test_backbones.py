@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from worker.core import backbones
-from worker.core.backbones import (
+from graft.worker.core import backbones
+from graft.worker.core.backbones import (
     BACKBONES, LITE_MEAN, LITE_STD, RESNET18_FILE, Classifier, WeightsNotFound, build_model, lite0_imagenet,
     resolve_resnet18_weights,
 )
-from worker.core.images import resize_short_side
-from worker.core.transforms import Preprocessing, eval_batch
+from graft.worker.core.images import resize_short_side
+from graft.worker.core.transforms import Preprocessing, eval_batch
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

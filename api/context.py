@@ -5,7 +5,7 @@ from celery import Celery
 from flask import current_app, g
 from sqlalchemy.orm import Session
 
-from shared.config import Config
+from graft.shared.config import Config
 
 
 def db() -> Session:

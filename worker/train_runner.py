@@ -7,11 +7,11 @@ import threading
 import time
 from typing import Any
 
-from shared import jobs as sm
-from shared.config import Config, get_config
-from shared.db import session_scope
-from shared.models import Job, TrainedModel, new_id
-from shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots
+from graft.shared import lifecycle
+from graft.shared.config import Config, get_config
+from graft.shared.db import session_scope
+from graft.shared.models import Job, TrainedModel, new_id
+from graft.shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Lease:
         while not self._stop.wait(interval):
             try:
                 with session_scope(self.config.database_url) as session:
-                    held, cancel = sm.renew_lease(session, self.job_id, self.worker, self.pid, self.attempt,
+                    held, cancel = lifecycle.renew_lease(session, self.job_id, self.worker, self.pid, self.attempt,
                                                   self.config.lease_s)
             except Exception:  # noqa: BLE001 - a database hiccup: try again next beat, the lease has slack
                 log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
@@ -81,7 +81,7 @@ class Lease:
             }
         self._last_progress = now
         with session_scope(self.config.database_url) as session:
-            sm.update_held(session, self.job_id, self.worker, self.pid, self.attempt, **values)
+            lifecycle.update_held(session, self.job_id, self.worker, self.pid, self.attempt, **values)
 
 
 def _claim(config: Config, job_id: str, worker: str) -> Job | None:
@@ -94,8 +94,8 @@ def _claim(config: Config, job_id: str, worker: str) -> Job | None:
 
     try:
         with session_scope(config.database_url) as session:
-            return sm.claim(session, job_id, worker, pid, config.lease_s, config.max_attempts, holder_alive)
-    except sm.StaleJob:
+            return lifecycle.claim(session, job_id, worker, pid, config.lease_s, config.max_attempts, holder_alive)
+    except lifecycle.StaleJob:
         log.info("job %s: another worker claimed it first", job_id)
         return None
 
@@ -104,24 +104,24 @@ def _finish(config: Config, lease: Lease, target: str, message: str, **fields: A
     """Record the end of our attempt; False (and nothing written) if the job is no longer ours."""
     with session_scope(config.database_url) as session:
         job = session.get(Job, lease.job_id)
-        if job.status != sm.RUNNING or job.attempts != lease.attempt:
+        if job.status != lifecycle.RUNNING or job.attempts != lease.attempt:
             log.warning("job %s: no longer ours (now %s, attempt %s); result dropped", job.id, job.status, job.attempts)
             return False
         model = fields.pop("model", None)
         if model is not None:
             session.add(model)
         try:
-            sm.transition(session, job, target, message=message, **fields)
-        except sm.StaleJob:
+            lifecycle.transition(session, job, target, message=message, **fields)
+        except lifecycle.StaleJob:
             return False
     return True
 
 
 def run_train_job(job_id: str, worker: str, config: Config | None = None) -> None:
     """Run (or resume) one training job and record how it ended; a no-op when it is not ours to run."""
-    from worker.core.backbones import WeightsNotFound
-    from worker.core.dataset import DatasetError
-    from worker.core.train import Cancelled, TrainSpec, fit
+    from graft.worker.core.backbones import WeightsNotFound
+    from graft.worker.core.dataset import DatasetError
+    from graft.worker.core.train import Cancelled, TrainSpec, fit
 
     config = config or get_config()
     job = _claim(config, job_id, worker)
@@ -142,17 +142,17 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
             )
         except Cancelled:
             if lease.cancelled:
-                _finish(config, lease, sm.CANCELLED, "cancelled by user; last checkpoint kept")
+                _finish(config, lease, lifecycle.CANCELLED, "cancelled by user; last checkpoint kept")
             else:
                 log.warning("job %s: lease lost, stopping", job_id)
             return
         except (DatasetError, WeightsNotFound, PathNotAllowed) as exc:
-            _finish(config, lease, sm.FAILED, str(exc), error=str(exc))
+            _finish(config, lease, lifecycle.FAILED, str(exc), error=str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - any crash must end the job with a readable reason
             log.exception("job %s crashed", job_id)
             error = f"training crashed: {type(exc).__name__}: {exc}"
-            _finish(config, lease, sm.FAILED, error, error=error)
+            _finish(config, lease, lifecycle.FAILED, error, error=error)
             return
     metrics = {**result.metrics, "skipped_files": result.skipped_files}
     model = TrainedModel(
@@ -161,4 +161,4 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
         path=str(result.model_path),
     )
     progress = {"phase": "done", "epoch": spec.epochs, "epochs": spec.epochs, "fraction": 1.0, "eta_s": 0}
-    _finish(config, lease, sm.SUCCEEDED, f"model {model_id}", model=model, metrics=metrics, progress=progress)
+    _finish(config, lease, lifecycle.SUCCEEDED, f"model {model_id}", model=model, metrics=metrics, progress=progress)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli.sampledata import make_shapes_dataset
-from worker.core.dataset import DatasetError, find_files, load_dataset, stratified_split
-from worker.core.images import ImageError, decode_image
+from graft.cli.sampledata import make_shapes_dataset
+from graft.worker.core.dataset import DatasetError, find_files, load_dataset, stratified_split
+from graft.worker.core.images import ImageError, decode_image
 
 SIZE = 40  # generated images are SIZE x SIZE
 LEFT, RIGHT = (200, 30, 30), (20, 40, 220)  # RGB halves of the test picture

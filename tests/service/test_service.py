@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli.sampledata import make_shapes_dataset
-from tests.conftest import wait_for_job
+from graft.cli.sampledata import make_shapes_dataset
+from tests.helpers import wait_for_job
 
 TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "epochs": 2, "batch_size": 8}
 
@@ -24,9 +24,9 @@ def shapes(data_root: Path) -> Path:
 
 
 def test_train_job_end_to_end(client, worker, shapes: Path) -> None:  # noqa: ANN001
-    from worker.core.checkpoint import load_model_artifact
-    from worker.core.images import decode_image
-    from worker.core.transforms import eval_batch
+    from graft.worker.core.checkpoint import load_model_artifact
+    from graft.worker.core.images import decode_image
+    from graft.worker.core.transforms import eval_batch
 
     response = client.post("/api/v1/jobs/train", json={"data_dir": str(shapes), **TINY})
     assert response.status_code == 202, response.get_json()

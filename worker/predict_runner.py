@@ -11,13 +11,12 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy import delete, func, insert, select
 
-from shared import jobs as sm
-from shared.config import Config, get_config
-from shared.db import session_scope
-from shared.models import Job, TrainedModel, utcnow
-from shared.results import PredictionResult
-from shared.storage import PathNotAllowed, resolve_under_roots
-from shared.uploads import UploadError, release_upload, upload_dir
+from graft.shared import lifecycle
+from graft.shared.config import Config, get_config
+from graft.shared.db import session_scope
+from graft.shared.models import Job, PredictionResult, TrainedModel, utcnow
+from graft.shared.storage import PathNotAllowed, resolve_under_roots
+from graft.shared.uploads import UploadError, release_upload, upload_dir
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +57,23 @@ def _start(config: Config, job_id: str, worker: str) -> dict[str, Any] | None:
         if job is None:
             log.warning("job %s: not in the database, message dropped", job_id)
             return None
-        if job.status != sm.QUEUED:
+        if job.status != lifecycle.QUEUED:
             log.info("job %s: status %s, nothing to do", job_id, job.status)
             return None
         try:
-            sm.transition(session, job, sm.RUNNING, message=f"started on {worker}", worker=worker)
-        except sm.StaleJob:
+            lifecycle.transition(session, job, lifecycle.RUNNING, message=f"started on {worker}", worker=worker)
+        except lifecycle.StaleJob:
             return None
         return dict(job.params)
 
 
 def _end(session: Any, job: Job | None, target: str, message: str, **fields: Any) -> bool:
     """Move a running job to target; False when it already left running (someone else ended it)."""
-    if job is None or job.status != sm.RUNNING:
+    if job is None or job.status != lifecycle.RUNNING:
         return False
     try:
-        sm.transition(session, job, target, message=message, **fields)
-    except (sm.StaleJob, sm.IllegalTransition):
+        lifecycle.transition(session, job, target, message=message, **fields)
+    except (lifecycle.StaleJob, lifecycle.IllegalTransition):
         log.info("job %s: already ended, %s not recorded", job.id, target)
         return False
     return True
@@ -82,7 +81,7 @@ def _end(session: Any, job: Job | None, target: str, message: str, **fields: Any
 
 def _fail(config: Config, job_id: str, error: str) -> None:
     with session_scope(config.database_url) as session:
-        _end(session, session.get(Job, job_id), sm.FAILED, error, error=error)
+        _end(session, session.get(Job, job_id), lifecycle.FAILED, error, error=error)
     _release_upload(config, job_id)
 
 
@@ -104,7 +103,7 @@ def split_chunks(names: Sequence[str], size: int) -> list[list[str]]:
 
 def start_predict_job(job_id: str, worker: str, dispatch: Dispatch, config: Config | None = None) -> None:
     """Mark the job running, list its files and hand the chunks to dispatch (a chord of chunk tasks)."""
-    from worker.core.predict import list_input_files
+    from graft.worker.core.predict import list_input_files
 
     config = config or get_config()
     params = _start(config, job_id, worker)
@@ -147,14 +146,14 @@ def _eta(job: Job, done: int, total: int) -> float | None:
 def run_predict_chunk(job_id: str, index: int, names: list[str], worker: str,
                       config: Config | None = None) -> dict[str, Any]:
     """Classify one chunk and store its rows (replacing any from an earlier attempt); returns a small report."""
-    from worker.core.model_cache import default_cache
+    from graft.worker.core.model_cache import default_cache
 
     config = config or get_config()
     with session_scope(config.database_url) as session:
         job = session.get(Job, job_id)
         if job is not None and job.cancel_requested:
-            _end(session, job, sm.CANCELLED, "cancelled by user")
-        skipped = job is None or job.status != sm.RUNNING
+            _end(session, job, lifecycle.CANCELLED, "cancelled by user")
+        skipped = job is None or job.status != lifecycle.RUNNING
         if skipped:
             log.info("predict job %s: chunk %d skipped (job %s)", job_id, index, job.status if job else "gone")
         else:
@@ -176,7 +175,7 @@ def _store_chunk(config: Config, job_id: str, index: int, rows: list[dict[str, A
     with session_scope(config.database_url) as session:
         # Row lock on PostgreSQL; on SQLite the DELETE below takes the write lock, so the count is exact.
         job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
-        if job is None or job.status != sm.RUNNING:
+        if job is None or job.status != lifecycle.RUNNING:
             return
         session.execute(delete(PredictionResult).where(PredictionResult.job_id == job_id, PredictionResult.chunk == index))
         if rows:
@@ -191,7 +190,7 @@ def _store_chunk(config: Config, job_id: str, index: int, rows: list[dict[str, A
 
 def result_summary(session: Any, job_id: str) -> dict[str, Any]:
     """Counts over a job's stored rows: files, per label, unknown, errors, and files per worker."""
-    from worker.core.predict import UNKNOWN
+    from graft.worker.core.predict import UNKNOWN
 
     where = PredictionResult.job_id == job_id
     files = session.scalar(select(func.count()).where(where))
@@ -218,10 +217,10 @@ def finish_predict_job(job_id: str, config: Config | None = None) -> None:
 def _finish(config: Config, job_id: str) -> None:
     with session_scope(config.database_url) as session:
         job = session.get(Job, job_id)
-        if job is None or job.status != sm.RUNNING:
+        if job is None or job.status != lifecycle.RUNNING:
             return
         if job.cancel_requested:
-            _end(session, job, sm.CANCELLED, "cancelled by user")
+            _end(session, job, lifecycle.CANCELLED, "cancelled by user")
             return
         summary = result_summary(session, job_id)
         summary["ignored"] = (job.metrics or {}).get("ignored_files", 0)
@@ -229,10 +228,27 @@ def _finish(config: Config, job_id: str) -> None:
         progress = {**(job.progress or {}), "files_done": summary["files"], "fraction": 1.0, "eta_s": 0, "phase": "done"}
         if summary["files"] != total:
             error = f"results incomplete: {summary['files']} of {total} files have a row"
-            _end(session, job, sm.FAILED, error, error=error, progress=progress)
+            _end(session, job, lifecycle.FAILED, error, error=error, progress=progress)
             return
         message = f"{summary['files']} files, {summary['errors']} errors"
-        _end(session, job, sm.SUCCEEDED, message, metrics={"summary": summary}, progress=progress)
+        _end(session, job, lifecycle.SUCCEEDED, message, metrics={"summary": summary}, progress=progress)
+
+
+def run_predict_now(job_id: str, worker: str, config: Config | None = None) -> None:
+    """Run a small predict job whole in this process: its chunks one after another, then the finish."""
+    config = config or get_config()
+
+    def inline(chunks: list[list[str]]) -> None:
+        try:
+            for index, names in enumerate(chunks):
+                run_predict_chunk(job_id, index, names, worker, config)
+        except Exception as exc:  # noqa: BLE001 - the waiting request must see a failed job, not a running one
+            log.exception("predict job %s failed", job_id)
+            _fail(config, job_id, f"prediction failed: {type(exc).__name__}: {exc}")
+            return
+        finish_predict_job(job_id, config)
+
+    start_predict_job(job_id, worker, dispatch=inline, config=config)
 
 
 def fail_predict_job(job_id: str, error: str, config: Config | None = None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage import PathNotAllowed, atomic_write_json, job_dir, model_dir, resolve_under_roots
+from graft.shared.storage import PathNotAllowed, atomic_write_json, job_dir, model_dir, resolve_under_roots
 
 
 @pytest.fixture()

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli.sampledata import make_shapes_dataset
-from shared import jobs as sm
-from shared.db import session_scope
-from shared.models import Job, TrainedModel
-from tests.conftest import HYMENOPTERA, ROOT, TOKEN, WorkerProcess, running_worker, wait_for_job
+from graft.cli.sampledata import make_shapes_dataset
+from graft.shared import lifecycle
+from graft.shared.db import session_scope
+from graft.shared.models import Job, TrainedModel
+from tests.helpers import HYMENOPTERA, ROOT, TOKEN, WorkerProcess, running_worker, wait_for_job
 
 TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "epochs": 2, "batch_size": 8}
 CLASSES = ["circles", "squares", "triangles"]
@@ -158,10 +158,10 @@ def test_chunks_run_on_two_workers(client, model: dict, second_worker: WorkerPro
 
 
 def test_batch_equals_one_at_a_time(client, model: dict, messy: dict[str, Path], data_root: Path) -> None:  # noqa: ANN001
-    from worker.core.checkpoint import load_model_artifact
-    from worker.core.images import decode_image
-    from worker.core.predict import Predictor
-    from worker.core.transforms import eval_batch
+    from graft.worker.core.checkpoint import load_model_artifact
+    from graft.worker.core.images import decode_image
+    from graft.worker.core.predict import Predictor
+    from graft.worker.core.transforms import eval_batch
 
     files = [(name, path) for name, path in messy.items() if name not in BAD]
     batched = Predictor.from_artifact(model["path"], batch_size=8).predict_files(files, top_k=3)
@@ -281,26 +281,52 @@ def test_synchronous_predict(client, model: dict, messy: dict[str, Path]) -> Non
     one = [(io.BytesIO(messy["odd/gray.jpg"].read_bytes()), "gray.jpg")]
     assert client.post("/api/v1/models/nope/predict", data={"file": one},
                        content_type="multipart/form-data").status_code == 404
+    same_name = [(io.BytesIO(messy[n].read_bytes()), "a.jpg") for n in ("odd/gray.jpg", "odd/cmyk.jpg")]
+    both = client.post(url, data={"file": same_name}, content_type="multipart/form-data").get_json()
+    assert [i["path"] for i in both["items"]] == ["a.jpg", "a.jpg"] and both["summary"]["files"] == 2
+    job = client.get(f"/api/v1/jobs/{both['job_id']}").get_json()  # a predict job of its own, finished
+    assert job["kind"] == "predict" and job["status"] == "succeeded" and job["params"]["interactive"]
 
 
-def test_configured_pixel_limit_applies_when_predicting(app, model: dict, messy: dict[str, Path]) -> None:  # noqa: ANN001
-    from api import create_app
-    from tests.conftest import TOKEN
+def test_synchronous_predict_runs_on_an_interactive_worker(app, service_env: dict[str, str], model: dict,  # noqa: ANN001
+                                                           messy: dict[str, Path], data_root: Path,
+                                                           tmp_path: Path) -> None:
+    """A worker that serves only the interactive queue answers /predict (with its own pixel limit) and takes no
+    training job; with no interactive worker the request answers 202 past the bound, and the job ends later."""
+    from graft.api import create_app
 
-    strict = create_app(app.config["GRAFT"].replace(max_image_pixels=100)).test_client()
-    strict.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
-    files = [(io.BytesIO(messy["odd/gray.jpg"].read_bytes()), "gray.jpg")]
-    response = strict.post(f"/api/v1/models/{model['id']}/predict", data={"file": files},
-                           content_type="multipart/form-data")
-    assert response.status_code == 200, response.get_json()
-    (item,) = response.get_json()["items"]
-    assert item["label"] in ("", None) and "too large" in item["error"]
+    queue = f"graft-sync-{uuid.uuid4().hex[:8]}"  # queues of their own: the session's worker never sees them
+    alone = create_app(app.config["GRAFT"].replace(queue=queue, sync_predict_wait_s=1)).test_client()
+    alone.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    url = f"/api/v1/models/{model['id']}/predict"
+
+    def send():  # noqa: ANN202
+        files = [(io.BytesIO(messy["odd/gray.jpg"].read_bytes()), "gray.jpg")]
+        return alone.post(url, data={"file": files}, content_type="multipart/form-data")
+
+    waited = send()  # nobody serves <queue>.interactive yet: 202 after the bound, with a job to poll
+    assert waited.status_code == 202, waited.get_json()
+    pending = waited.get_json()
+    assert pending["status"] == "queued" and waited.headers["Location"].endswith(f"/api/v1/jobs/{pending['id']}")
+    train = alone.post("/api/v1/jobs/train", json={"data_dir": str(data_root), "pretrained": False}).get_json()
+    env = {**service_env, "GRAFT_QUEUE": queue, "GRAFT_MAX_IMAGE_PIXELS": "100"}
+    with running_worker(env, "interactive", tmp_path / "interactive.log", queues="interactive"):
+        finished = wait_for_job(alone, pending["id"], timeout=120)
+        assert finished["status"] == "succeeded", finished["error"]
+        rows = alone.get(f"/api/v1/jobs/{pending['id']}/results").get_json()["items"]
+        assert [r["path"] for r in rows] == ["00/gray.jpg"] and "too large" in rows[0]["error"]
+        response = send()  # now answered by the interactive worker, under its pixel limit
+        assert response.status_code == 200, response.get_json()
+        (item,) = response.get_json()["items"]
+        assert item["path"] == "gray.jpg" and item["label"] is None and "too large" in item["error"]
+        assert alone.get(f"/api/v1/jobs/{train['id']}").get_json()["status"] == "queued"  # not its queue
+    assert alone.post(f"/api/v1/jobs/{train['id']}/cancel").status_code == 200
 
 
 def test_failed_chunk_is_retried_then_fails_the_job(client, service_config, data_root: Path) -> None:  # noqa: ANN001
     model_id = uuid.uuid4().hex
     with session_scope(service_config.database_url) as session:
-        owner = sm.create_job(session, "train", {"note": "owner of a model whose file is gone"})
+        owner = lifecycle.create_job(session, "train", {"note": "owner of a model whose file is gone"})
         session.add(TrainedModel(id=model_id, job_id=owner.id, backbone="resnet18", classes=CLASSES,
                                  image_size=64, metrics={}, path=str(data_root / "missing" / "model.pt")))
     root = make_shapes_dataset(data_root / "for-missing", per_class=1, size=64)
@@ -313,7 +339,7 @@ def test_failed_chunk_is_retried_then_fails_the_job(client, service_config, data
 def test_model_cache_loads_once_and_evicts(model: dict, tmp_path: Path) -> None:
     import shutil
 
-    from worker.core.model_cache import ModelCache
+    from graft.worker.core.model_cache import ModelCache
 
     copy = tmp_path / "copy" / "model.pt"
     copy.parent.mkdir()
@@ -328,7 +354,7 @@ def test_model_cache_loads_once_and_evicts(model: dict, tmp_path: Path) -> None:
 def test_cli_predict_uploads_and_writes_csv_and_json(http_app: str, model: dict, messy: dict[str, Path],
                                                      data_root: Path, tmp_path: Path) -> None:
     env = {**os.environ, "GRAFT_URL": http_app, "GRAFT_TOKEN": TOKEN}
-    base = [sys.executable, "-m", "cli.main", "predict", model["id"]]
+    base = [sys.executable, "-m", "graft.cli.main", "predict", model["id"]]
     out = tmp_path / "out.csv"
     done = subprocess.run(base + [str(data_root / "messy"), "-o", str(out), "--top-k", "2"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -377,8 +403,8 @@ def _assert_same_rows(a: list[dict], b: list[dict], atol: float) -> None:
 
 
 def test_default_runtime_agrees_with_torch_fp32(model: dict, messy: dict[str, Path], data_root: Path) -> None:
-    from worker.core.predict import Predictor
-    from worker.core.runtimes import DEFAULT_RUNTIME
+    from graft.worker.core.predict import Predictor
+    from graft.worker.core.runtimes import DEFAULT_RUNTIME
 
     files = _runtime_files(messy, data_root)
     fast = Predictor.from_artifact(model["path"])
@@ -389,7 +415,7 @@ def test_default_runtime_agrees_with_torch_fp32(model: dict, messy: dict[str, Pa
 
 @pytest.mark.parametrize("runtime", ["openvino", "torch"])
 def test_runtime_batch_equals_one_at_a_time(model: dict, messy: dict[str, Path], data_root: Path, runtime: str) -> None:
-    from worker.core.predict import Predictor
+    from graft.worker.core.predict import Predictor
 
     files = _runtime_files(messy, data_root)
     batched = Predictor.from_artifact(model["path"], runtime=runtime, batch_size=8)
@@ -401,10 +427,10 @@ def test_runtime_batch_equals_one_at_a_time(model: dict, messy: dict[str, Path],
 @pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="hymenoptera data set not present")
 def test_default_runtime_agrees_on_imagenet_lite0(tmp_path: Path) -> None:
     """1000 ImageNet classes on real photos: near-ties are common, so a runtime that changes results shows here."""
-    from worker.core.backbones import BACKBONES, WeightsNotFound, build_model, lite0_imagenet
-    from worker.core.checkpoint import save_model_artifact
-    from worker.core.predict import Predictor
-    from worker.core.transforms import Preprocessing
+    from graft.worker.core.backbones import BACKBONES, WeightsNotFound, build_model, lite0_imagenet
+    from graft.worker.core.checkpoint import save_model_artifact
+    from graft.worker.core.predict import Predictor
+    from graft.worker.core.transforms import Preprocessing
 
     try:
         net = build_model("efficientnet_lite0", 1000, pretrained=True)
@@ -426,7 +452,7 @@ def test_default_runtime_agrees_on_imagenet_lite0(tmp_path: Path) -> None:
 
 def test_runtime_falls_back_to_torch_without_openvino(model: dict, messy: dict[str, Path],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.core.predict import Predictor
+    from graft.worker.core.predict import Predictor
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
     predictor = Predictor.from_artifact(model["path"], runtime="openvino")
@@ -436,7 +462,7 @@ def test_runtime_falls_back_to_torch_without_openvino(model: dict, messy: dict[s
 
 
 def test_model_cache_keys_on_runtime(model: dict) -> None:
-    from worker.core.model_cache import ModelCache
+    from graft.worker.core.model_cache import ModelCache
 
     cache = ModelCache(size=2)
     default, torch_ = cache.get(model["path"]), cache.get(model["path"], runtime="torch")
@@ -472,7 +498,7 @@ def test_job_runtime_param(client, model: dict, data_root: Path) -> None:  # noq
 
 def _upload_gone(service_config, upload_id: str, timeout: float = 20) -> bool:  # noqa: ANN001
     """Wait for the upload folder to go: the worker removes it just after recording the job's end."""
-    from shared.uploads import upload_dir
+    from graft.shared.uploads import upload_dir
 
     folder = upload_dir(service_config.artifacts_dir, upload_id)
     deadline = time.monotonic() + timeout
@@ -497,25 +523,25 @@ def test_upload_removed_when_job_succeeds_or_fails(client, service_config, model
 
 def _upload_with_jobs(service_config, model: dict, count: int) -> tuple[Path, list[str]]:  # noqa: ANN001
     """An upload folder and count queued predict jobs reading it, recorded but not enqueued."""
-    from shared.uploads import upload_dir
+    from graft.shared.uploads import upload_dir
 
     upload_id = uuid.uuid4().hex
     folder = upload_dir(service_config.artifacts_dir, upload_id)
     folder.mkdir(parents=True)
     _jpeg(folder / "one.jpg", 5)
     with session_scope(service_config.database_url) as session:
-        jobs = [sm.create_job(session, "predict", {"model_id": model["id"], "upload_id": upload_id, "top_k": 1})
+        jobs = [lifecycle.create_job(session, "predict", {"model_id": model["id"], "upload_id": upload_id, "top_k": 1})
                 for _ in range(count)]
         return folder, [job.id for job in jobs]
 
 
 def _cancel(service_config, job_id: str) -> None:  # noqa: ANN001
     with session_scope(service_config.database_url) as session:
-        sm.request_cancel(session, session.get(Job, job_id))
+        lifecycle.request_cancel(session, session.get(Job, job_id))
 
 
 def test_upload_kept_while_another_job_uses_it(service_config, model: dict) -> None:  # noqa: ANN001
-    from shared.uploads import release_upload
+    from graft.shared.uploads import release_upload
 
     folder, (first, second) = _upload_with_jobs(service_config, model, 2)
     with session_scope(service_config.database_url) as session:
@@ -526,15 +552,15 @@ def test_upload_kept_while_another_job_uses_it(service_config, model: dict) -> N
     assert folder.is_dir()
     with session_scope(service_config.database_url) as session:
         job = session.get(Job, second)
-        sm.transition(session, job, sm.RUNNING, message="test")
-        sm.transition(session, job, sm.FAILED, message="test", error="test")
+        lifecycle.transition(session, job, lifecycle.RUNNING, message="test")
+        lifecycle.transition(session, job, lifecycle.FAILED, message="test", error="test")
     with session_scope(service_config.database_url) as session:
         assert release_upload(session, service_config.artifacts_dir, second)
     assert not folder.exists()
 
 
 def test_upload_removed_when_job_is_cancelled(service_config, model: dict) -> None:  # noqa: ANN001
-    from worker.predict_jobs import run_predict_chunk, start_predict_job
+    from graft.worker.predict_runner import run_predict_chunk, start_predict_job
 
     # Cancelled while queued: the worker that receives its message removes the upload.
     folder, (queued,) = _upload_with_jobs(service_config, model, 1)
@@ -550,5 +576,5 @@ def test_upload_removed_when_job_is_cancelled(service_config, model: dict) -> No
     _cancel(service_config, running)
     assert run_predict_chunk(running, 0, dispatched[0], "test", config=service_config)["skipped"]
     with session_scope(service_config.database_url) as session:
-        assert session.get(Job, running).status == sm.CANCELLED
+        assert session.get(Job, running).status == lifecycle.CANCELLED
     assert not folder.exists()

@@ -1,0 +1,64 @@
+"""Batch predict submission: a model and a server folder, an upload, or files sent with the request."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+from werkzeug.datastructures import FileStorage
+
+from graft.api.context import config, db
+from graft.api.enqueue import accepted, enqueue_or_fail
+from graft.api.errors import APIError
+from graft.api.uploads import file_parts, new_upload, upload_folder
+from graft.api.validation import PREDICT_SCHEMA, form_values, json_body, validate
+from graft.shared import lifecycle
+from graft.shared.models import TrainedModel
+from graft.shared.queue import enqueue_predict
+from graft.shared.storage import PathNotAllowed, resolve_under_roots
+from graft.shared.uploads import release_upload
+
+bp = Blueprint("predict_jobs", __name__)
+
+
+def get_model_or_404(model_id: str) -> TrainedModel:
+    """The model, or 404."""
+    model = db().get(TrainedModel, model_id)
+    if model is None:
+        raise APIError(404, f"no model with id {model_id}", field="model_id")
+    return model
+
+
+def _predict_params() -> tuple[dict[str, Any], list[FileStorage]]:
+    if request.mimetype == "multipart/form-data":
+        fields = {k: v for k, v in request.form.to_dict().items() if k != "extract_zip"}
+        return validate(form_values(fields, PREDICT_SCHEMA), PREDICT_SCHEMA), file_parts()
+    return validate(json_body(), PREDICT_SCHEMA), []
+
+
+@bp.post("/jobs/predict")
+def submit_predict():  # noqa: ANN201
+    """Validate, record a queued predict job, enqueue it; 202 with the job and its Location."""
+    params, parts = _predict_params()
+    model = get_model_or_404(params["model_id"])
+    params["top_k"] = min(params["top_k"], len(model.classes))
+    sources = [k for k in ("input_dir", "upload_id") if params[k] is not None] + (["file"] if parts else [])
+    if len(sources) != 1:
+        raise APIError(400, "give exactly one of input_dir, upload_id or uploaded files (multipart field 'file')",
+                       field=sources[-1] if sources else "input_dir")
+    if params["input_dir"] is not None:
+        try:
+            params["input_dir"] = str(resolve_under_roots(params["input_dir"], config().data_roots))
+        except PathNotAllowed as exc:
+            raise APIError(400, f"input_dir: {exc}", field="input_dir") from None
+        del params["upload_id"]
+    else:
+        del params["input_dir"]
+        if parts:
+            params["upload_id"], _ = new_upload(parts)
+        else:
+            upload_folder(params["upload_id"])
+    session = db()
+    job = lifecycle.create_job(session, "predict", params)
+    session.commit()
+    enqueue_or_fail(session, job, enqueue_predict, cleanup=lambda: release_upload(session, config().artifacts_dir, job.id))
+    return accepted(job)

@@ -1,0 +1,115 @@
+"""Synchronous predict: 1–32 images classified by a worker from the interactive queue, answered within a bound.
+
+The API process never loads a model: it stores the images as an upload, records a small predict job, sends it
+to the interactive queue and waits (GRAFT_SYNC_PREDICT_WAIT_SECONDS, 30 s by default) for the job to end.
+Past the bound it answers 202 with the job, whose rows are then read from /jobs/<id>/results.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+from flask import request
+from sqlalchemy import select
+
+from graft.api.context import config, db
+from graft.api.enqueue import accepted, enqueue_or_fail
+from graft.api.errors import APIError
+from graft.api.predict_jobs import get_model_or_404
+from graft.api.uploads import file_parts
+from graft.api.validation import PREDICT_SCHEMA, form_values, validate
+from graft.shared import lifecycle
+from graft.shared.files import UploadError, safe_relative
+from graft.shared.models import Job, PredictionResult, new_id
+from graft.shared.queue import enqueue_predict_now
+from graft.shared.serializers import result_row
+from graft.shared.uploads import release_upload, remove_upload, save_stream, upload_dir
+
+bp = Blueprint("predict_now", __name__)
+
+MAX_SYNC_FILES = 32
+SYNC_SCHEMA = {name: PREDICT_SCHEMA[name] for name in ("top_k", "threshold", "precision", "runtime")}
+SUMMARY_KEYS = ("files", "labels", "unknown", "errors")
+
+
+def _stored_name(index: int, name: str) -> str:
+    """Where part index is stored: its own folder keeps the order and lets two parts share a file name."""
+    try:
+        base = safe_relative(name).name
+    except UploadError:
+        base = "file"
+    return f"{index:02d}/{base}"
+
+
+def _wait_finished(job_id: str, seconds: float) -> Job | None:
+    """Poll the database (the source of truth) until the job has ended; None past the bound."""
+    sessions = current_app.extensions["graft_sessions"]
+    deadline, pause = time.monotonic() + seconds, 0.02
+    while True:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.status in lifecycle.FINISHED:
+                session.expunge(job)
+                return job
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
+def _answer(job: Job, model_id: str) -> dict[str, Any]:
+    """The rows of a finished job in the order the images were sent, named as the client named them."""
+    if job.status == lifecycle.CANCELLED:
+        raise APIError(409, f"prediction job {job.id} was cancelled", job_id=job.id)
+    if job.status != lifecycle.SUCCEEDED:
+        raise APIError(500, f"prediction failed: {job.error}", job_id=job.id)
+    names = job.params["names"]
+    rows = db().scalars(select(PredictionResult).where(PredictionResult.job_id == job.id)
+                        .order_by(PredictionResult.path)).all()
+    items = []
+    for row in rows:
+        item = result_row(row)
+        item["path"] = names[int(row.path.split("/", 1)[0])]
+        items.append(item)
+    summary = (job.metrics or {}).get("summary", {})
+    return {"model_id": model_id, "job_id": job.id, "items": items,
+            "summary": {key: summary.get(key) for key in SUMMARY_KEYS}}
+
+
+@bp.post("/models/<model_id>/predict")
+def predict_now(model_id: str):  # noqa: ANN201
+    """Classify 1–32 images from multipart field 'file' on an interactive worker; 200, or 202 past the bound."""
+    model = get_model_or_404(model_id)
+    parts = file_parts()
+    if not 1 <= len(parts) <= MAX_SYNC_FILES:
+        raise APIError(400, f"send 1 to {MAX_SYNC_FILES} images in multipart field 'file' (got {len(parts)})",
+                       field="file")
+    params = validate(form_values(request.form.to_dict(), SYNC_SCHEMA), SYNC_SCHEMA)
+    if not Path(model.path).is_file():
+        raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id")
+    cfg = config()
+    names = [part.filename or f"file-{index}" for index, part in enumerate(parts)]
+    upload_id = new_id()
+    folder = upload_dir(cfg.artifacts_dir, upload_id)
+    budget = [cfg.max_body_mb * 1024 * 1024]
+    try:
+        for index, part in enumerate(parts):
+            save_stream(folder, _stored_name(index, names[index]), part.stream, budget)
+    except UploadError as exc:
+        remove_upload(folder)
+        raise APIError(400, f"file: {exc}", field="file") from None
+    session = db()
+    job = lifecycle.create_job(session, "predict", {
+        "model_id": model.id, "upload_id": upload_id, "top_k": min(params["top_k"], len(model.classes)),
+        "threshold": params["threshold"], "precision": params["precision"], "runtime": params["runtime"],
+        "recursive": True, "chunk_size": MAX_SYNC_FILES, "interactive": True, "names": names,
+    })
+    session.commit()
+    enqueue_or_fail(session, job, enqueue_predict_now,
+                    cleanup=lambda: release_upload(session, cfg.artifacts_dir, job.id))
+    finished = _wait_finished(job.id, cfg.sync_predict_wait_s)
+    if finished is None:
+        return accepted(job)
+    return jsonify(_answer(finished, model.id))

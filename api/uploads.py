@@ -1,0 +1,83 @@
+"""Upload endpoints: images (or zip archives of them) stored for predict jobs, in one or several requests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, jsonify, request
+from werkzeug.datastructures import FileStorage
+
+from graft.api.context import config
+from graft.api.errors import APIError
+from graft.shared.files import UploadError
+from graft.shared.models import new_id
+from graft.shared.uploads import extract_zip, remove_upload, save_stream, upload_dir
+
+bp = Blueprint("uploads", __name__)
+
+ZIP_EXPANSION = 4  # an archive may unpack to this many times the request size limit
+
+
+def file_parts() -> list[FileStorage]:
+    """The non-empty parts of multipart field 'file'."""
+    return [part for part in request.files.getlist("file") if part.filename or part.content_length]
+
+
+def _store_parts(folder: Path, parts: list[FileStorage]) -> int:
+    """Save uploaded parts under folder; a part named *.zip is unpacked unless the form says extract_zip=false."""
+    unpack = request.form.get("extract_zip", "true").strip().lower() not in ("false", "0", "no")
+    budget = [config().max_body_mb * 1024 * 1024 * ZIP_EXPANSION]
+    written = 0
+    try:
+        for part in parts:
+            name = part.filename or f"file-{written}"
+            if unpack and name.lower().endswith(".zip"):
+                written += extract_zip(folder, part.stream, budget)
+            else:
+                save_stream(folder, name, part.stream, budget)
+                written += 1
+    except UploadError as exc:
+        raise APIError(400, f"file: {exc}", field="file") from None
+    return written
+
+
+def new_upload(parts: list[FileStorage]) -> tuple[str, int]:
+    """Store parts as a new upload; returns (its id, files written). Nothing is kept on error."""
+    upload_id = new_id()
+    folder = upload_dir(config().artifacts_dir, upload_id)
+    folder.mkdir(parents=True)
+    try:
+        return upload_id, _store_parts(folder, parts)
+    except BaseException:
+        remove_upload(folder)
+        raise
+
+
+@bp.post("/uploads")
+def create_upload():  # noqa: ANN201
+    """Start an upload with the images (or zip archives) in multipart field 'file'; 201 with its id."""
+    parts = file_parts()
+    if not parts:
+        raise APIError(400, "send images as multipart/form-data field 'file'", field="file")
+    upload_id, added = new_upload(parts)
+    return jsonify({"id": upload_id, "added": added}), 201
+
+
+@bp.post("/uploads/<upload_id>")
+def add_to_upload(upload_id: str):  # noqa: ANN201
+    """Add another part of images to an upload (large folders go up in several requests)."""
+    folder = upload_folder(upload_id)
+    parts = file_parts()
+    if not parts:
+        raise APIError(400, "send images as multipart/form-data field 'file'", field="file")
+    return jsonify({"id": upload_id, "added": _store_parts(folder, parts)})
+
+
+def upload_folder(upload_id: str) -> Path:
+    """The folder of an existing upload, or 404."""
+    try:
+        folder = upload_dir(config().artifacts_dir, upload_id)
+    except UploadError:
+        folder = None
+    if folder is None or not folder.is_dir():
+        raise APIError(404, f"no upload with id {upload_id}", field="upload_id")
+    return folder

@@ -1,0 +1,26 @@
+"""What the CLI prints when a training job ends: model id, accuracy, per-class figures, where the files are."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from graft.cli.client import GraftClient
+
+
+def print_training_summary(job: dict[str, Any], client: GraftClient) -> None:
+    """Model id, accuracy, per-class figures and where the files are."""
+    if job["status"] != "succeeded":
+        print(f"job {job['id']} {job['status']}: {job.get('error') or ''}")
+        return
+    model = client.model(job["model_id"])
+    metrics = model["metrics"]
+    print(f"job {job['id']} succeeded")
+    print(f"model id:      {model['id']}  ({model['backbone']}, classes: {', '.join(model['classes'])})")
+    print(f"val accuracy:  {metrics['val_acc']:.4f} (best epoch {metrics.get('best_epoch')})")
+    print(f"{'class':<20}{'precision':>10}{'recall':>10}{'support':>9}")
+    for name, row in metrics["per_class"].items():
+        print(f"{name:<20}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['support']:>9}")
+    skipped = job["metrics"].get("skipped_files") or []
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(s["path"] for s in skipped[:5]))
+    print(f"model files:   {os.path.dirname(model['path'])}")

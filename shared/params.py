@@ -1,0 +1,96 @@
+"""The one home of every training and predict parameter: name, type, default, bounds, choices, help.
+
+The API's request schemas (api.validation), the worker's TrainSpec defaults (worker.core.spec) and the
+`graft train` options (cli.main) are all derived from the tables here; tests/unit/test_params.py checks they agree.
+Standard library only, so the API, the worker and the CLI can all import it cheaply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+BACKBONES = ("resnet18", "efficientnet_lite0")
+"""Names of the pretrained trunks (keys of worker.core.backbones.BACKBONES)."""
+MODES = ("auto", "linear", "finetune", "full")
+"""Training modes: auto picks; linear trains the head only; finetune unfreezes the last stages; full trains all."""
+PRECISIONS = ("fp32", "bf16")
+"""Inference precisions; bf16 (eager PyTorch only) is ~2x faster with native bf16, top-1 may differ on near-ties."""
+RUNTIMES = ("openvino", "torch")
+"""fp32 inference runtimes (worker.core.runtimes); bf16 always runs on torch."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One request parameter: what the API accepts, the worker defaults to, and the CLI offers."""
+
+    name: str
+    type: type
+    default: Any = None
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    help: str = ""
+    flag: str | None = None  # the CLI option when it is not --name-with-dashes (kept short or historic: --lr)
+    cli: bool = True  # offered as a generated CLI option (data sources have their own positional/--dataset)
+
+    @property
+    def option(self) -> str:
+        """The CLI option: the explicit flag, --no-NAME for a bool that defaults to true, else --NAME."""
+        if self.flag is not None:
+            return self.flag
+        dashed = self.name.replace("_", "-")
+        return f"--no-{dashed}" if self.type is bool and self.default is True else f"--{dashed}"
+
+
+DATA_SOURCES = ("data_dir", "dataset_id")
+"""The training parameters that say where the images are (exactly one is given); the rest are hyper-parameters."""
+
+TRAIN_PARAMS: tuple[Param, ...] = (
+    Param("data_dir", str, None, nullable=True, cli=False,
+          help="a folder on the server under a train root (or give dataset_id)"),
+    Param("dataset_id", str, None, nullable=True, cli=False, help="an uploaded dataset's id (or give data_dir)"),
+    Param("backbone", str, "resnet18", choices=BACKBONES, help="the trunk to transfer from"),
+    Param("pretrained", bool, True, help="whether to start from ImageNet weights (false: random ones)"),
+    Param("epochs", int, 10, minimum=1, maximum=500, help="most epochs to train"),
+    Param("batch_size", int, 32, minimum=1, maximum=1024, help="images per training step"),
+    Param("learning_rate", float, 1e-3, minimum=1e-7, maximum=1.0, flag="--lr",
+          help="peak learning rate (the trunk's is a tenth of it when pretrained)"),
+    Param("image_size", int, 224, minimum=32, maximum=1024, help="side of the square input images, in pixels"),
+    Param("val_split", float, 0.2, minimum=0.0, maximum=0.9, help="fraction of each class held out for validation"),
+    Param("seed", int, 0, minimum=0, maximum=2**31 - 1,
+          help="random seed of the validation split, augmentation and weights"),
+    Param("freeze_epochs", int, None, minimum=0, maximum=500, nullable=True,
+          help="head-only epochs before fine-tuning (unset: 40% of the epochs, at least 1, when pretrained)"),
+    Param("mode", str, "auto", choices=MODES, help="which layers train: auto, linear, finetune or full"),
+    Param("time_budget_s", float, None, minimum=1.0, maximum=7 * 24 * 3600, nullable=True, flag="--time-budget",
+          help="wall-time budget in seconds (unset: 600 in auto mode, no limit in the others)"),
+    Param("patience", int, 3, minimum=0, maximum=500,
+          help="fine-tune epochs without a better val accuracy before stopping early (0: never)"),
+    Param("views", int, 3, minimum=0, maximum=16, help="augmented views cached per training image"),
+)
+"""Every parameter of a training request, in the order the API and the CLI list them."""
+
+PREDICT_PARAMS: tuple[Param, ...] = (
+    Param("model_id", str, required=True, help="the trained model to predict with"),
+    Param("input_dir", str, None, nullable=True, help="a folder on the server (or give upload_id or files)"),
+    Param("upload_id", str, None, nullable=True, help="an uploaded archive's id"),
+    Param("top_k", int, 1, minimum=1, maximum=1000, help="classes reported per image"),
+    Param("threshold", float, None, minimum=0.0, maximum=1.0, nullable=True,
+          help="below this top-1 probability an image is reported as unknown"),
+    Param("recursive", bool, True, help="also classify images in subfolders"),
+    Param("chunk_size", int, 256, minimum=1, maximum=100_000, help="images per chunk of a batch job"),
+    Param("precision", str, "fp32", choices=PRECISIONS, help="inference precision"),
+    Param("runtime", str, None, nullable=True, choices=RUNTIMES,
+          help="fp32 inference runtime (bf16 always runs on torch); unset: the server's default"),
+)
+"""Every parameter of a predict request."""
+
+HYPER_PARAMS: tuple[Param, ...] = tuple(p for p in TRAIN_PARAMS if p.name not in DATA_SOURCES)
+"""The training parameters that are hyper-parameters (TrainSpec fields), not data sources."""
+
+
+def train_defaults() -> dict[str, Any]:
+    """Name -> default of every training hyper-parameter."""
+    return {p.name: p.default for p in HYPER_PARAMS}

@@ -1,0 +1,105 @@
+"""The one place that turns rows into API resources: jobs, job events, models, datasets, prediction rows.
+
+Timestamps are ISO 8601 with a UTC offset (SQLite hands back naive datetimes; all of ours are UTC).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from graft.shared.models import DatasetRecord, Job, JobEvent, PredictionResult, TrainedModel
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored datetime as timezone-aware UTC (SQLite returns naive ones)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 with offset, or None."""
+    value = as_utc(value)
+    return value.isoformat() if value else None
+
+
+def serialize_job(job: Job, model_id: str | None = None) -> dict[str, Any]:
+    """The job resource as the API shows it."""
+    progress = {"epoch": 0, "epochs": None, "fraction": 0.0, "eta_s": None}
+    progress.update(job.progress or {})
+    metrics = {"history": [], "best_val_acc": None, "skipped_files": []}
+    metrics.update(job.metrics or {})
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "params": job.params,
+        "progress": progress,
+        "metrics": metrics,
+        "model_id": model_id,
+        "error": job.error,
+        "worker": job.worker,
+        "attempts": job.attempts,
+        "cancel_requested": bool(job.cancel_requested),
+        "lease_expires_at": iso(job.lease_expires_at),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
+def model_ids_for(session: Session, job_ids: list[str]) -> dict[str, str]:
+    """Map job id → model id for the given jobs (one query)."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(TrainedModel.job_id, TrainedModel.id).where(TrainedModel.job_id.in_(job_ids)))
+    return {job_id: model_id for job_id, model_id in rows}
+
+
+def serialize_event(event: JobEvent) -> dict[str, Any]:
+    """One recorded state transition."""
+    return {"from": event.from_status, "to": event.to_status, "message": event.message, "at": iso(event.created_at)}
+
+
+def serialize_model(model: TrainedModel) -> dict[str, Any]:
+    """The model resource as the API shows it."""
+    return {
+        "id": model.id,
+        "job_id": model.job_id,
+        "backbone": model.backbone,
+        "classes": model.classes,
+        "image_size": model.image_size,
+        "metrics": model.metrics,
+        "path": model.path,
+        "created_at": iso(model.created_at),
+    }
+
+
+def serialize_dataset(dataset: DatasetRecord, full: bool = True) -> dict[str, Any]:
+    """The dataset resource as the API shows it (the list leaves out the per-file details)."""
+    report = dataset.report or {}
+    issues = report.get("issues", [])
+    out: dict[str, Any] = {
+        "id": dataset.id, "name": dataset.name, "source": dataset.source, "status": dataset.status,
+        "classes": dataset.classes, "num_images": dataset.num_images, "has_errors": dataset.has_errors,
+        "error": dataset.error,
+    }
+    if full:
+        out.update(issues=issues, conversions=report.get("conversions", {}), layout=report.get("layout"),
+                   splits=report.get("splits"), num_files=report.get("num_files"), path=dataset.path,
+                   size_bytes=dataset.size_bytes)
+    else:
+        out["issue_counts"] = {level: sum(1 for i in issues if i["level"] == level) for level in ("error", "warning")}
+    out["created_at"] = iso(dataset.created_at)
+    return out
+
+
+def result_row(result: PredictionResult) -> dict[str, Any]:
+    """One predict result row as the API shows it."""
+    return {
+        "path": result.path, "label": result.label, "confidence": result.confidence,
+        "top_k": result.top_k or [], "error": result.error,
+    }

@@ -1,0 +1,108 @@
+"""Helpers shared by the tests: paths, the test token, real worker processes, waiting for jobs.
+
+Fixtures live in conftest.py; everything a test module imports lives here.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from graft.shared.queue import redis_ping
+
+ROOT = Path(__file__).resolve().parent.parent
+HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
+REDIS_URL = os.environ.get("GRAFT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TOKEN = "test-token"
+
+
+def ensure_redis() -> None:
+    """Start a local redis-server when none answers at REDIS_URL (RuntimeError when that fails)."""
+    if redis_ping(REDIS_URL):
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError(f"no Redis answers at {REDIS_URL} and redis-server is not installed")
+    subprocess.run([server, "--daemonize", "yes", "--port", "6379", "--save", "", "--appendonly", "no"], check=True)
+    for _ in range(50):
+        if redis_ping(REDIS_URL):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("started redis-server but it does not answer")
+
+
+class WorkerProcess:
+    """A real `graft worker` subprocess in its own process group."""
+
+    def __init__(self, env: dict[str, str], name: str, log_path: Path, queues: str = "all") -> None:
+        self.name, self.log_path = name, log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "graft.cli.main", "worker", "--name", name, "--concurrency", "1", "--loglevel", "INFO",
+             "--queues", queues],
+            cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Block until Celery logs that the worker is ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
+            if " ready." in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        """Warm shutdown, then kill the group if it lingers."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@contextmanager
+def running_worker(service_env: dict[str, str], prefix: str, log_path: Path, queues: str = "all") -> Iterator[WorkerProcess]:
+    """A real worker process on the session's queue, database and artifacts, stopped on exit."""
+    env = {k: v for k, v in service_env.items() if k != "GRAFT_API_TOKENS"}
+    proc = WorkerProcess(env, f"{prefix}-{uuid.uuid4().hex[:6]}", log_path, queues)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def wait_for_job(client, job_id: str, timeout: float = 300) -> dict:  # noqa: ANN001
+    """Poll the API until the job is finished."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{job_id}").get_json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not finished after {timeout}s: {job}")
+
+
+def wait_for_dataset(client, dataset_id: str, timeout: float = 120) -> dict:  # noqa: ANN001
+    """Poll the API until a worker has inspected the dataset (status ready or failed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dataset = client.get(f"/api/v1/datasets/{dataset_id}").get_json()
+        if dataset["status"] != "inspecting":
+            return dataset
+        time.sleep(0.2)
+    raise AssertionError(f"dataset {dataset_id} still inspecting after {timeout}s: {dataset}")

@@ -1,0 +1,46 @@
+"""Dataset inspection runner: load the dataset's record, run the pure inspection, record ready or failed."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from graft.shared.config import Config, get_config
+from graft.shared.datasets import report_status
+from graft.shared.db import session_scope
+from graft.shared.models import DATASET_FAILED, INSPECTING, DatasetRecord
+
+log = logging.getLogger(__name__)
+
+
+def run_inspection(dataset_id: str, config: Config | None = None) -> None:
+    """Inspect dataset_id once; a dataset already inspected (a redelivered message) or deleted is left alone."""
+    from graft.worker.core.dataset import DatasetError
+    from graft.worker.core.inspection import inspect_dataset
+
+    config = config or get_config()
+    with session_scope(config.database_url) as session:
+        dataset = session.get(DatasetRecord, dataset_id)
+        if dataset is None or dataset.status != INSPECTING:
+            log.info("dataset %s: %s, nothing to inspect", dataset_id, dataset.status if dataset else "gone")
+            return
+        root, non_utf8 = Path(dataset.path), (dataset.report or {}).get("non_utf8", [])
+    error = None
+    try:
+        report = inspect_dataset(root, config.max_image_pixels, non_utf8=non_utf8)
+    except DatasetError as exc:
+        report, error = {"issues": []}, str(exc)
+    except Exception as exc:  # noqa: BLE001 - any crash must end the inspection with a readable reason
+        log.exception("dataset %s: inspection crashed", dataset_id)
+        report, error = {"issues": []}, f"inspection crashed: {type(exc).__name__}: {exc}"
+    with session_scope(config.database_url) as session:
+        dataset = session.get(DatasetRecord, dataset_id)
+        if dataset is None or dataset.status != INSPECTING:
+            return  # deleted (or inspected by a duplicate delivery) meanwhile
+        if error is None:
+            dataset.status, dataset.has_errors = report_status(report)
+            dataset.classes, dataset.num_images = report["classes"], report["num_images"]
+        else:
+            dataset.status, dataset.has_errors, dataset.error = DATASET_FAILED, True, error
+        dataset.report = report
+        log.info("dataset %s: %s, %d images, %d issues", dataset_id, dataset.status, dataset.num_images,
+                 len(report["issues"]))
