@@ -1,4 +1,4 @@
-"""Per-request database session and Graft config access."""
+"""What a request handler needs from its app: the request's database session, the Graft config, the Celery app."""
 from __future__ import annotations
 
 from celery import Celery

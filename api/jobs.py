@@ -1,4 +1,4 @@
-"""Job endpoints: submit a training job, read one, list them."""
+"""Job endpoints: submit a training job; read, list and cancel jobs of any kind; a job's events."""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,4 @@
-"""Uploaded images for predict jobs: where they live, safe relative names, bounded zip extraction, and removal."""
+"""Uploaded images for predict jobs: where they live, saving streams under safe names, bounded zip extraction, removal."""
 from __future__ import annotations
 
 import re

@@ -1,1 +1,1 @@
-"""Celery workers: the app, thin tasks, and the pure training core (worker.core)."""
+"""graft.worker: the Celery app, thin tasks, the runners that record state, and the pure core (graft.worker.core)."""
