@@ -23,12 +23,13 @@ from werkzeug.formparser import parse_form_data
 from graft.api.context import celery, config, db
 from graft.api.errors import APIError
 from graft.api.pagination import page
-from graft.api.validation import Field, json_body, validate
+from graft.api.validation import json_body, validate
 from graft.shared.archive import ArchiveError, ArchiveLimits, extract_archive
 from graft.shared.config import Config
 from graft.shared.datasets import SERVER_PATH, UPLOAD, jobs_using, not_trainable_reason
 from graft.shared.files import is_junk_name, is_junk_path
 from graft.shared.models import INSPECTING, DatasetRecord, new_id
+from graft.shared.params import Param
 from graft.shared.queue import enqueue_inspection
 from graft.shared.serializers import serialize_dataset
 from graft.shared.storage import PathNotAllowed, resolve_under_roots
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("datasets", __name__)
 
 MB = 1024 * 1024
-PATH_SCHEMA = {"path": Field(str, required=True), "name": Field(str, None, nullable=True)}
+PATH_SCHEMA = {"path": Param("path", str, required=True), "name": Param("name", str, None, nullable=True)}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".tar")
 
 

@@ -1,32 +1,12 @@
 """Validate request bodies against schemas built from graft.shared.params: a bad field is a 400 that names it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from flask import request
 
 from graft.api.errors import APIError
 from graft.shared.params import PREDICT_PARAMS, TRAIN_PARAMS, Param
-
-
-@dataclass(frozen=True)
-class Field:
-    """One accepted field: its type, default, and bounds or choices."""
-
-    type: type
-    default: Any = None
-    required: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[Any, ...] | None = None
-    nullable: bool = False
-
-    @classmethod
-    def of(cls, param: Param) -> Field:
-        """The field that accepts param."""
-        return cls(param.type, param.default, param.required, param.minimum, param.maximum, param.choices,
-                   param.nullable)
 
 
 def _type_ok(value: Any, kind: type) -> bool:
@@ -47,7 +27,7 @@ def json_body() -> dict[str, Any]:
     return body
 
 
-def validate(body: dict[str, Any], schema: dict[str, Field]) -> dict[str, Any]:
+def validate(body: dict[str, Any], schema: dict[str, Param]) -> dict[str, Any]:
     """Check body against schema and return it with defaults filled in."""
     unknown = sorted(set(body) - set(schema))
     if unknown:
@@ -75,12 +55,12 @@ def validate(body: dict[str, Any], schema: dict[str, Field]) -> dict[str, Any]:
     return out
 
 
-# Built from graft.shared.params, the one home of the parameters (the worker and the CLI read it too).
-TRAIN_SCHEMA: dict[str, Field] = {p.name: Field.of(p) for p in TRAIN_PARAMS}
-PREDICT_SCHEMA: dict[str, Field] = {p.name: Field.of(p) for p in PREDICT_PARAMS}
+# The params themselves, by name: graft.shared.params is the one home (the worker and the CLI read it too).
+TRAIN_SCHEMA: dict[str, Param] = {p.name: p for p in TRAIN_PARAMS}
+PREDICT_SCHEMA: dict[str, Param] = {p.name: p for p in PREDICT_PARAMS}
 
 
-def form_values(form: dict[str, str], schema: dict[str, Field]) -> dict[str, Any]:
+def form_values(form: dict[str, str], schema: dict[str, Param]) -> dict[str, Any]:
     """Multipart form strings converted to the schema's types where they parse (validate() reports the rest)."""
     out: dict[str, Any] = {}
     for name, raw in form.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,3 +107,30 @@ def wait_for_dataset(client, dataset_id: str, timeout: float = 120) -> dict:  # 
             return dataset
         time.sleep(0.2)
     raise AssertionError(f"dataset {dataset_id} still inspecting after {timeout}s: {dataset}")
+
+
+@contextmanager
+def api_process(env: dict[str, str], timeout: float = 30) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `graft api` process on a free port, healthy; yields (base URL, process) and stops it on exit."""
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "graft.cli.main", "api", "--port", str(port)], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                requests.get(f"{url}/healthz", timeout=1)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"graft api did not start (exit code {proc.poll()})") from None
+                time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -5,16 +5,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
 
 from graft.cli.demo import ensure_redis
 from graft.shared.queue import redis_ping
-from tests.helpers import ROOT, TOKEN
+from tests.helpers import ROOT, TOKEN, api_process
 
 
 def _graft(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -23,23 +23,10 @@ def _graft(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.
 
 
 @pytest.fixture(scope="module")
-def api_server(service_env: dict[str, str]):  # noqa: ANN201
+def api_server(service_env: dict[str, str]) -> Iterator[str]:
     """`graft api` as a real process on a free port."""
-    from graft.cli.demo import _free_port
-
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "graft.cli.main", "api", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, **service_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            requests.get(f"{url}/healthz", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with api_process(service_env) as (url, _proc):
+        yield url
 
 
 def test_api_server_health_and_auth(api_server: str) -> None:
