@@ -17,6 +17,7 @@ COPY shared ./shared
 COPY api ./api
 COPY worker ./worker
 COPY cli ./cli
+COPY client ./client
 # CPU-only torch wheels: the +cpu builds on the PyTorch index win over PyPI's CUDA builds of the same version.
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu . \
     && python -c "import torch; assert not torch.version.cuda, 'expected a CPU-only torch'"

@@ -6,12 +6,12 @@ import logging
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 
-from graft.api.context import db
+from graft.api.context import config, db
 from graft.api.datasets import training_source
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
 from graft.api.pagination import page
-from graft.api.validation import TRAIN_SCHEMA, json_body, validate
+from graft.api.validation import TRAIN_SCHEMA, check_callback, json_body, validate
 from graft.shared import lifecycle
 from graft.shared.models import Job
 from graft.shared.serializers import model_ids_for, serialize_event, serialize_job
@@ -30,6 +30,7 @@ def _get_job(job_id: str) -> Job:
 def submit_train():  # noqa: ANN201
     """Validate, record a queued job, enqueue it; 202 with the job and its Location."""
     params = validate(json_body(), TRAIN_SCHEMA)
+    check_callback(params, config())
     training_source(params)  # data_dir, or a ready dataset_id resolved to its folder (409 while inspecting)
     session = db()
     job = lifecycle.create_job(session, "train", params)

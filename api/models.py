@@ -1,16 +1,25 @@
-"""Model endpoints: list trained models and read one."""
+"""Model endpoints: list trained models, read one, download one in a portable format."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+import logging
+import time
+from pathlib import Path
+
+from flask import Blueprint, jsonify, request, send_file
 from sqlalchemy import select
 
-from graft.api.context import db
+from graft.api.context import celery, config, db
 from graft.api.errors import APIError
 from graft.api.pagination import page
+from graft.shared.exports import EXPORT_FORMATS, download_name, export_error, export_zip
 from graft.shared.models import TrainedModel
+from graft.shared.queue import enqueue_export
 from graft.shared.serializers import serialize_model
 
+log = logging.getLogger(__name__)
 bp = Blueprint("models", __name__)
+
+EXPORT_RETRY_AFTER_S = 5
 
 
 @bp.get("/models")
@@ -31,3 +40,55 @@ def get_model(model_id: str):  # noqa: ANN201
     if model is None:
         raise APIError(404, f"no model with id {model_id}")
     return jsonify(serialize_model(model))
+
+
+def _wait_export(zip_path: Path, error_path: Path, seconds: float) -> str | None:
+    """Poll the exports folder until the worker wrote the zip ("done") or its error ("error"); None past the bound."""
+    deadline, pause = time.monotonic() + seconds, 0.02
+    while True:
+        if zip_path.is_file():
+            return "done"
+        if error_path.is_file():
+            return "error"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
+@bp.get("/models/<model_id>/download")
+def download_model(model_id: str):  # noqa: ANN201
+    """The model as a zip in ?format= (built once by an interactive worker, then sent from disk); 202 past the bound."""
+    model = db().get(TrainedModel, model_id)
+    if model is None:
+        raise APIError(404, f"no model with id {model_id}")
+    fmt = request.args.get("format", "")
+    if fmt not in EXPORT_FORMATS:
+        raise APIError(400, f"format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})", field="format")
+    cfg = config()
+    zip_path, error_path = export_zip(cfg.artifacts_dir, model.id, fmt), export_error(cfg.artifacts_dir, model.id, fmt)
+    if not zip_path.is_file():
+        if not Path(model.path).is_file():
+            raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id")
+        # Each request without a zip is a new attempt: a duplicate is harmless (the worker skips a built zip,
+        # and racing builds each replace the file atomically).
+        error_path.unlink(missing_ok=True)
+        try:
+            enqueue_export(celery(), model.id, fmt)
+        except Exception:  # noqa: BLE001 - broker down: nothing was recorded, say so
+            log.exception("could not enqueue the %s export of model %s", fmt, model.id)
+            raise APIError(503, "the job queue (Redis) is unavailable") from None
+        outcome = _wait_export(zip_path, error_path, cfg.sync_predict_wait_s)
+        if outcome is None:
+            response = jsonify({"status": "exporting", "model_id": model.id, "format": fmt,
+                                "retry_after_s": EXPORT_RETRY_AFTER_S})
+            response.status_code, response.headers["Retry-After"] = 202, str(EXPORT_RETRY_AFTER_S)
+            return response
+        if outcome == "error":
+            try:
+                reason = error_path.read_text(errors="replace").strip()
+            except FileNotFoundError:  # a newer request removed it to try again
+                reason = "see the worker's log"
+            raise APIError(500, f"exporting model {model.id} as {fmt} failed: {reason}", format=fmt)
+    return send_file(zip_path, mimetype="application/zip", as_attachment=True,
+                     download_name=download_name(model.id, fmt), max_age=0)

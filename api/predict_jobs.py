@@ -10,7 +10,7 @@ from graft.api.context import config, db
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
 from graft.api.uploads import file_parts, new_upload, upload_folder
-from graft.api.validation import PREDICT_SCHEMA, form_values, json_body, validate
+from graft.api.validation import PREDICT_SCHEMA, check_callback, form_values, json_body, validate
 from graft.shared import lifecycle
 from graft.shared.models import TrainedModel
 from graft.shared.queue import enqueue_predict
@@ -39,6 +39,7 @@ def _predict_params() -> tuple[dict[str, Any], list[FileStorage]]:
 def submit_predict():  # noqa: ANN201
     """Validate, record a queued predict job, enqueue it; 202 with the job and its Location."""
     params, parts = _predict_params()
+    check_callback(params, config())
     model = get_model_or_404(params["model_id"])
     params["top_k"] = min(params["top_k"], len(model.classes))
     sources = [k for k in ("input_dir", "upload_id") if params[k] is not None] + (["file"] if parts else [])

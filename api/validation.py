@@ -6,7 +6,9 @@ from typing import Any
 from flask import request
 
 from graft.api.errors import APIError
+from graft.shared.config import Config
 from graft.shared.params import PREDICT_PARAMS, TRAIN_PARAMS, Param
+from graft.shared.webhooks import WebhookRefused, vet_url
 
 
 def _type_ok(value: Any, kind: type) -> bool:
@@ -53,6 +55,20 @@ def validate(body: dict[str, Any], schema: dict[str, Param]) -> dict[str, Any]:
             raise APIError(400, f"field {name} must be <= {spec.maximum}", field=name)
         out[name] = float(value) if spec.type is float else value
     return out
+
+
+def check_callback(params: dict[str, Any], config: Config) -> None:
+    """A 400 naming callback_url unless it is an http(s) URL whose every address is in GRAFT_WEBHOOK_ALLOW."""
+    url = params.get("callback_url")
+    if url is None:
+        return
+    if not config.webhook_secret:
+        raise APIError(400, "callback_url: webhooks are off on this server (GRAFT_WEBHOOK_SECRET is unset)",
+                       field="callback_url")
+    try:
+        vet_url(url, config.webhook_allow)  # resolves the name only: nothing is sent to it here
+    except WebhookRefused as exc:
+        raise APIError(400, f"callback_url: {exc}", field="callback_url") from None
 
 
 # The params themselves, by name: graft.shared.params is the one home (the worker and the CLI read it too).

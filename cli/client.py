@@ -1,122 +1,14 @@
-"""A small HTTP client for the Graft API, used by the CLI commands and the demo."""
+"""The CLI's side of the client: its usage error and the progress bars it draws (the HTTP is graft.client)."""
 from __future__ import annotations
 
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
-import requests
-
-
-class ClientError(RuntimeError):
-    """The API answered with an error (its JSON message is kept)."""
+from graft.client import GraftError
 
 
-class GraftClient:
-    """Calls /api/v1 with an optional bearer token."""
-
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
-        self.url, self.timeout = url.rstrip("/"), timeout
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """Send a request and return its JSON, raising ClientError with the server's message."""
-        try:
-            kwargs.setdefault("timeout", self.timeout)
-            response = self.session.request(method, f"{self.url}{path}", **kwargs)
-        except requests.ConnectionError:
-            raise ClientError(f"cannot reach the Graft API at {self.url} (is `graft api` running? set --url or GRAFT_URL)") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"error": response.text[:200]}
-        if response.status_code >= 400:
-            raise ClientError(f"HTTP {response.status_code}: {body.get('error', body)}")
-        return body
-
-    def train(self, **params: Any) -> dict[str, Any]:
-        """Submit a training job."""
-        return self.request("POST", "/api/v1/jobs/train", json=params)
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        """Read a job."""
-        return self.request("GET", f"/api/v1/jobs/{job_id}")
-
-    def jobs(self, status: str | None = None) -> dict[str, Any]:
-        """List jobs (first page)."""
-        return self.request("GET", "/api/v1/jobs", params={"status": status} if status else None)
-
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a job."""
-        return self.request("POST", f"/api/v1/jobs/{job_id}/cancel")
-
-    def model(self, model_id: str) -> dict[str, Any]:
-        """Read a model."""
-        return self.request("GET", f"/api/v1/models/{model_id}")
-
-    def upload(self, files: list[tuple[str, Any]], upload_id: str | None = None,
-               timeout: float = 600.0) -> dict[str, Any]:
-        """Send one part of (name, file object) pairs: starts an upload, or adds to upload_id."""
-        path = f"/api/v1/uploads/{upload_id}" if upload_id else "/api/v1/uploads"
-        parts = [("file", (name, handle, "application/octet-stream")) for name, handle in files]
-        return self.request("POST", path, files=parts, data={"extract_zip": "false"}, timeout=timeout)
-
-    def predict(self, **params: Any) -> dict[str, Any]:
-        """Submit a predict job (model_id and input_dir or upload_id)."""
-        return self.request("POST", "/api/v1/jobs/predict", json=params)
-
-    def results(self, job_id: str, after: str | None = None, limit: int = 1000) -> dict[str, Any]:
-        """One page of a predict job's results, sorted by path."""
-        params: dict[str, Any] = {"limit": limit}
-        if after is not None:
-            params["after"] = after
-        return self.request("GET", f"/api/v1/jobs/{job_id}/results", params=params)
-
-    def results_csv(self, job_id: str, out: Any) -> None:
-        """Stream a predict job's results as CSV into the binary file out."""
-        try:
-            response = self.session.get(f"{self.url}/api/v1/jobs/{job_id}/results", params={"format": "csv"},
-                                        stream=True, timeout=self.timeout)
-        except requests.ConnectionError:
-            raise ClientError(f"cannot reach the Graft API at {self.url}") from None
-        with response:
-            if response.status_code >= 400:
-                raise ClientError(f"HTTP {response.status_code}: {response.text[:200]}")
-            for block in response.iter_content(1 << 16):
-                out.write(block)
-
-    def predict_now(self, model_id: str, files: list[tuple[str, Any]], **form: Any) -> dict[str, Any]:
-        """Classify 1-32 (name, file object) images synchronously."""
-        parts = [("file", (name, handle, "application/octet-stream")) for name, handle in files]
-        data = {k: str(v) for k, v in form.items() if v is not None}
-        return self.request("POST", f"/api/v1/models/{model_id}/predict", files=parts, data=data)
-
-    def wait_dataset(self, dataset_id: str, interval: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
-        """Poll a dataset until a worker has inspected it (status ready or failed); returns it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            dataset = self.request("GET", f"/api/v1/datasets/{dataset_id}")
-            if dataset["status"] != "inspecting":
-                return dataset
-            if deadline is not None and time.monotonic() > deadline:
-                raise ClientError(f"dataset {dataset_id} still inspecting after {timeout} s (is a worker running?)")
-            time.sleep(interval)
-
-    def wait(self, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
-             interval: float = 1.0, timeout: float | None = None) -> dict[str, Any]:
-        """Poll a job until it is finished; returns the final job."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.job(job_id)
-            if on_update:
-                on_update(job)
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise ClientError(f"job {job_id} still {job['status']} after {timeout} s")
-            time.sleep(interval)
+class ClientError(GraftError):
+    """A command used wrongly (no such folder, both sources given): printed as `graft: ...`, exit status 2."""
 
 
 def progress_line(job: dict[str, Any], width: int = 30) -> str:
@@ -154,4 +46,30 @@ class ProgressPrinter:
         elif line != self.last:
             sys.stderr.write(line + "\n")
         self.last = line
+        sys.stderr.flush()
+
+
+class Bar:
+    """A progress bar on stderr: one updating line on a TTY, a line every 10% otherwise."""
+
+    def __init__(self, label: str, unit: str = "") -> None:
+        self.label, self.unit, self._shown = label, unit, -1
+
+    def show(self, done: int, total: int) -> None:
+        """Draw done of total when the shown figure changes."""
+        total = max(total, 1)
+        fraction = min(done / total, 1.0)
+        step = int(fraction * 100) if sys.stderr.isatty() else int(fraction * 10) * 10
+        if step == self._shown:
+            return
+        self._shown = step
+        if self.unit == "MB":
+            figures = f"{done / 2**20:.2f}/{total / 2**20:.2f} MB"
+        else:
+            figures = f"{done}/{total} {self.unit}".strip()
+        line = f"{self.label} [{'#' * int(fraction * 30):<30}] {fraction * 100:5.1f}%  {figures}"
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r{line}\033[K" + ("\n" if done >= total else ""))
+        else:
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()

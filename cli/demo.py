@@ -1,4 +1,4 @@
-"""`graft demo`: make sure Redis answers, start the API and one worker, train once, show the result."""
+"""`graft demo`: make sure Redis answers, start the API and one worker, train once, classify held-back images."""
 from __future__ import annotations
 
 import logging
@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from graft.cli.client import ClientError, GraftClient, ProgressPrinter
+from graft.cli.client import ProgressPrinter
+from graft.cli.demo_predict import classify_held_back, held_back_folder
 from graft.cli.summary import print_training_summary
 from graft.cli.sampledata import make_shapes_dataset
+from graft.client import Client, GraftError
 from graft.shared.config import get_config
 from graft.shared.queue import redis_ping
 
@@ -89,16 +91,18 @@ def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
                                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_healthy(client: GraftClient, api: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
+def _wait_healthy(url: str, api: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
+    probe = Client(url, timeout=2, retries=0)  # this loop is the retry: each probe should fail fast
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if api.poll() is not None:
             raise SystemExit(f"the API exited; see {log_path}")
         try:
-            client.session.get(f"{client.url}/healthz", timeout=2).raise_for_status()
-            return
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.3)
+            if probe.health()["status"] == "ok":
+                return
+        except GraftError:  # not up yet
+            pass
+        time.sleep(0.3)
     raise SystemExit(f"the API did not become healthy; see {log_path}")
 
 
@@ -118,6 +122,7 @@ def run_demo(data: str | None, epochs: int = 4) -> int:
         if not data_dir.is_dir():
             make_shapes_dataset(data_dir, per_class=40, size=128)
         _say(f"no DATA given: generated 3 classes x 40 images of shapes in {data_dir}")
+    held_back, held_back_what = held_back_folder(var, data, data_dir)
     backbone, why = choose_backbone()
     _say(f"backbone {backbone}: {why}")
     redis_proc = ensure_redis(config.redis_url, var / "redis")
@@ -125,16 +130,19 @@ def run_demo(data: str | None, epochs: int = 4) -> int:
     env = {**os.environ, "GRAFT_API_TOKENS": token, "GRAFT_DATA_ROOTS": str(data_dir), "GRAFT_VAR_DIR": str(var)}
     procs = [_start(["api", "--port", str(port)], env, logs / "api.log"),
              _start(["worker", "--name", "demo"], env, logs / "worker.log")]
-    client = GraftClient(f"http://127.0.0.1:{port}", token)
+    client = Client(f"http://127.0.0.1:{port}", token)
     try:
-        _wait_healthy(client, procs[0], logs / "api.log")
+        _wait_healthy(client.url, procs[0], logs / "api.log")
         _say(f"API on http://127.0.0.1:{port} (token in this run only), worker started; logs in {logs}")
         job = client.train(data_dir=str(data_dir), backbone=backbone, epochs=epochs)
         _say(f"submitted training job {job['id']}")
         job = client.wait(job["id"], ProgressPrinter(), interval=0.5)
         print_training_summary(job, client)
-        return 0 if job["status"] == "succeeded" else 1
-    except ClientError as exc:
+        if job["status"] != "succeeded":
+            return 1
+        ok = classify_held_back(client, job["model_id"], held_back, held_back_what, var / "demo-predictions.csv")
+        return 0 if ok else 1
+    except GraftError as exc:
         print(f"graft demo: {exc}", file=sys.stderr)
         return 1
     finally:

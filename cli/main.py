@@ -6,18 +6,20 @@ import json
 import logging
 import os
 import sys
+from itertools import islice
 from typing import Any
 
-from graft.cli.client import ClientError, GraftClient, ProgressPrinter
+from graft.cli.client import ClientError, ProgressPrinter
 from graft.cli.summary import print_training_summary
+from graft.client import Client, GraftError
 from graft.shared.config import get_config
 from graft.shared.params import TRAIN_PARAMS, Param
 from graft.shared.queue import QUEUE_KINDS, queue_name
 
 
-def _client(args: argparse.Namespace) -> GraftClient:
+def _client(args: argparse.Namespace) -> Client:
     config = get_config()
-    return GraftClient(args.url or config.url, args.token or config.token)
+    return Client(args.url or config.url, args.token or config.token)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -108,8 +110,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    """One line per job, newest first."""
-    for job in _client(args).jobs(args.status)["items"]:
+    """One line per job, newest first (the newest --limit of them)."""
+    for job in islice(_client(args).jobs(args.status), args.limit):
         best = (job["metrics"] or {}).get("best_val_acc")
         acc = f"{best:.3f}" if best is not None else "-"
         print(f"{job['id']}  {job['kind']:<7} {job['status']:<9} val_acc={acc:<6} {job['created_at']}")
@@ -179,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=20, help="show at most this many jobs (default: 20)")
     p.set_defaults(func=cmd_jobs)
 
     from graft.cli.predict import add_parser as add_predict_parser
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ClientError as exc:
+    except GraftError as exc:  # the API's answer or a usage error (ClientError): a message, not a traceback
         print(f"graft: {exc}", file=sys.stderr)
         return 2
 

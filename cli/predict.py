@@ -5,69 +5,19 @@ import argparse
 import json
 import os
 import sys
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from graft.cli.client import ClientError, GraftClient, ProgressPrinter
-from graft.shared.files import is_junk_name
-
-PART_FILES = 200  # files per upload request (the server parses at most 1000 form parts)
-PART_BYTES = 64 * 1024 * 1024
+from graft.cli.client import ClientError, ProgressPrinter
+from graft.client import Client, Upload
 
 
-def local_files(root: Path, recursive: bool = True) -> list[tuple[str, Path]]:
-    """(relative posix path, path) for every file below root, skipping hidden files and OS litter like the server."""
-    found = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not is_junk_name(d)) if recursive else []
-        found += [((Path(folder) / n).relative_to(root).as_posix(), Path(folder) / n) for n in names if not is_junk_name(n)]
-    return sorted(found)
-
-
-def upload_parts(files: list[tuple[str, Path]]) -> Iterator[list[tuple[str, Path]]]:
-    """Group files into upload requests of at most PART_FILES files and about PART_BYTES bytes."""
-    part: list[tuple[str, Path]] = []
-    size = 0
-    for name, path in files:
-        try:
-            length = path.stat().st_size
-        except OSError:
-            length = 0
-        if part and (len(part) >= PART_FILES or size + length > PART_BYTES):
-            yield part
-            part, size = [], 0
-        part.append((name, path))
-        size += length
-    if part:
-        yield part
-
-
-def upload_folder(client: GraftClient, root: Path, recursive: bool) -> tuple[str, int, list[str]]:
-    """Upload root's files in parts; returns (upload id, files sent, local files that could not be read)."""
-    files = local_files(root, recursive)
-    if not files:
-        raise ClientError(f"no files to classify in {root}")
-    upload_id: str | None = None
-    sent, unreadable = 0, []
-    for part in upload_parts(files):
-        with ExitStack() as stack:
-            handles = []
-            for name, path in part:
-                try:
-                    handles.append((name, stack.enter_context(open(path, "rb"))))
-                except OSError as exc:
-                    unreadable.append(f"{name}: {exc.strerror or exc}")
-            if not handles:
-                continue
-            answer = client.upload(handles, upload_id)
-        upload_id = upload_id or answer["id"]
-        sent += len(handles)
-        _status(f"uploading {sent}/{len(files)} files")
-    if upload_id is None:
-        raise ClientError(f"none of the files in {root} could be read")
-    _status(f"uploaded {sent} files\n")
-    return upload_id, sent, unreadable
+def upload_folder(client: Client, root: Path, recursive: bool) -> Upload:
+    """Upload root's files in parts, showing a count; returns the upload (id, files sent, unreadable files)."""
+    upload = client.upload_images(root, recursive, on_progress=lambda sent, total: _status(
+        f"uploading {sent}/{total} files"))
+    _status(f"uploaded {upload.files} files\n")
+    return upload
 
 
 def _status(text: str) -> None:
@@ -78,21 +28,14 @@ def _status(text: str) -> None:
     sys.stderr.flush()
 
 
-def write_results(client: GraftClient, job: dict[str, Any], output: Path) -> None:
-    """CSV (streamed from the server) or, for a .json name, every result page as one JSON document."""
+def write_results(client: Client, job: dict[str, Any], output: Path) -> None:
+    """CSV (streamed from the server) or, for a .json name, every result row as one JSON document."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.part")
     with open(tmp, "wb") as out:
         if output.suffix.lower() == ".json":
-            items, after = [], None
-            while True:
-                page = client.results(job["id"], after)
-                items += page["items"]
-                if not page["next"] or not page["items"]:
-                    break
-                after = page["items"][-1]["path"]
-            doc = {"job_id": job["id"], "model_id": job["params"]["model_id"], "summary": page["summary"],
-                   "items": items}
+            doc = {"job_id": job["id"], "model_id": job["params"]["model_id"],
+                   "summary": (job.get("metrics") or {}).get("summary", {}), "items": list(client.results(job["id"]))}
             out.write(json.dumps(doc, indent=1, ensure_ascii=False).encode())
         else:
             client.results_csv(job["id"], out)
@@ -113,7 +56,7 @@ def print_summary(job: dict[str, Any], output: Path, unreadable: list[str]) -> N
         print(f"  not uploaded (unreadable here): {line}")
 
 
-def run_predict(client: GraftClient, args: argparse.Namespace) -> int:
+def run_predict(client: Client, args: argparse.Namespace) -> int:
     """The `graft predict` command."""
     if bool(args.dir) == bool(args.server_dir):
         raise ClientError("give either DIR (a folder here, uploaded) or --server-dir PATH (a folder on the server)")
@@ -134,7 +77,8 @@ def run_predict(client: GraftClient, args: argparse.Namespace) -> int:
         if not root.is_dir():
             raise ClientError(f"not a folder: {root}")
         client.model(args.model_id)  # fail fast on a wrong id, before uploading anything
-        params["upload_id"], _, unreadable = upload_folder(client, root, params["recursive"])
+        upload = upload_folder(client, root, params["recursive"])
+        params["upload_id"], unreadable = upload.id, upload.unreadable
     job = client.predict(**params)
     job = client.wait(job["id"], ProgressPrinter(), interval=args.interval)
     if job["status"] != "succeeded":

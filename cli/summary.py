@@ -1,14 +1,14 @@
-"""What the CLI prints when a training job ends: model id, accuracy, per-class figures, where the files are."""
+"""What the CLI prints when a training job ends: model id, accuracy, per-class figures, how to download it."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from graft.cli.client import GraftClient
+from graft.client import Client
+from graft.shared.exports import EXPORT_FORMATS
 
 
-def print_training_summary(job: dict[str, Any], client: GraftClient) -> None:
-    """Model id, accuracy, per-class figures and where the files are."""
+def print_training_summary(job: dict[str, Any], client: Client) -> None:
+    """Model id, accuracy, per-class figures and how to download the model."""
     if job["status"] != "succeeded":
         print(f"job {job['id']} {job['status']}: {job.get('error') or ''}")
         return
@@ -23,4 +23,6 @@ def print_training_summary(job: dict[str, Any], client: GraftClient) -> None:
     skipped = job["metrics"].get("skipped_files") or []
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(s["path"] for s in skipped[:5]))
-    print(f"model files:   {os.path.dirname(model['path'])}")
+    formats = "|".join(EXPORT_FORMATS)
+    print(f"download with: curl -H \"Authorization: Bearer $GRAFT_TOKEN\" -o model.zip "
+          f"\"$GRAFT_URL/api/v1/models/{model['id']}/download?format=onnx\"  (format: {formats})")

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +32,22 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+LOOPBACK = ("127.0.0.0/8", "::1")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+def _allow_list(env: Mapping[str, str]) -> tuple[str, ...]:
+    """GRAFT_WEBHOOK_ALLOW: CIDRs or exact host names; unset or blank means loopback only."""
+    entries = tuple(e.lower() for e in _split(env.get("GRAFT_WEBHOOK_ALLOW", ""), ","))
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if not _HOSTNAME.match(entry):
+                raise ConfigError(f"GRAFT_WEBHOOK_ALLOW: {entry!r} is neither a CIDR nor a host name") from None
+    return entries or LOOPBACK
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the API, the workers and the CLI need to know about their surroundings."""
@@ -53,6 +71,10 @@ class Config:
     sync_predict_wait_s: int = 30  # the synchronous predict endpoint waits this long, then answers 202 with a job
     url: str = "http://127.0.0.1:8000"
     token: str | None = None
+    webhook_secret: str | None = None  # HMAC-SHA256 key of callback signatures; unset: callbacks are refused
+    webhook_allow: tuple[str, ...] = LOOPBACK  # where callbacks may go: CIDRs of resolved addresses, or host names
+    webhook_max_s: int = 3600  # retry a failing callback for this long after the job ended, then give up
+    webhook_backoff_s: int = 10  # first retry delay; it doubles each attempt (capped at 10 min), with jitter
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -80,6 +102,10 @@ class Config:
             sync_predict_wait_s=_int(env, "GRAFT_SYNC_PREDICT_WAIT_SECONDS", cls.sync_predict_wait_s, 1),
             url=(env.get("GRAFT_URL") or cls.url).rstrip("/"),
             token=env.get("GRAFT_TOKEN") or None,
+            webhook_secret=env.get("GRAFT_WEBHOOK_SECRET") or None,
+            webhook_allow=_allow_list(env),
+            webhook_max_s=_int(env, "GRAFT_WEBHOOK_MAX_SECONDS", cls.webhook_max_s, 0),
+            webhook_backoff_s=_int(env, "GRAFT_WEBHOOK_BACKOFF_SECONDS", cls.webhook_backoff_s, 1),
         )
 
     @property

@@ -14,6 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from graft.shared.models import Job, JobEvent, utcnow
 from graft.shared.serializers import as_utc
+from graft.shared.webhooks import record_delivery
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def transition(session: Session, job: Job, target: str, message: str | None = No
     for name, value in values.items():
         set_committed_value(job, name, value)
     session.add(JobEvent(job_id=job.id, from_status=previous, to_status=target, message=message))
+    if target in FINISHED:
+        record_delivery(session, job, now)  # the callback's outbox row commits (or not) with the final status
     log.info("job %s: %s -> %s%s", job.id, previous, target, f" ({message})" if message else "")
     return job
 

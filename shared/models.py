@@ -125,3 +125,23 @@ class PredictionResult(Base):
     top_k: Mapped[list[Any]] = mapped_column(default=list)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)  # which worker classified it
+
+
+class WebhookDelivery(Base):
+    """The outbox row of a job's callback: written with the job's final status, sent and retried by workers.
+
+    next_at is when the next attempt is due (None: no more attempts); attempts doubles as the claim version.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True, index=True)
+    url: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    log: Mapped[list[Any]] = mapped_column(default=list)  # the latest attempts: at, status, error, ms
+    next_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

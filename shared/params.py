@@ -45,7 +45,12 @@ class Param:
 
 
 DATA_SOURCES = ("data_dir", "dataset_id")
-"""The training parameters that say where the images are (exactly one is given); the rest are hyper-parameters."""
+"""The training parameters that say where the images are (exactly one is given)."""
+JOB_OPTIONS = ("callback_url",)
+"""Parameters about the job, not the training (kept out of TrainSpec); the rest are hyper-parameters."""
+
+CALLBACK_URL = Param("callback_url", str, None, nullable=True,
+                     help="an http(s) URL (inside GRAFT_WEBHOOK_ALLOW) that gets a signed POST of the job when it ends")
 
 TRAIN_PARAMS: tuple[Param, ...] = (
     Param("data_dir", str, None, nullable=True, cli=False,
@@ -69,6 +74,7 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("patience", int, 3, minimum=0, maximum=500,
           help="fine-tune epochs without a better val accuracy before stopping early (0: never)"),
     Param("views", int, 3, minimum=0, maximum=16, help="augmented views cached per training image"),
+    CALLBACK_URL,
 )
 """Every parameter of a training request, in the order the API and the CLI list them."""
 
@@ -84,11 +90,12 @@ PREDICT_PARAMS: tuple[Param, ...] = (
     Param("precision", str, "fp32", choices=PRECISIONS, help="inference precision"),
     Param("runtime", str, None, nullable=True, choices=RUNTIMES,
           help="fp32 inference runtime (bf16 always runs on torch); unset: the server's default"),
+    CALLBACK_URL,
 )
 """Every parameter of a predict request."""
 
-HYPER_PARAMS: tuple[Param, ...] = tuple(p for p in TRAIN_PARAMS if p.name not in DATA_SOURCES)
-"""The training parameters that are hyper-parameters (TrainSpec fields), not data sources."""
+HYPER_PARAMS: tuple[Param, ...] = tuple(p for p in TRAIN_PARAMS if p.name not in DATA_SOURCES + JOB_OPTIONS)
+"""The training parameters that are hyper-parameters (TrainSpec fields), not data sources or job options."""
 
 
 def train_defaults() -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The API enqueues by task name through this module and never imports graft.worker (or torch).
 Queues: "train" (long training jobs), "batch" (batch prediction and dataset inspection) and
-"interactive" (the synchronous predict endpoint), so a 20-image request never waits behind a training job.
+"interactive" (the synchronous predict endpoint, model exports), so a 20-image request never waits behind a
+training job.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ PREDICT_CHUNK_TASK = "graft.predict_chunk"  # classifies one chunk of files (a c
 PREDICT_FINISH_TASK = "graft.predict_finish"  # the chord callback: summary, job succeeded
 PREDICT_NOW_TASK = "graft.predict_now"  # a small predict job run whole in one task, for the synchronous endpoint
 INSPECT_TASK = "graft.inspect_dataset"  # inspect an accepted dataset: ready or failed, with its report
+EXPORT_TASK = "graft.export_model"  # build one download format of a trained model (the download endpoint waits)
 
 QUEUE_KINDS = ("train", "batch", "interactive")
 TASK_KIND = {
     TRAIN_TASK: "train",
     PREDICT_TASK: "batch", PREDICT_CHUNK_TASK: "batch", PREDICT_FINISH_TASK: "batch", INSPECT_TASK: "batch",
-    PREDICT_NOW_TASK: "interactive",
+    PREDICT_NOW_TASK: "interactive", EXPORT_TASK: "interactive",
 }
 
 
@@ -76,6 +78,11 @@ def enqueue_predict_now(app: Celery, job_id: str) -> AsyncResult:
 def enqueue_inspection(app: Celery, dataset_id: str) -> None:
     """Send the inspection of dataset_id (to the batch queue)."""
     app.send_task(INSPECT_TASK, args=[dataset_id])
+
+
+def enqueue_export(app: Celery, model_id: str, fmt: str) -> None:
+    """Send the export of model_id in format fmt (to the interactive queue: a client is waiting)."""
+    app.send_task(EXPORT_TASK, args=[model_id, fmt])
 
 
 def redis_ping(url: str, timeout: float = 1.0) -> bool:

@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
-from graft.shared.models import DatasetRecord, Job, JobEvent, PredictionResult, TrainedModel
+from graft.shared.models import DatasetRecord, Job, JobEvent, PredictionResult, TrainedModel, WebhookDelivery
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -48,7 +48,22 @@ def serialize_job(job: Job, model_id: str | None = None) -> dict[str, Any]:
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+        "callback": serialize_callback(job),
     }
+
+
+def serialize_callback(job: Job) -> dict[str, Any] | None:
+    """The job's callback and its delivery attempts (the latest ones), or None without a callback_url."""
+    url = (job.params or {}).get("callback_url")
+    if not url:
+        return None
+    session = object_session(job)
+    delivery = session.scalar(select(WebhookDelivery).where(WebhookDelivery.job_id == job.id)) if session else None
+    if delivery is None:  # the job has not ended yet
+        return {"url": url, "state": "waiting", "delivered_at": None, "next_attempt_at": None, "attempts": []}
+    state = "delivered" if delivery.delivered_at else "pending" if delivery.next_at else "failed"
+    return {"url": url, "state": state, "delivered_at": iso(delivery.delivered_at),
+            "next_attempt_at": iso(delivery.next_at) if state == "pending" else None, "attempts": delivery.log or []}
 
 
 def model_ids_for(session: Session, job_ids: list[str]) -> dict[str, str]:
@@ -65,7 +80,7 @@ def serialize_event(event: JobEvent) -> dict[str, Any]:
 
 
 def serialize_model(model: TrainedModel) -> dict[str, Any]:
-    """The model resource as the API shows it."""
+    """The model resource as the API shows it (no server path: a model leaves the server through /download)."""
     return {
         "id": model.id,
         "job_id": model.job_id,
@@ -73,7 +88,6 @@ def serialize_model(model: TrainedModel) -> dict[str, Any]:
         "classes": model.classes,
         "image_size": model.image_size,
         "metrics": model.metrics,
-        "path": model.path,
         "created_at": iso(model.created_at),
     }
 

@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from graft.shared.config import Config
-from tests.helpers import HYMENOPTERA, POSTGRES_URL, REDIS_URL, TOKEN, WorkerProcess, ensure_redis, running_worker
+from tests.helpers import (
+    HYMENOPTERA, POSTGRES_URL, REDIS_URL, TOKEN, WEBHOOK_SECRET, WorkerProcess, ensure_redis, running_worker,
+)
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +60,8 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> dic
         "GRAFT_QUEUE": f"graft-test-{uuid.uuid4().hex[:8]}",
         "GRAFT_RESNET18_WEIGHTS": "",
         "TORCH_HOME": str(base / "torch-home"),  # an empty hub cache: no stray resnet18 weights
+        "GRAFT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GRAFT_WEBHOOK_BACKOFF_SECONDS": "1",  # a failed callback is retried within seconds, not minutes
     }
 
 

@@ -23,6 +23,7 @@ HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 REDIS_URL = os.environ.get("GRAFT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TOKEN = "test-token"
+WEBHOOK_SECRET = "test-webhook-secret"
 
 
 def ensure_redis() -> None:
@@ -87,6 +88,11 @@ def running_worker(service_env: dict[str, str], prefix: str, log_path: Path, que
         proc.stop()
 
 
+def model_file(artifacts_dir: Path, model_id: str) -> Path:
+    """A trained model's artifact on the server's disk (the API shows no server paths; tests run beside it)."""
+    return Path(artifacts_dir) / "models" / model_id / "model.pt"  # shared.storage.model_dir + checkpoint.MODEL_NAME
+
+
 def wait_for_job(client, job_id: str, timeout: float = 300) -> dict:  # noqa: ANN001
     """Poll the API until the job is finished."""
     deadline = time.monotonic() + timeout
@@ -134,3 +140,39 @@ def api_process(env: dict[str, str], timeout: float = 30) -> Iterator[tuple[str,
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class Receiver:
+    """A real local webhook receiver (http.server in a thread on 127.0.0.1): records each POST, answers by script."""
+
+    def __init__(self, answers: list[int] | None = None) -> None:
+        import http.server
+        import threading
+
+        self.answers, self.received = list(answers or []), []  # received: (headers, raw body) per POST
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.received.append((dict(self.headers), body))
+                code = receiver.answers.pop(0) if receiver.answers else 200
+                self.send_response(code)
+                if 300 <= code < 400:
+                    self.send_header("Location", receiver.url + "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:  # quiet: the test asserts on received
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

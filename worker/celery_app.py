@@ -53,6 +53,10 @@ def _start_sweeper(**_kwargs: object) -> None:
     # Every worker sweeps, so recovery needs no extra process; claims are compare-and-set, so two
     # sweepers never re-queue the same job twice. Runs in the main process: database and broker only.
     threading.Thread(target=sweep_forever, args=(get_config(), _SWEEP_STOP), name="lease-sweeper", daemon=True).start()
+    # Job callbacks go out from here too (why a thread and not a task: graft.worker.webhooks).
+    from graft.worker.webhooks import deliver_forever
+
+    threading.Thread(target=deliver_forever, args=(get_config(), _SWEEP_STOP), name="webhooks", daemon=True).start()
 
 
 @worker_shutting_down.connect

@@ -7,7 +7,7 @@ from __future__ import annotations
 from celery import chord, group
 
 from graft.shared.queue import (
-    INSPECT_TASK, PREDICT_CHUNK_TASK, PREDICT_FINISH_TASK, PREDICT_NOW_TASK, PREDICT_TASK, TRAIN_TASK,
+    EXPORT_TASK, INSPECT_TASK, PREDICT_CHUNK_TASK, PREDICT_FINISH_TASK, PREDICT_NOW_TASK, PREDICT_TASK, TRAIN_TASK,
 )
 from graft.worker.celery_app import app
 
@@ -76,3 +76,11 @@ def inspect_dataset(dataset_id: str) -> None:
     from graft.worker.inspect_runner import run_inspection
 
     run_inspection(dataset_id)
+
+
+@app.task(name=EXPORT_TASK)
+def export_model(model_id: str, fmt: str) -> None:
+    """Build one download format of a trained model and cache it next to the model."""
+    from graft.worker.export_runner import run_export
+
+    run_export(model_id, fmt)

@@ -134,6 +134,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
             # An uploaded dataset (dataset_id) lives under the datasets folder: one of the train roots.
             data_dir = resolve_under_roots(params.pop("data_dir"), config.train_roots)
             params.pop("dataset_id", None)
+            params.pop("callback_url", None)  # a job option (sent by the webhook sender), not a hyper-parameter
             spec = TrainSpec(**params)
             result = fit(
                 data_dir, spec, job_dir(config.artifacts_dir, job_id), model_dir(config.artifacts_dir, model_id),

@@ -73,6 +73,7 @@ hit("POST", f"/api/v1/uploads/{upload['id']}", data={"file": (io.BytesIO(b"y"), 
 hit("POST", "/api/v1/jobs/predict", json={"model_id": model_id, "upload_id": upload["id"]})
 hit("POST", f"/api/v1/models/{model_id}/predict", data={"file": (io.BytesIO(b"z"), "z.jpg")},
     content_type="multipart/form-data")
+hit("GET", f"/api/v1/models/{model_id}/download?format=onnx")
 dataset = hit("POST", "/api/v1/datasets", data={"file": (zipped(), "set.zip")},
               content_type="multipart/form-data").get_json()
 hit("GET", "/api/v1/datasets")
@@ -97,6 +98,7 @@ def test_serving_every_endpoint_loads_no_ml_module(service_env: dict[str, str]) 
     assert report["missing"] == []  # every endpoint was served once
     assert all(status < 500 for status in report["served"].values()), report["served"]
     assert report["served"]["POST /api/v1/models/<model_id>/predict"] == 202  # through the queue, not in-process
+    assert report["served"]["GET /api/v1/models/<model_id>/download"] == 202  # exported by a worker, not in-process
     assert report["served"]["POST /api/v1/datasets"] == 202
     assert report["served"]["POST /api/v1/jobs/train"] == 202
     assert report["loaded"] == [], f"the API process loaded {report['loaded']}"

@@ -1,6 +1,8 @@
 """The `graft` command line as a user runs it: the API under waitress, client commands, the demo."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -45,7 +47,7 @@ def test_cli_train_wait_status_and_jobs(api_server: str, worker, data_root: Path
     env = {"GRAFT_URL": api_server, "GRAFT_TOKEN": TOKEN}
     done = _graft("train", str(data), "--no-pretrained", "--epochs", "1", "--image-size", "64", "--wait", env=env)
     assert done.returncode == 0, done.stderr
-    assert "succeeded" in done.stdout and "val accuracy:" in done.stdout and "model files:" in done.stdout
+    assert "succeeded" in done.stdout and "val accuracy:" in done.stdout and "download with:" in done.stdout
     job_id = done.stdout.split()[2]
     status = _graft("status", job_id, env=env)
     assert json.loads(status.stdout)["status"] == "succeeded"
@@ -80,3 +82,13 @@ def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
     assert "val accuracy:" in result.stdout
     models = list((tmp_path / "artifacts" / "models").glob("*/model.pt"))
     assert len(models) == 1
+    # then a batch predict job on the 3 x 5 generated images that training never saw
+    held_back = sorted(p.relative_to(tmp_path / "demo-data" / "held-back").as_posix()
+                       for p in (tmp_path / "demo-data" / "held-back").rglob("*.jpg"))
+    assert len(held_back) == 15 and not (tmp_path / "demo-data" / "shapes" / "held-back").exists()
+    assert "==> submitted predict job" in result.stdout and "images per predicted label:" in result.stdout
+    assert f"{held_back[0]:<36}" in result.stdout  # the first rows, sorted by path
+    out = tmp_path / "demo-predictions.csv"
+    assert f"are in {out}" in result.stdout
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [r["path"] for r in rows] == held_back and all(r["label"] for r in rows)

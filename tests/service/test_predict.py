@@ -22,7 +22,7 @@ from graft.cli.sampledata import make_shapes_dataset
 from graft.shared import lifecycle
 from graft.shared.db import session_scope
 from graft.shared.models import Job, TrainedModel
-from tests.helpers import HYMENOPTERA, ROOT, TOKEN, WorkerProcess, running_worker, wait_for_job
+from tests.helpers import HYMENOPTERA, ROOT, TOKEN, WorkerProcess, model_file, running_worker, wait_for_job
 
 TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "epochs": 2, "batch_size": 8}
 CLASSES = ["circles", "squares", "triangles"]
@@ -35,14 +35,15 @@ def _client(app):  # noqa: ANN001, ANN202
 
 
 @pytest.fixture(scope="module")
-def model(app, worker, data_root: Path) -> dict:  # noqa: ANN001
-    """A tiny model trained by a real train job on generated shapes."""
+def model(app, worker, data_root: Path, service_config) -> dict:  # noqa: ANN001
+    """A tiny model trained by a real train job on generated shapes, with its artifact's server path added."""
     client = _client(app)
     shapes = make_shapes_dataset(data_root / "predict-train", per_class=10, size=72)
     job = client.post("/api/v1/jobs/train", json={"data_dir": str(shapes), **TINY}).get_json()
     job = wait_for_job(client, job["id"])
     assert job["status"] == "succeeded", job["error"]
-    return client.get(f"/api/v1/models/{job['model_id']}").get_json()
+    model = client.get(f"/api/v1/models/{job['model_id']}").get_json()
+    return {**model, "path": str(model_file(service_config.artifacts_dir, model["id"]))}
 
 
 @pytest.fixture(scope="module")

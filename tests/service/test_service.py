@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from graft.cli.sampledata import make_shapes_dataset
-from tests.helpers import wait_for_job
+from tests.helpers import model_file, wait_for_job
 
 TINY = {"backbone": "resnet18", "pretrained": False, "image_size": 64, "epochs": 2, "batch_size": 8}
 
@@ -23,7 +23,7 @@ def shapes(data_root: Path) -> Path:
     return root
 
 
-def test_train_job_end_to_end(client, worker, shapes: Path) -> None:  # noqa: ANN001
+def test_train_job_end_to_end(client, worker, shapes: Path, service_config) -> None:  # noqa: ANN001
     from graft.worker.core.checkpoint import load_model_artifact
     from graft.worker.core.images import decode_image
     from graft.worker.core.transforms import eval_batch
@@ -54,7 +54,8 @@ def test_train_job_end_to_end(client, worker, shapes: Path) -> None:  # noqa: AN
     assert np.array(model["metrics"]["confusion_matrix"]).sum() == job["metrics"]["val_images"]
 
     # The artifact loads on its own and reproduces the reported validation accuracy's predictions shape.
-    net, meta = load_model_artifact(Path(model["path"]))
+    assert "path" not in model  # no server paths in API responses
+    net, meta = load_model_artifact(model_file(service_config.artifacts_dir, model["id"]))
     assert meta["classes"] == model["classes"]
     prep = meta["preprocessing"]
     img = decode_image(shapes / "circles" / "circles_000.jpg", prep.resize)

@@ -123,15 +123,17 @@ def test_dockerfile() -> None:
     assert next(line for line in lines if line.startswith("FROM")) == "FROM python:3.11-slim"
     text = "\n".join(lines)
     assert "pip install --extra-index-url https://download.pytorch.org/whl/cpu ." in text
-    for copied in ("pyproject.toml", "README.md", "shared", "api", "worker", "cli"):
+    for copied in ("pyproject.toml", "README.md"):
         assert copied in text
+    for room in ("shared", "api", "worker", "cli", "client"):  # every room the package-dir mapping installs
+        assert f"COPY {room} ./{room}" in text
     assert "USER graft" in text
 
 
 def test_dockerignore_keeps_the_build_context_small() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "var"} <= ignored
-    assert not {"pyproject.toml", "README.md", "shared", "api", "worker", "cli"} & ignored
+    assert not {"pyproject.toml", "README.md", "shared", "api", "worker", "cli", "client"} & ignored
 
 
 def _compose_plugin() -> bool:

@@ -50,6 +50,13 @@ def test_var_dir_moves_database_and_artifacts(in_tmp: Path) -> None:
         ("GRAFT_TOKEN", "", "token", None),
         ("GRAFT_RESNET18_WEIGHTS", "", "resnet18_weights", None),
         ("GRAFT_RESNET18_WEIGHTS", "   ", "resnet18_weights", None),
+        ("GRAFT_WEBHOOK_SECRET", "s3cret", "webhook_secret", "s3cret"),
+        ("GRAFT_WEBHOOK_SECRET", "", "webhook_secret", None),
+        ("GRAFT_WEBHOOK_ALLOW", "", "webhook_allow", ("127.0.0.0/8", "::1")),
+        ("GRAFT_WEBHOOK_ALLOW", "10.1.0.0/16, Hooks.Example.com", "webhook_allow", ("10.1.0.0/16", "hooks.example.com")),
+        ("GRAFT_WEBHOOK_MAX_SECONDS", "60", "webhook_max_s", 60),
+        ("GRAFT_WEBHOOK_MAX_SECONDS", "", "webhook_max_s", 3600),
+        ("GRAFT_WEBHOOK_BACKOFF_SECONDS", "1", "webhook_backoff_s", 1),
     ],
 )
 def test_each_variable(in_tmp: Path, name: str, value: str, field: str, expected: object) -> None:
@@ -88,6 +95,8 @@ def test_home_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         ("GRAFT_MAX_UPLOAD_MB", "-3"),
         ("GRAFT_VISIBILITY_TIMEOUT", "59"),
         ("GRAFT_VISIBILITY_TIMEOUT", "soon"),
+        ("GRAFT_WEBHOOK_BACKOFF_SECONDS", "0"),
+        ("GRAFT_WEBHOOK_ALLOW", "10.0.0.0/8, not a host!"),
     ],
 )
 def test_bad_numbers_raise_config_error(name: str, value: str) -> None:

@@ -64,7 +64,8 @@ def test_trainspec_fields_are_the_hyper_parameters_and_the_internal_ones() -> No
     hyper = {p.name for p in HYPER_PARAMS}
     assert hyper <= names
     assert names - hyper == INTERNAL_SPEC_FIELDS
-    assert set(params.DATA_SOURCES) == {p.name for p in TRAIN_PARAMS} - hyper
+    assert set(params.DATA_SOURCES + params.JOB_OPTIONS) == {p.name for p in TRAIN_PARAMS} - hyper
+    assert not set(params.JOB_OPTIONS) & names  # callback_url is the job's, not TrainSpec's
 
 
 @pytest.mark.parametrize(("table", "name", "choices", "worker_names"), [
@@ -136,6 +137,14 @@ def test_cli_flags_set_their_param(argv: list[str], name: str, value: Any) -> No
     assert sent == {"data_dir": "/x", name: value}
     assert type(sent[name]) is type(value)
     assert validate(sent, TRAIN_SCHEMA)[name] == value
+
+
+def test_callback_url_is_a_job_option_of_both_kinds() -> None:
+    """callback_url is accepted by train and predict requests, and `graft train --callback-url` sends it."""
+    assert params.CALLBACK_URL in TRAIN_PARAMS and params.CALLBACK_URL in PREDICT_PARAMS
+    assert params.CALLBACK_URL not in HYPER_PARAMS
+    url = "http://127.0.0.1:9000/hook"
+    assert _request("/x", "--callback-url", url) == {"data_dir": "/x", "callback_url": url}
 
 
 def test_train_request_sends_only_the_options_given() -> None:
