@@ -1,7 +1,8 @@
-"""Model endpoints: list trained models, read one, download one in a portable format."""
+"""Model endpoints: list trained models, read one, download one in a portable format, delete one."""
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -11,10 +12,12 @@ from sqlalchemy import select
 from graft.api.context import celery, config, db
 from graft.api.errors import APIError
 from graft.api.pagination import page
+from graft.shared.datasets import ACTIVE
 from graft.shared.exports import EXPORT_FORMATS, download_name, export_error, export_zip
-from graft.shared.models import TrainedModel
+from graft.shared.models import Job, TrainedModel
 from graft.shared.queue import enqueue_export
 from graft.shared.serializers import serialize_model
+from graft.shared.storage import model_dir
 
 log = logging.getLogger(__name__)
 bp = Blueprint("models", __name__)
@@ -92,3 +95,22 @@ def download_model(model_id: str):  # noqa: ANN201
             raise APIError(500, f"exporting model {model.id} as {fmt} failed: {reason}", format=fmt)
     return send_file(zip_path, mimetype="application/zip", as_attachment=True,
                      download_name=download_name(model.id, fmt), max_age=0)
+
+
+@bp.delete("/models/<model_id>")
+def delete_model(model_id: str):  # noqa: ANN201
+    """Delete a model's row and its folder (weights, exports); 409 while a queued or running predict job uses it."""
+    session = db()
+    model = session.get(TrainedModel, model_id)
+    if model is None:
+        raise APIError(404, f"no model with id {model_id}")
+    rows = session.execute(select(Job.id, Job.params).where(Job.kind == "predict", Job.status.in_(ACTIVE)))
+    users = [job_id for job_id, params in rows if (params or {}).get("model_id") == model_id]
+    if users:
+        raise APIError(409, f"model {model_id} is used by {len(users)} queued or running predict job(s)", jobs=users)
+    # the folder is named by the row's own id under artifacts/models/, never by a path from the request
+    folder = model_dir(config().artifacts_dir, model.id)
+    session.delete(model)
+    session.commit()
+    shutil.rmtree(folder, ignore_errors=True)
+    return jsonify({"id": model_id, "deleted": True})

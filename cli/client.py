@@ -1,22 +1,34 @@
-"""The CLI's side of the client: its usage error and the progress bars it draws (the HTTP is graft.client)."""
+"""The CLI's side of the client: its usage error and the progress bars it draws (tqdm; the HTTP is graft.client)."""
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+from tqdm import tqdm
+
 from graft.client import GraftError
+
+# On a TTY the bar redraws ten times a second; into a file or a pipe (CI logs, tests) a line every 10 s at most,
+# plus the final one when the bar closes, so logs stay short.
+TTY_INTERVAL_S, PIPE_INTERVAL_S = 0.1, 10.0
+BAR_FORMAT = "{desc} [{bar:30}] {percentage:5.1f}%{postfix}"  # tqdm puts ", " before a postfix
 
 
 class ClientError(GraftError):
     """A command used wrongly (no such folder, both sources given): printed as `graft: ...`, exit status 2."""
 
 
-def progress_line(job: dict[str, Any], width: int = 30) -> str:
-    """A one-line text progress bar for a job."""
+def make_bar(desc: str, total: float, **kwargs: Any) -> tqdm:
+    """A tqdm bar on stderr, sparse when stderr is not a terminal."""
+    interval = TTY_INTERVAL_S if sys.stderr.isatty() else PIPE_INTERVAL_S
+    return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=interval, ascii=" #", leave=True,
+                dynamic_ncols=True, **kwargs)
+
+
+def job_status(job: dict[str, Any]) -> str:
+    """What a job is doing, for the text after its bar: status, epoch or files, accuracy, eta."""
     progress = job.get("progress") or {}
-    fraction = float(progress.get("fraction") or 0.0)
-    bar = "#" * int(fraction * width)
-    parts = [f"[{bar:<{width}}] {fraction * 100:5.1f}%", job["status"]]
+    parts = [job["status"]]
     if job.get("kind") == "predict":
         parts.append(f"{progress.get('files_done', 0)}/{progress.get('files_total', '?')} files")
     elif progress.get("phase") in ("loading", "caching"):
@@ -33,43 +45,46 @@ def progress_line(job: dict[str, Any], width: int = 30) -> str:
 
 
 class ProgressPrinter:
-    """Draws a job's progress bar on stderr: one updating line on a TTY, a line per change otherwise."""
+    """Client.wait's on_progress: a job's progress as a tqdm bar on stderr, closed when the job has finished."""
 
     def __init__(self) -> None:
-        self.last = ""
+        self.bar: tqdm | None = None
 
     def __call__(self, job: dict[str, Any]) -> None:
-        line = progress_line(job)
-        done = job["status"] not in ("queued", "running")
-        if sys.stderr.isatty():
-            sys.stderr.write(f"\r{line}\033[K" + ("\n" if done else ""))
-        elif line != self.last:
-            sys.stderr.write(line + "\n")
-        self.last = line
-        sys.stderr.flush()
+        if self.bar is None:
+            self.bar = make_bar(f"job {job['id'][:8]}", 100.0, bar_format=BAR_FORMAT)
+        fraction = float((job.get("progress") or {}).get("fraction") or 0.0)
+        if job["status"] == "succeeded":
+            fraction = 1.0
+        self.bar.n = round(min(max(fraction, 0.0), 1.0) * 100, 1)
+        self.bar.set_postfix_str(job_status(job), refresh=False)
+        self.bar.update(0)  # redraws when mininterval has passed
+        if job["status"] not in ("queued", "running"):
+            self.bar.close()  # draws the final state
 
 
-class Bar:
-    """A progress bar on stderr: one updating line on a TTY, a line every 10% otherwise."""
+class Bars:
+    """One tqdm bar per phase of a transfer (on_progress(phase, done, total)): files zipped, bytes sent or received."""
 
-    def __init__(self, label: str, unit: str = "") -> None:
-        self.label, self.unit, self._shown = label, unit, -1
+    UNITS = {"zipping": ("files", False), "uploading": ("B", True), "downloading": ("B", True)}
 
-    def show(self, done: int, total: int) -> None:
-        """Draw done of total when the shown figure changes."""
-        total = max(total, 1)
-        fraction = min(done / total, 1.0)
-        step = int(fraction * 100) if sys.stderr.isatty() else int(fraction * 10) * 10
-        if step == self._shown:
-            return
-        self._shown = step
-        if self.unit == "MB":
-            figures = f"{done / 2**20:.2f}/{total / 2**20:.2f} MB"
-        else:
-            figures = f"{done}/{total} {self.unit}".strip()
-        line = f"{self.label} [{'#' * int(fraction * 30):<30}] {fraction * 100:5.1f}%  {figures}"
-        if sys.stderr.isatty():
-            sys.stderr.write(f"\r{line}\033[K" + ("\n" if done >= total else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+    def __init__(self, **units: tuple[str, bool]) -> None:
+        self.units = {**self.UNITS, **units}  # phase=(unit, scaled), e.g. uploading=("files", False)
+        self.bars: dict[str, tqdm] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        bar = self.bars.get(phase)
+        if bar is None:
+            unit, scale = self.units.get(phase, ("", False))
+            fmt = BAR_FORMAT.replace("{postfix}", "  {n_fmt}/{total_fmt} {unit}")
+            # total 0: a download without Content-Length; tqdm then counts without a bar
+            bar = self.bars[phase] = make_bar(f"{phase:<9}", total or None, unit=unit, unit_scale=scale,
+                                              bar_format=fmt if total else None)
+        bar.update(done - bar.n)
+        if total and done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        """Close every bar (one left open by an error)."""
+        for bar in self.bars.values():
+            bar.close()

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from graft.cli.client import Bar
+from graft.cli.client import Bars
+from graft.cli.resources import emit
 from graft.client import Client
 
 INSPECT_TIMEOUT_S = 6 * 3600.0  # a worker inspects every image; a busy batch queue may make it wait
@@ -15,10 +16,12 @@ INSPECT_TIMEOUT_S = 6 * 3600.0  # a worker inspects every image; a busy batch qu
 
 def upload(client: Client, path: Path, name: str | None = None) -> dict[str, Any]:
     """Upload a folder (zipped first) or an archive file, wait for a worker's inspection; returns the dataset."""
-    bars = {"zipping": Bar("zipping  ", "files"), "uploading": Bar("uploading", "MB")}
+    bars = Bars()
     started = time.monotonic()
-    dataset = client.add_dataset(path, name, on_progress=lambda phase, done, total: bars[phase].show(done, total),
-                                 wait=False)
+    try:
+        dataset = client.add_dataset(path, name, on_progress=bars, wait=False)
+    finally:
+        bars.close()
     sys.stderr.write(f"uploaded in {time.monotonic() - started:.1f} s; inspecting on a worker ...\n")
     dataset = client.wait_dataset(dataset["id"], timeout=INSPECT_TIMEOUT_S)
     sys.stderr.write(f"inspected: {dataset['status']} ({time.monotonic() - started:.1f} s in all)\n")
@@ -54,32 +57,39 @@ def run_datasets(client: Client, args: argparse.Namespace) -> int:
     """Dispatch `graft datasets ...`."""
     if args.action == "add":
         dataset = upload(client, Path(args.source), args.name)
-        print_report(dataset)
+        if not emit(args, dataset):
+            print_report(dataset)
         return 1 if dataset["has_errors"] else 0
     if args.action == "show":
         dataset = client.dataset(args.dataset_id)
-        print_report(dataset)
+        if not emit(args, dataset):
+            print_report(dataset)
         return 0
     if args.action == "delete":
-        client.delete_dataset(args.dataset_id)
-        print(f"dataset {args.dataset_id} deleted")
+        answer = client.delete_dataset(args.dataset_id)
+        if not emit(args, answer):
+            print(f"dataset {args.dataset_id} deleted")
         return 0
-    for item in client.datasets():
+    items = list(client.datasets())
+    if emit(args, items):
+        return 0
+    for item in items:
         counts = item["issue_counts"]
         print(f"{item['id']}  {item['status']:<10} {item['num_images']:>7} images  {len(item['classes']):>3} classes  "
               f"{counts['error']} errors  {counts['warning']} warnings  {item['name']}")
     return 0
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:  # noqa: ANN401 - argparse's private subparsers type
-    """Register `graft datasets`."""
-    parser = sub.add_parser("datasets", help="upload a dataset and read its inspection report")
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:  # noqa: ANN401
+    """Register `graft datasets` (common: --url/--token/--json, accepted after every action too)."""
+    parser = sub.add_parser("datasets", parents=[common], help="upload a dataset and read its inspection report")
     actions = parser.add_subparsers(dest="action", required=True)
-    add = actions.add_parser("add", help="upload DIR_OR_ARCHIVE (a folder is zipped first) and print its report")
+    add = actions.add_parser("add", parents=[common],
+                             help="upload DIR_OR_ARCHIVE (a folder is zipped first) and print its report")
     add.add_argument("source", metavar="DIR_OR_ARCHIVE")
     add.add_argument("--name", help="a name for the dataset (default: the folder or file name)")
     for action in ("show", "delete"):
-        actions.add_parser(action, help=f"{action} a dataset").add_argument("dataset_id")
-    actions.add_parser("list", help="list datasets, newest first")
+        actions.add_parser(action, parents=[common], help=f"{action} a dataset").add_argument("dataset_id")
+    actions.add_parser("list", parents=[common], help="list datasets, newest first")
     return parser
 

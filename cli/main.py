@@ -1,17 +1,18 @@
-"""`graft`: run the API or a worker, submit and watch jobs, or run the demo."""
+"""`graft`: run the API or a worker; train, predict, and manage jobs, models and datasets; or run the demo."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from itertools import islice
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
-from graft.cli.client import ClientError, ProgressPrinter
-from graft.cli.summary import print_training_summary
-from graft.client import Client, GraftError
+from graft.cli.client import ClientError
+from graft.cli.resources import add_parsers as add_resource_parsers
+from graft.cli.resources import emit, run_jobs, run_models, wait_for
+from graft.client import AuthError, BadRequest, Client, Conflict, GraftError, NotFound, Unavailable
 from graft.shared.config import get_config
 from graft.shared.params import TRAIN_PARAMS, Param
 from graft.shared.queue import QUEUE_KINDS, queue_name
@@ -73,49 +74,72 @@ def add_param_option(parser: argparse.ArgumentParser, param: Param) -> None:
                         help=f"{param.help}{default}".replace("%", "%%"))
 
 
-def train_request(args: argparse.Namespace) -> dict[str, Any]:
-    """The training job's body from parsed `train` options: the data source and every option given."""
-    if (args.data_dir is None) == (args.dataset is None):
-        raise ClientError("give DATA_DIR (a folder on the server) or --dataset ID, not both")
-    source = {"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else {"dataset_id": args.dataset}
+def check_source(args: argparse.Namespace) -> None:
+    """`graft train` needs exactly one data source: DIR, --server-dir PATH or --dataset ID."""
+    if sum(1 for s in (args.data_dir, args.server_dir, args.dataset) if s) != 1:
+        raise ClientError("give one of DIR (a folder here, uploaded), --server-dir PATH or --dataset ID")
+
+
+def train_request(args: argparse.Namespace, dataset_id: str | None = None) -> dict[str, Any]:
+    """The training job's body from parsed `train` options: the data source and every option given.
+
+    DIR has been uploaded by then: dataset_id is the dataset it became.
+    """
+    check_source(args)
+    if args.server_dir:
+        source = {"data_dir": os.path.abspath(args.server_dir)}
+    elif args.dataset or dataset_id:
+        source = {"dataset_id": args.dataset or dataset_id}
+    else:
+        raise ClientError(f"{args.data_dir} must be uploaded first (graft datasets add), or give --server-dir")
     options = {p.name: getattr(args, p.name) for p in TRAIN_PARAMS if p.cli and getattr(args, p.name) is not None}
     return {**source, **options}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Submit a training job for a server-side folder."""
-    params = train_request(args)
+    """Submit a training job: a local folder is uploaded as a dataset first."""
+    check_source(args)
     client = _client(args)
-    job = client.train(**params)
-    print(f"submitted job {job['id']}")
+    dataset_id = None
+    if args.data_dir:
+        from graft.cli.datasets import print_report, upload
+
+        if not os.path.isdir(args.data_dir):
+            raise ClientError(f"not a folder: {args.data_dir} (a folder on the server is --server-dir PATH)")
+        dataset = upload(client, Path(args.data_dir))
+        if dataset["status"] != "ready":
+            print_report(dataset)
+            return 1
+        dataset_id = dataset["id"]
+    job = client.train(**train_request(args, dataset_id))
     if args.wait:
-        job = client.wait(job["id"], ProgressPrinter())
-        print_training_summary(job, client)
-        return 0 if job["status"] == "succeeded" else 1
+        print(f"submitted job {job['id']}", file=sys.stderr if args.json else sys.stdout)
+        return wait_for(client, args, job["id"])
+    if not emit(args, job):
+        print(f"submitted job {job['id']}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print one job as JSON."""
-    print(json.dumps(_client(args).job(args.job_id), indent=2))
-    return 0
+    """`graft status ID`: the job as JSON, as before `graft jobs show`."""
+    args.json, args.action = True, "show"
+    return run_jobs(_client(args), args)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """Cancel a job (a running one stops at its next batch)."""
-    job = _client(args).cancel(args.job_id)
-    state = "cancelled" if job["status"] == "cancelled" else "cancel requested (stops at the next batch)"
-    print(f"job {job['id']}: {state}")
-    return 0
+    """`graft cancel ID`: `graft jobs cancel ID`."""
+    args.action = "cancel"
+    return run_jobs(_client(args), args)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    """One line per job, newest first (the newest --limit of them)."""
-    for job in islice(_client(args).jobs(args.status), args.limit):
-        best = (job["metrics"] or {}).get("best_val_acc")
-        acc = f"{best:.3f}" if best is not None else "-"
-        print(f"{job['id']}  {job['kind']:<7} {job['status']:<9} val_acc={acc:<6} {job['created_at']}")
-    return 0
+    """`graft jobs ...`."""
+    return run_jobs(_client(args), args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """`graft models ...`."""
+    return run_models(_client(args), args)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -139,11 +163,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.data, epochs=args.epochs)
 
 
+EXIT_CODES = """exit codes:
+  0   success
+  1   the job failed or was cancelled (--wait, jobs wait, predict); a server error; a wait that timed out
+  2   usage error: wrong arguments, or a request the API refused as it stands (HTTP 400, 401, 403, 409, 413)
+  3   not found: no such job, model or dataset (HTTP 404)
+  69  the API is unreachable (connection refused, DNS, time-out, HTTP 502/503/504 after retries)
+
+--url, --token and --json may come before or after the subcommand."""
+
+
+def global_options(suppress: bool) -> argparse.ArgumentParser:
+    """--url/--token/--json; the copies on subcommands SUPPRESS their defaults so a value given earlier stays."""
+    common = argparse.ArgumentParser(add_help=False)
+    default = {"default": argparse.SUPPRESS} if suppress else {}
+    common.add_argument("--url", help="API base URL (default: $GRAFT_URL or http://127.0.0.1:8000)", **default)
+    common.add_argument("--token", help="API token (default: $GRAFT_TOKEN)", **default)
+    common.add_argument("--json", action="store_true", help="print the resource(s) as JSON instead of text",
+                        **default)
+    return common
+
+
+def _version() -> str:
+    try:
+        return version("graft")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="graft", description=__doc__)
-    parser.add_argument("--url", help="API base URL (default: $GRAFT_URL or http://127.0.0.1:8000)")
-    parser.add_argument("--token", help="API token (default: $GRAFT_TOKEN)")
+    parser = argparse.ArgumentParser(prog="graft", description=__doc__, parents=[global_options(False)],
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"graft {_version()}")
+    common = global_options(True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("api", help="serve the HTTP API (waitress)")
@@ -162,41 +215,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("train", help="submit a training job for DATA_DIR (a folder on the server) or --dataset ID")
-    p.add_argument("data_dir", nargs="?")
-    p.add_argument("--dataset", help="an uploaded dataset's id (see `graft datasets add`) instead of DATA_DIR")
+    p = sub.add_parser("train", parents=[common], help="train on DIR (a folder here, uploaded first), "
+                       "--server-dir PATH or --dataset ID")
+    p.add_argument("data_dir", nargs="?", metavar="DIR", help="a folder on this machine: zipped and uploaded")
+    p.add_argument("--server-dir", dest="server_dir", metavar="PATH", help="a folder on the server instead of DIR")
+    p.add_argument("--dataset", help="an uploaded dataset's id (see `graft datasets add`) instead of DIR")
     for param in TRAIN_PARAMS:  # generated from graft.shared.params, as the API's schema and TrainSpec are
         if param.cli:
             add_param_option(p, param)
-    p.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    p.add_argument("--wait", action="store_true", help="show progress until the job ends (exit 1 unless it succeeded)")
     p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("status", help="show a job")
-    p.add_argument("job_id")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("cancel", help="cancel a job")
-    p.add_argument("job_id")
-    p.set_defaults(func=cmd_cancel)
-
-    p = sub.add_parser("jobs", help="list jobs")
-    p.add_argument("--status")
-    p.add_argument("--limit", type=int, default=20, help="show at most this many jobs (default: 20)")
-    p.set_defaults(func=cmd_jobs)
 
     from graft.cli.predict import add_parser as add_predict_parser
 
-    add_predict_parser(sub).set_defaults(func=cmd_predict)
+    add_predict_parser(sub, common).set_defaults(func=cmd_predict)
+    add_resource_parsers(sub, common)
+    sub.choices["jobs"].set_defaults(func=cmd_jobs)
+    sub.choices["models"].set_defaults(func=cmd_models)
 
     from graft.cli.datasets import add_parser as add_datasets_parser
 
-    add_datasets_parser(sub).set_defaults(func=cmd_datasets)
+    add_datasets_parser(sub, common).set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("status", parents=[common], help="show a job as JSON (= graft jobs show --json)")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel a job (= graft jobs cancel)")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("demo", help="start Redis (if needed), the API and a worker, and train once")
     p.add_argument("data", nargs="?", help="a folder with one subfolder per class (default: a generated set)")
     p.add_argument("--epochs", type=int, default=4)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def exit_code(exc: GraftError) -> int:
+    """The exit status for a client error (the table in EXIT_CODES)."""
+    if isinstance(exc, NotFound):
+        return 3
+    if isinstance(exc, Unavailable):
+        return 69  # EX_UNAVAILABLE (sysexits.h)
+    if isinstance(exc, (ClientError, BadRequest, AuthError, Conflict)):
+        return 2
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except GraftError as exc:  # the API's answer or a usage error (ClientError): a message, not a traceback
         print(f"graft: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from graft.cli.client import ClientError, ProgressPrinter
+from graft.cli.client import Bars, ClientError, ProgressPrinter
 from graft.client import Client, Upload
 
 
 def upload_folder(client: Client, root: Path, recursive: bool) -> Upload:
-    """Upload root's files in parts, showing a count; returns the upload (id, files sent, unreadable files)."""
-    upload = client.upload_images(root, recursive, on_progress=lambda sent, total: _status(
-        f"uploading {sent}/{total} files"))
-    _status(f"uploaded {upload.files} files\n")
-    return upload
-
-
-def _status(text: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r{text}\033[K")
-    elif text.endswith("\n"):
-        sys.stderr.write(text)
-    sys.stderr.flush()
+    """Upload root's files in parts, showing a bar; returns the upload (id, files sent, unreadable files)."""
+    bars = Bars(uploading=("files", False))
+    try:
+        return client.upload_images(root, recursive, on_progress=lambda sent, total: bars("uploading", sent, total))
+    finally:
+        bars.close()
 
 
 def write_results(client: Client, job: dict[str, Any], output: Path) -> None:
@@ -86,13 +79,17 @@ def run_predict(client: Client, args: argparse.Namespace) -> int:
         return 1
     output = Path(args.output)
     write_results(client, job, output)
-    print_summary(job, output, unreadable)
+    if args.json:
+        print(json.dumps({**job, "output": str(output.resolve()), "unreadable": unreadable}, indent=2))
+    else:
+        print_summary(job, output, unreadable)
     return 0
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register the `predict` subcommand on an argparse subparsers object."""
-    p = sub.add_parser("predict", help="classify every image in DIR with a trained model (CSV or JSON out)")
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:  # noqa: ANN401
+    """Register the `predict` subcommand on an argparse subparsers object (common: --url/--token/--json)."""
+    p = sub.add_parser("predict", parents=[common],
+                       help="classify every image in DIR with a trained model (CSV or JSON out)")
     p.add_argument("model_id")
     p.add_argument("dir", nargs="?", help="a folder on this machine (its images are uploaded)")
     p.add_argument("-o", "--output", default="predictions.csv", help="results file: .csv or .json")

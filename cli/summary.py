@@ -24,5 +24,4 @@ def print_training_summary(job: dict[str, Any], client: Client) -> None:
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(s["path"] for s in skipped[:5]))
     formats = "|".join(EXPORT_FORMATS)
-    print(f"download with: curl -H \"Authorization: Bearer $GRAFT_TOKEN\" -o model.zip "
-          f"\"$GRAFT_URL/api/v1/models/{model['id']}/download?format=onnx\"  (format: {formats})")
+    print(f"download with: graft models download {model['id']} --format onnx -o model.zip  (format: {formats})")

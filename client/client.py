@@ -96,6 +96,10 @@ class Client:
         """One model: classes, image size, metrics with the confusion matrix and per-class figures."""
         return self.http.json("GET", f"{API}/models/{model_id}")
 
+    def delete_model(self, model_id: str) -> JSON:
+        """Delete a model and its files (Conflict while a queued or running predict job uses it)."""
+        return self.http.json("DELETE", f"{API}/models/{model_id}")
+
     def download_model(self, model_id: str, fmt: str, out: str | Path, timeout: float | None = 600.0,
                        on_progress: Callable[[int, int], None] | None = None) -> Path:
         """Save the model as a zip in fmt (onnx, torchscript, openvino, pt) to out; waits while a worker builds it."""

@@ -15,6 +15,8 @@ import pytest
 import requests
 
 from graft.cli.demo import ensure_redis
+from graft.shared import lifecycle
+from graft.shared.db import session_scope
 from graft.shared.queue import redis_ping
 from tests.helpers import ROOT, TOKEN, api_process
 
@@ -92,3 +94,80 @@ def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
     assert f"are in {out}" in result.stdout
     rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert [r["path"] for r in rows] == held_back and all(r["label"] for r in rows)
+
+
+def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_cli_grammar_train_dir_jobs_and_models(api_server: str, worker, service_config,  # noqa: ANN001
+                                               tmp_path: Path) -> None:
+    """`graft train DIR` uploads a local folder; jobs and models verbs; --url/--token after the subcommand."""
+    from graft.cli.sampledata import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "local shapes", per_class=8, size=64, classes=("circles", "squares"))
+    env = {"GRAFT_URL": "http://127.0.0.1:9", "GRAFT_TOKEN": "wrong"}  # the options given after must win
+    opts = ("--url", api_server, "--token", TOKEN)
+    submitted = _ok(_graft("train", str(data), "--no-pretrained", "--epochs", "1", "--image-size", "64", "--json",
+                           *opts, env=env))
+    assert "uploading [" in submitted.stderr and "100.0%" in submitted.stderr  # the tqdm bars
+    job = json.loads(submitted.stdout)
+    assert job["status"] in ("queued", "running") and job["params"].get("dataset_id")
+    waited = _ok(_graft("jobs", "wait", job["id"], *opts, env=env))
+    assert "val accuracy:" in waited.stdout and f"job {job['id']} succeeded" in waited.stdout
+    listed = json.loads(_ok(_graft("jobs", "list", "--json", *opts, env=env)).stdout)
+    assert job["id"] in {j["id"] for j in listed}
+    shown = json.loads(_ok(_graft("jobs", "show", job["id"], "--json", *opts, env=env)).stdout)
+    assert shown["status"] == "succeeded" and shown["model_id"]
+    logs = _ok(_graft("jobs", "logs", job["id"], *opts, env=env))
+    assert "queued -> running" in " ".join(logs.stdout.split()) and "succeeded" in logs.stdout
+
+    model_id = shown["model_id"]
+    assert model_id in {m["id"] for m in json.loads(_ok(_graft("models", "--json", *opts, env=env)).stdout)}
+    assert "circles, squares" in _ok(_graft("models", "show", model_id, *opts, env=env)).stdout
+    out = tmp_path / "model.zip"
+    _ok(_graft("models", "download", model_id, "--format", "torchscript", "-o", str(out), *opts, env=env))
+    import zipfile
+
+    with zipfile.ZipFile(out) as archive:
+        assert "labels.json" in archive.namelist()
+
+    # exit codes: 2 for a request refused as it stands (cancel a finished job), 3 for an unknown id
+    assert _graft("jobs", "cancel", job["id"], *opts, env=env).returncode == 2
+    missing = _graft("jobs", "show", "no-such-job", *opts, env=env)
+    assert missing.returncode == 3 and "HTTP 404" in missing.stderr
+    assert _graft("models", "show", "no-such-model", *opts, env=env).returncode == 3
+
+    # models delete: refused (409, exit 2) while a queued predict job uses the model, then row and folder go
+    with session_scope(service_config.database_url) as session:
+        holder = lifecycle.create_job(session, "predict", {"model_id": model_id}).id  # recorded, never sent
+    busy = _graft("models", "delete", model_id, *opts, env=env)
+    assert busy.returncode == 2 and "HTTP 409" in busy.stderr
+    _ok(_graft("jobs", "cancel", holder, *opts, env=env))
+    assert (service_config.artifacts_dir / "models" / model_id).is_dir()
+    _ok(_graft("models", "delete", model_id, *opts, env=env))
+    assert not (service_config.artifacts_dir / "models" / model_id).exists()
+    assert _graft("models", "show", model_id, *opts, env=env).returncode == 3
+
+
+def test_cli_cancelled_job_exits_1(api_server: str, worker, data_root: Path) -> None:  # noqa: ANN001
+    """`--server-dir` trains on a server folder; waiting on a cancelled job exits 1."""
+    from graft.cli.sampledata import make_shapes_dataset
+
+    data = make_shapes_dataset(data_root / "cli-cancel", per_class=8, size=64, classes=("circles", "squares"))
+    env = {"GRAFT_URL": api_server, "GRAFT_TOKEN": TOKEN}
+    job = json.loads(_ok(_graft("--json", "train", "--server-dir", str(data), "--no-pretrained", "--epochs", "50",
+                                "--image-size", "64", env=env)).stdout)
+    assert Path(job["params"]["data_dir"]).resolve() == data.resolve()
+    _ok(_graft("cancel", job["id"], env=env))  # the old alias of `graft jobs cancel`
+    waited = _graft("jobs", "wait", job["id"], env=env)
+    assert waited.returncode == 1 and "cancelled" in waited.stdout
+
+
+def test_cli_unreachable_api_and_version() -> None:
+    """69 when nothing listens at --url; --version prints the installed version."""
+    down = _graft("jobs", "list", "--url", "http://127.0.0.1:9", env={})
+    assert down.returncode == 69 and "cannot reach the Graft API" in down.stderr
+    version = _ok(_graft("--version", env={}))
+    assert version.stdout.startswith("graft ") and version.stdout.split()[1][0].isdigit()

@@ -110,9 +110,10 @@ def test_cli_offers_every_hyper_parameter(param: Param) -> None:
 
 
 def test_cli_offers_no_data_source_as_a_generated_option() -> None:
-    """The data sources keep their own positional DATA_DIR and --dataset."""
+    """The data sources keep their own positional DIR, --server-dir and --dataset."""
     options = _train_options()
     assert options["data_dir"].option_strings == [] and options["dataset"].option_strings == ["--dataset"]
+    assert options["server_dir"].option_strings == ["--server-dir"]
     assert "dataset_id" not in options
 
 
@@ -133,7 +134,7 @@ def test_cli_offers_no_data_source_as_a_generated_option() -> None:
 ])
 def test_cli_flags_set_their_param(argv: list[str], name: str, value: Any) -> None:
     """Today's flags (--lr, --time-budget, --no-pretrained, ...) and the new ones send their param."""
-    sent = _request("/x", *argv)
+    sent = _request("--server-dir", "/x", *argv)
     assert sent == {"data_dir": "/x", name: value}
     assert type(sent[name]) is type(value)
     assert validate(sent, TRAIN_SCHEMA)[name] == value
@@ -144,19 +145,21 @@ def test_callback_url_is_a_job_option_of_both_kinds() -> None:
     assert params.CALLBACK_URL in TRAIN_PARAMS and params.CALLBACK_URL in PREDICT_PARAMS
     assert params.CALLBACK_URL not in HYPER_PARAMS
     url = "http://127.0.0.1:9000/hook"
-    assert _request("/x", "--callback-url", url) == {"data_dir": "/x", "callback_url": url}
+    assert _request("--server-dir", "/x", "--callback-url", url) == {"data_dir": "/x", "callback_url": url}
 
 
 def test_train_request_sends_only_the_options_given() -> None:
     """Options left out are not sent, so the server's defaults apply."""
-    assert _request("/x", "--lr", "0.01", "--mode", "linear") == {"data_dir": "/x", "learning_rate": 0.01,
-                                                                  "mode": "linear"}
+    sent = _request("--server-dir", "/x", "--lr", "0.01", "--mode", "linear")
+    assert sent == {"data_dir": "/x", "learning_rate": 0.01, "mode": "linear"}
     assert _request("--dataset", "ds1") == {"dataset_id": "ds1"}
 
 
-@pytest.mark.parametrize("argv", [[], ["/x", "--dataset", "ds1"]], ids=["neither", "both"])
+@pytest.mark.parametrize("argv", [[], ["/x", "--dataset", "ds1"], ["--server-dir", "/x", "--dataset", "ds1"],
+                                  ["/x", "--server-dir", "/x"], ["/x"]],
+                         ids=["neither", "both", "server-and-dataset", "dir-and-server", "dir-not-uploaded"])
 def test_train_request_needs_exactly_one_source(argv: list[str]) -> None:
-    """DATA_DIR or --dataset, not both and not neither."""
+    """DIR (uploaded first), --server-dir or --dataset: exactly one of them."""
     with pytest.raises(ClientError):
         _request(*argv)
 
