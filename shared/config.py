@@ -63,6 +63,7 @@ class Config:
     lease_s: int = 60
     max_attempts: int = 3
     sweep_s: float = 0.0  # 0: a quarter of the lease
+    requeue_s: int = 300  # a job queued this long with no event gets its message sent again (it may have been lost)
     max_body_mb: int = 2048
     max_image_pixels: int = 50_000_000
     archive_max_members: int = 100_000
@@ -94,6 +95,7 @@ class Config:
             lease_s=_int(env, "GRAFT_LEASE_SECONDS", cls.lease_s, 2),
             max_attempts=_int(env, "GRAFT_MAX_ATTEMPTS", cls.max_attempts, 1),
             sweep_s=_int(env, "GRAFT_SWEEP_SECONDS", 0, 0),
+            requeue_s=_int(env, "GRAFT_REQUEUE_SECONDS", cls.requeue_s, 1),
             max_body_mb=_int(env, "GRAFT_MAX_UPLOAD_MB", cls.max_body_mb, 1),
             max_image_pixels=_int(env, "GRAFT_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             archive_max_members=_int(env, "GRAFT_ARCHIVE_MAX_MEMBERS", cls.archive_max_members, 1),

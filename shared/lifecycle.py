@@ -1,6 +1,7 @@
 """The one job state machine: queued → running → succeeded | failed | cancelled, every move recorded as an event.
 
-Every status change anywhere in Graft goes through transition(), claim(), request_cancel() or sweep_expired() here.
+Every status change anywhere in Graft goes through transition(), claim(), request_cancel() or sweep_expired() here;
+resend_stale_queued() records (as a queued → queued event) each time a lost message is sent again.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 from datetime import timedelta
 from typing import Any, Callable
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -187,3 +188,25 @@ def sweep_expired(session: Session, max_attempts: int) -> list[str]:
         except StaleJob:
             continue  # another sweeper or the holder got there first
     return requeue
+
+
+def resend_stale_queued(session: Session, older_than_s: float) -> list[tuple[str, str]]:
+    """Queued jobs nothing has touched for older_than_s: record a re-send; returns (id, kind) to enqueue again.
+
+    The message of a queued job can be lost (the API died between commit and send, a sweeper between its
+    re-queue and its send, Redis restarted without persistence). Sending it again is harmless because claims
+    are compare-and-set: a duplicate finds the job running or finished and does nothing. The event row restarts
+    the clock, so a job waiting behind a long queue gets at most one extra message per period.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    last = select(JobEvent.job_id, func.max(JobEvent.created_at).label("at")).group_by(JobEvent.job_id).subquery()
+    stale = session.execute(
+        select(Job.id, Job.kind).join(last, last.c.job_id == Job.id).where(Job.status == QUEUED, last.c.at < cutoff)
+    ).all()
+    resend = []
+    for job_id, kind in stale:
+        session.add(JobEvent(job_id=job_id, from_status=QUEUED, to_status=QUEUED,
+                             message=f"no worker took it for {older_than_s:g} s; message sent again"))
+        resend.append((job_id, kind))
+    session.commit()  # recorded before sending: a crash in between only delays the next re-send by a period
+    return resend

@@ -85,6 +85,7 @@ class TrainedModel(Base):
 
 # Dataset statuses: inspection runs on a worker after the upload is accepted.
 INSPECTING, READY, DATASET_FAILED = "inspecting", "ready", "failed"
+UPLOAD, SERVER_PATH = "upload", "path"  # where a dataset came from: an upload, or a folder under a data root
 DATASET_STATUSES = (INSPECTING, READY, DATASET_FAILED)
 
 

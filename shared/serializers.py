@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from graft.shared.models import DatasetRecord, Job, JobEvent, PredictionResult, TrainedModel, WebhookDelivery
+from graft.shared.models import SERVER_PATH, DatasetRecord, Job, JobEvent, PredictionResult, TrainedModel, WebhookDelivery
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -36,7 +36,7 @@ def serialize_job(job: Job, model_id: str | None = None) -> dict[str, Any]:
         "id": job.id,
         "kind": job.kind,
         "status": job.status,
-        "params": job.params,
+        "params": public_params(job.params or {}),
         "progress": progress,
         "metrics": metrics,
         "model_id": model_id,
@@ -50,6 +50,13 @@ def serialize_job(job: Job, model_id: str | None = None) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "callback": serialize_callback(job),
     }
+
+
+def public_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A job's params without server-internal paths: a dataset_id job's data_dir is Graft's own folder."""
+    if params.get("dataset_id") is not None:
+        return {k: v for k, v in params.items() if k != "data_dir"}
+    return params
 
 
 def serialize_callback(job: Job) -> dict[str, Any] | None:
@@ -103,8 +110,9 @@ def serialize_dataset(dataset: DatasetRecord, full: bool = True) -> dict[str, An
     }
     if full:
         out.update(issues=issues, conversions=report.get("conversions", {}), layout=report.get("layout"),
-                   splits=report.get("splits"), num_files=report.get("num_files"), path=dataset.path,
-                   size_bytes=dataset.size_bytes)
+                   splits=report.get("splits"), num_files=report.get("num_files"), size_bytes=dataset.size_bytes)
+        if dataset.source == SERVER_PATH:  # the caller's own folder; an upload's folder is Graft's business
+            out["path"] = dataset.path
     else:
         out["issue_counts"] = {level: sum(1 for i in issues if i["level"] == level) for level in ("error", "warning")}
     out["created_at"] = iso(dataset.created_at)

@@ -62,6 +62,8 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> dic
         "TORCH_HOME": str(base / "torch-home"),  # an empty hub cache: no stray resnet18 weights
         "GRAFT_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "GRAFT_WEBHOOK_BACKOFF_SECONDS": "1",  # a failed callback is retried within seconds, not minutes
+        # Some tests record queued jobs no worker is meant to take; the reconciler's own test shortens this.
+        "GRAFT_REQUEUE_SECONDS": "3600",
     }
 
 

@@ -53,6 +53,10 @@ class WorkerProcess:
             cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
+    def log_tail(self, chars: int = 6000) -> str:
+        """The end of the worker's log, for assertion messages."""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
     def wait_ready(self, timeout: float = 60) -> None:
         """Block until Celery logs that the worker is ready."""
         deadline = time.monotonic() + timeout

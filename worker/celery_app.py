@@ -32,11 +32,12 @@ def _init_child(**_kwargs: object) -> None:
 
 
 def sweep_forever(config: Config, stop: threading.Event) -> None:
-    """Re-queue (or end) jobs whose lease expired, every sweep interval, until stop is set."""
+    """Every sweep interval until stop is set: recover jobs whose lease expired, re-send queued ones nobody took."""
     from graft.shared.db import session_scope
-    from graft.shared.lifecycle import sweep_expired
-    from graft.shared.queue import enqueue_train  # routed to the train queue
+    from graft.shared.lifecycle import resend_stale_queued, sweep_expired
+    from graft.shared.queue import enqueue_predict, enqueue_train
 
+    send = {"train": enqueue_train, "predict": enqueue_predict}
     while not stop.wait(config.sweep_interval_s):
         try:
             with session_scope(config.database_url) as session:
@@ -44,6 +45,11 @@ def sweep_forever(config: Config, stop: threading.Event) -> None:
             for job_id in requeued:
                 log.warning("job %s: lease expired, re-queued", job_id)
                 enqueue_train(app, job_id)
+            with session_scope(config.database_url) as session:
+                stale = resend_stale_queued(session, config.requeue_s)
+            for job_id, kind in stale:
+                log.warning("job %s: queued for %d s with no taker, message sent again", job_id, config.requeue_s)
+                send[kind](app, job_id)
         except Exception:  # noqa: BLE001 - the sweeper must outlive database or broker hiccups
             log.exception("lease sweep failed")
 

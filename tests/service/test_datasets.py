@@ -141,19 +141,22 @@ def test_train_on_an_uploaded_dataset_and_delete_it(client, worker, service_conf
     listed = client.get("/api/v1/datasets?limit=100").get_json()["items"]
     assert dataset["id"] in {d["id"] for d in listed}
 
+    assert "path" not in dataset  # where Graft keeps an upload is none of the caller's business
     job = client.post("/api/v1/jobs/train", json={"dataset_id": dataset["id"], **TINY}).get_json()
-    assert job["params"]["dataset_id"] == dataset["id"]
+    assert job["params"]["dataset_id"] == dataset["id"] and "data_dir" not in job["params"]
     job = wait_for_job(client, job["id"])
     assert job["status"] == "succeeded", job["error"]
     assert client.get(f"/api/v1/models/{job['model_id']}").get_json()["classes"] == ["circles", "squares"]
 
     with session_scope(service_config.database_url) as session:  # a queued job (never enqueued) holds the dataset
-        holder = lifecycle.create_job(session, "train", {"dataset_id": dataset["id"], "data_dir": dataset["path"]}).id
+        folder = service_config.datasets_dir / dataset["id"]
+        holder = lifecycle.create_job(session, "train", {"dataset_id": dataset["id"], "data_dir": str(folder)}).id
+    assert folder.is_dir()  # so that its removal below means something
     busy = client.delete(f"/api/v1/datasets/{dataset['id']}")
     assert busy.status_code == 409 and busy.get_json()["jobs"] == [holder]
     assert client.post(f"/api/v1/jobs/{holder}/cancel").status_code == 200
     assert client.delete(f"/api/v1/datasets/{dataset['id']}").status_code == 200
-    assert not Path(dataset["path"]).exists()
+    assert not folder.exists()
     assert client.get(f"/api/v1/datasets/{dataset['id']}").status_code == 404
 
 

@@ -20,7 +20,8 @@ from graft.shared.models import Job
 from graft.shared.queue import enqueue_train, make_celery, redis_ping
 from tests.helpers import TOKEN, WorkerProcess, wait_for_job
 
-FAST_RECOVERY = {"GRAFT_LEASE_SECONDS": "4", "GRAFT_SWEEP_SECONDS": "1", "GRAFT_MAX_ATTEMPTS": "3"}
+FAST_RECOVERY = {"GRAFT_LEASE_SECONDS": "4", "GRAFT_SWEEP_SECONDS": "1", "GRAFT_MAX_ATTEMPTS": "3",
+                 "GRAFT_REQUEUE_SECONDS": "3"}
 # Small enough to be quick, big enough that an epoch takes a few seconds on 2 cores.
 JOB = {"backbone": "resnet18", "pretrained": False, "image_size": 96, "batch_size": 8}
 
@@ -139,7 +140,8 @@ def test_job_that_kills_its_worker_every_time_fails_after_max_attempts(
                 killed.add(row.worker_pid)
             time.sleep(0.05)
         job = rclient.get(f"/api/v1/jobs/{job_id}").get_json()
-        assert job["status"] == "failed", job
+        events = rclient.get(f"/api/v1/jobs/{job_id}/events").get_json()["items"]
+        assert job["status"] == "failed", (job, events, worker.log_tail())
         assert job["attempts"] == 3 and len(killed) == 3
         assert "gave up after 3 attempts" in job["error"]
         assert worker.proc.poll() is None  # the worker itself lives on
@@ -202,6 +204,8 @@ def test_redis_restart_mid_job_loses_nothing(env: dict[str, str], dataset: Path,
     try:
         job_id = _submit(client, dataset, epochs=3)
         _wait(lambda: client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "running", 60, "job to run")
+        # Queued behind the running one: its message lives only in Redis, which keeps nothing on disk.
+        waiting_id = _submit(client, dataset, epochs=1, image_size=64)
         redis_proc.terminate()
         redis_proc.wait(10)
         time.sleep(1)
@@ -209,6 +213,11 @@ def test_redis_restart_mid_job_loses_nothing(env: dict[str, str], dataset: Path,
         job = wait_for_job(client, job_id, timeout=180)
         assert job["status"] == "succeeded" and job["attempts"] == 1
         assert [h["epoch"] for h in job["metrics"]["history"]] == [1, 2, 3]
+        # Its message was lost with Redis's memory; the sweeper's reconciler sent it again.
+        waiting = wait_for_job(client, waiting_id, timeout=120)
+        assert waiting["status"] == "succeeded" and waiting["attempts"] == 1, waiting
+        events = client.get(f"/api/v1/jobs/{waiting_id}/events").get_json()["items"]
+        assert any("message sent again" in (e["message"] or "") for e in events)
         # The worker reconnected: a job submitted after the restart runs too.
         after = _submit(client, dataset, epochs=1, image_size=64)
         assert wait_for_job(client, after, timeout=120)["status"] == "succeeded"

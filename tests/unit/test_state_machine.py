@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import itertools
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from graft.shared.db import SQLITE_BUSY_TIMEOUT_MS, get_engine, session_scope
 from graft.shared.lifecycle import (
     CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, STATUSES, SUCCEEDED, TRANSITIONS, IllegalTransition,
-    can_transition, create_job, transition,
+    can_transition, create_job, resend_stale_queued, transition,
 )
-from graft.shared.models import Job, JobEvent, TrainedModel
+from graft.shared.models import Job, JobEvent, TrainedModel, utcnow
 from graft.shared.serializers import model_ids_for, serialize_job
 
 # A legal walk from a fresh (queued) job to each status.
@@ -206,3 +206,26 @@ def test_two_threads_write_one_sqlite_file(sqlite_url: str) -> None:
     with session_scope(sqlite_url) as session:
         assert session.scalar(select(func.count()).select_from(Job).where(Job.status == SUCCEEDED)) == 30
         assert session.scalar(select(func.count()).select_from(JobEvent)) == 90
+
+
+def _age_events(url: str, job_id: str, seconds: float) -> None:
+    with session_scope(url) as session:
+        session.execute(update(JobEvent).where(JobEvent.job_id == job_id)
+                        .values(created_at=utcnow() - timedelta(seconds=seconds)))
+
+
+def test_resend_stale_queued_picks_only_queued_jobs_left_alone_too_long(db_url: str) -> None:
+    fresh = _new_job(db_url, [])
+    lost = _new_job(db_url, [])
+    running = _new_job(db_url, [RUNNING])
+    cancelled = _new_job(db_url, [CANCELLED])
+    for job_id in (lost, running, cancelled):
+        _age_events(db_url, job_id, 600)
+    with session_scope(db_url) as session:
+        picked = resend_stale_queued(session, 300)
+    assert (lost, "train") in picked
+    assert not {fresh, running, cancelled} & {job_id for job_id, _ in picked}
+    assert _events(db_url, lost)[-1][:2] == (QUEUED, QUEUED) and "sent again" in _events(db_url, lost)[-1][2]
+    assert _snapshot(db_url, lost)["status"] == QUEUED  # a re-send changes nothing but the record
+    with session_scope(db_url) as session:  # the event restarted the clock: no second message this period
+        assert lost not in {job_id for job_id, _ in resend_stale_queued(session, 300)}
