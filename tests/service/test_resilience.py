@@ -183,21 +183,44 @@ def test_cancel_queued_running_and_finished(rclient, workers, dataset: Path, env
     assert rclient.post("/api/v1/jobs/unknown/cancel").status_code == 404
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
-def test_redis_restart_mid_job_loses_nothing(env: dict[str, str], dataset: Path, tmp_path: Path) -> None:
+class PrivateRedis:
+    """A redis-server of our own that keeps nothing on disk: restarted or flushed without touching the shared one."""
+
+    def __init__(self) -> None:
+        self.url = f"redis://127.0.0.1:{_free_port()}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start it and wait until it answers."""
+        port = self.url.rsplit(":", 1)[1].split("/")[0]
+        cmd = ["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(lambda: redis_ping(self.url), 10, "redis to answer")
+
+    def stop(self) -> None:
+        """Stop it; everything it held is gone."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture()
+def private_redis() -> Iterator[PrivateRedis]:
+    """A started private Redis, stopped after the test."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_restart_mid_job_loses_nothing(env: dict[str, str], dataset: Path, tmp_path: Path,
+                                             private_redis: PrivateRedis) -> None:
     from graft.api import create_app
 
-    port = _free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-
-    def start_redis() -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: redis_ping(url), 10, "redis to answer")
-        return proc
-
-    redis_proc = start_redis()
-    own = {**env, "GRAFT_REDIS_URL": url}
+    own = {**env, "GRAFT_REDIS_URL": private_redis.url}
     client = create_app(Config.from_env(own)).test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
     (worker,) = start_workers(own, tmp_path, 1)
@@ -206,10 +229,9 @@ def test_redis_restart_mid_job_loses_nothing(env: dict[str, str], dataset: Path,
         _wait(lambda: client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "running", 60, "job to run")
         # Queued behind the running one: its message lives only in Redis, which keeps nothing on disk.
         waiting_id = _submit(client, dataset, epochs=1, image_size=64)
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        private_redis.stop()
         time.sleep(1)
-        redis_proc = start_redis()
+        private_redis.start()
         job = wait_for_job(client, job_id, timeout=180)
         assert job["status"] == "succeeded" and job["attempts"] == 1
         assert [h["epoch"] for h in job["metrics"]["history"]] == [1, 2, 3]
@@ -223,5 +245,28 @@ def test_redis_restart_mid_job_loses_nothing(env: dict[str, str], dataset: Path,
         assert wait_for_job(client, after, timeout=120)["status"] == "succeeded"
     finally:
         worker.stop()
-        redis_proc.terminate()
-        redis_proc.wait(10)
+
+
+def test_flushall_while_jobs_are_queued_loses_nothing(env: dict[str, str], dataset: Path, tmp_path: Path,
+                                                      private_redis: PrivateRedis) -> None:
+    import redis
+
+    from graft.api import create_app
+
+    own = {**env, "GRAFT_REDIS_URL": private_redis.url}
+    client = create_app(Config.from_env(own)).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    ids = [_submit(client, dataset, epochs=1, image_size=64) for _ in range(2)]  # no worker runs yet
+    broker = redis.Redis.from_url(private_redis.url)
+    train_queue = f"{own['GRAFT_QUEUE']}.train"
+    assert broker.llen(train_queue) == 2
+    broker.flushall()
+    assert broker.llen(train_queue) == 0  # both messages are gone; only the database knows the jobs
+    broker.close()
+    (worker,) = start_workers(own, tmp_path, 1)
+    try:
+        for job_id in ids:
+            job = wait_for_job(client, job_id, timeout=120)
+            assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    finally:
+        worker.stop()
