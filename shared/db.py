@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import functools
+import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from graft.shared.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI types
@@ -69,3 +74,22 @@ def ping(url: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - health check reports any failure as down
         return False
+
+
+def with_db_retry(fn: Callable[[], T], budget_s: float, what: str) -> T:
+    """Run fn (one whole short transaction) again, with backoff, while the database is unreachable, for budget_s.
+
+    A PostgreSQL restart or failover drops every connection for a few seconds; a running job's writes wait it out
+    instead of turning it into "training crashed". Only connection-level errors are retried: fn must be safe to
+    run twice (ours are compare-and-set updates). The pool's pre-ping replaces the dead connections.
+    """
+    def note(state: RetryCallState) -> None:
+        log.warning("%s: database unreachable (%s), retry %d in %.1f s", what, state.outcome.exception(),
+                    state.attempt_number, state.next_action.sleep if state.next_action else 0.0)
+
+    retrying = Retrying(
+        retry=retry_if_exception_type((OperationalError, InterfaceError)),
+        wait=wait_exponential(multiplier=0.25, max=5), stop=stop_after_delay(budget_s), reraise=True,
+        before_sleep=note,
+    )
+    return retrying(fn)

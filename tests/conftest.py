@@ -32,7 +32,7 @@ def redis_url() -> str:
 def postgres_url() -> Iterator[str]:
     """A private schema in the PostgreSQL test database, dropped afterwards."""
     schema = f"graft_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_URL)
+    admin = create_engine(POSTGRES_URL, pool_pre_ping=True)  # a test restarts PostgreSQL under this pool
     try:
         with admin.begin() as conn:
             conn.execute(text(f"CREATE SCHEMA {schema}"))

@@ -9,7 +9,7 @@ from typing import Any
 
 from graft.shared import lifecycle
 from graft.shared.config import Config, get_config
-from graft.shared.db import session_scope
+from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, TrainedModel, new_id
 from graft.shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots
 
@@ -80,8 +80,12 @@ class Lease:
                 "metrics": {"history": event["history"], "best_val_acc": event["best_val_acc"]},
             }
         self._last_progress = now
-        with session_scope(self.config.database_url) as session:
-            lifecycle.update_held(session, self.job_id, self.worker, self.pid, self.attempt, **values)
+
+        def write() -> None:
+            with session_scope(self.config.database_url) as session:
+                lifecycle.update_held(session, self.job_id, self.worker, self.pid, self.attempt, **values)
+
+        with_db_retry(write, self.config.lease_s, f"job {self.job_id}: progress")
 
 
 def _claim(config: Config, job_id: str, worker: str) -> Job | None:
@@ -101,7 +105,12 @@ def _claim(config: Config, job_id: str, worker: str) -> Job | None:
 
 
 def _finish(config: Config, lease: Lease, target: str, message: str, **fields: Any) -> bool:
-    """Record the end of our attempt; False (and nothing written) if the job is no longer ours."""
+    """Record the end of our attempt (through a database outage); False if the job is no longer ours."""
+    return with_db_retry(lambda: _record_end(config, lease, target, message, dict(fields)), config.lease_s,
+                         f"job {lease.job_id}: {target}")
+
+
+def _record_end(config: Config, lease: Lease, target: str, message: str, fields: dict[str, Any]) -> bool:
     with session_scope(config.database_url) as session:
         job = session.get(Job, lease.job_id)
         if job.status != lifecycle.RUNNING or job.attempts != lease.attempt:
