@@ -245,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=cmd_cancel)
 
+    from graft.cli.gc import add_parser as add_gc_parser
+
+    add_gc_parser(sub)
+
     p = sub.add_parser("demo", help="start Redis (if needed), the API and a worker, and train once")
     p.add_argument("data", nargs="?", help="a folder with one subfolder per class (default: a generated set)")
     p.add_argument("--epochs", type=int, default=4)

@@ -76,6 +76,12 @@ class Config:
     webhook_allow: tuple[str, ...] = LOOPBACK  # where callbacks may go: CIDRs of resolved addresses, or host names
     webhook_max_s: int = 3600  # retry a failing callback for this long after the job ended, then give up
     webhook_backoff_s: int = 10  # first retry delay; it doubles each attempt (capped at 10 min), with jitter
+    gc_interval_s: int = 3600  # each worker runs the retention pass this often (0: only `graft gc`)
+    gc_upload_age_s: int = 24 * 3600  # an upload no queued or running job reads goes after this long untouched
+    gc_staging_age_s: int = 6 * 3600  # a dataset upload's staging folder untouched this long was abandoned
+    gc_orphan_age_s: int = 6 * 3600  # checkpoints of a vanished job, model folders without a row: after this long
+    gc_keep_checkpoints: bool = False  # keep finished jobs' checkpoint folders (debugging) instead of removing them
+    min_free_mb: int = 1024  # uploads are refused with 507 when the artifacts disk has less free space than this
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -108,6 +114,12 @@ class Config:
             webhook_allow=_allow_list(env),
             webhook_max_s=_int(env, "GRAFT_WEBHOOK_MAX_SECONDS", cls.webhook_max_s, 0),
             webhook_backoff_s=_int(env, "GRAFT_WEBHOOK_BACKOFF_SECONDS", cls.webhook_backoff_s, 1),
+            gc_interval_s=_int(env, "GRAFT_GC_INTERVAL_SECONDS", cls.gc_interval_s, 0),
+            gc_upload_age_s=_int(env, "GRAFT_GC_UPLOAD_SECONDS", cls.gc_upload_age_s, 0),
+            gc_staging_age_s=_int(env, "GRAFT_GC_STAGING_SECONDS", cls.gc_staging_age_s, 0),
+            gc_orphan_age_s=_int(env, "GRAFT_GC_ORPHAN_SECONDS", cls.gc_orphan_age_s, 0),
+            gc_keep_checkpoints=_int(env, "GRAFT_GC_KEEP_CHECKPOINTS", 0, 0) > 0,
+            min_free_mb=_int(env, "GRAFT_MIN_FREE_MB", cls.min_free_mb, 0),
         )
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
@@ -32,12 +33,14 @@ def _init_child(**_kwargs: object) -> None:
 
 
 def sweep_forever(config: Config, stop: threading.Event) -> None:
-    """Every sweep interval until stop is set: recover jobs whose lease expired, re-send queued ones nobody took."""
+    """Every sweep interval until stop is set: recover jobs whose lease expired, re-send queued ones nobody took;
+    every GRAFT_GC_INTERVAL_SECONDS, the retention pass (graft.shared.retention)."""
     from graft.shared.db import session_scope
     from graft.shared.lifecycle import resend_stale_queued, sweep_expired
     from graft.shared.queue import enqueue_predict, enqueue_train
 
     send = {"train": enqueue_train, "predict": enqueue_predict}
+    last_gc = None
     while not stop.wait(config.sweep_interval_s):
         try:
             with session_scope(config.database_url) as session:
@@ -52,6 +55,22 @@ def sweep_forever(config: Config, stop: threading.Event) -> None:
                 send[kind](app, job_id)
         except Exception:  # noqa: BLE001 - the sweeper must outlive database or broker hiccups
             log.exception("lease sweep failed")
+        if config.gc_interval_s and (last_gc is None or time.monotonic() - last_gc >= config.gc_interval_s):
+            last_gc = time.monotonic()
+            _collect_garbage(config)
+
+
+def _collect_garbage(config: Config) -> None:
+    from graft.shared.db import session_scope
+    from graft.shared.retention import collect
+
+    try:
+        with session_scope(config.database_url) as session:
+            report = collect(session, config)
+        if report.removed:
+            log.info("retention pass: removed %d folder(s), %d bytes", len(report.removed), report.freed_bytes)
+    except Exception:  # noqa: BLE001 - a full or read-only disk must not stop lease sweeping
+        log.exception("retention pass failed")
 
 
 @worker_ready.connect
