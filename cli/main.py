@@ -13,7 +13,8 @@ from graft.cli.client import ClientError
 from graft.cli.resources import add_parsers as add_resource_parsers
 from graft.cli.resources import emit, run_jobs, run_models, wait_for
 from graft.client import AuthError, BadRequest, Client, Conflict, GraftError, NotFound, Unavailable
-from graft.shared.config import get_config
+from graft.shared.config import ConfigError, get_config
+from graft.shared.logs import configure_logging
 from graft.shared.params import TRAIN_PARAMS, Param
 from graft.shared.queue import QUEUE_KINDS, queue_name
 
@@ -269,7 +270,11 @@ def exit_code(exc: GraftError) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `graft` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_logging(get_config())
+    except ConfigError as exc:  # a bad GRAFT_* variable: say which, before anything else runs
+        print(f"graft: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -32,6 +32,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of choices (the first when unset)."""
+    value = (env.get(name) or choices[0]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 LOOPBACK = ("127.0.0.0/8", "::1")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
@@ -82,6 +90,7 @@ class Config:
     gc_orphan_age_s: int = 6 * 3600  # checkpoints of a vanished job, model folders without a row: after this long
     gc_keep_checkpoints: bool = False  # keep finished jobs' checkpoint folders (debugging) instead of removing them
     min_free_mb: int = 1024  # uploads are refused with 507 when the artifacts disk has less free space than this
+    log_format: str = "text"  # or "json": one JSON object per line (time, level, logger, message, job_id)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -120,6 +129,7 @@ class Config:
             gc_orphan_age_s=_int(env, "GRAFT_GC_ORPHAN_SECONDS", cls.gc_orphan_age_s, 0),
             gc_keep_checkpoints=_int(env, "GRAFT_GC_KEEP_CHECKPOINTS", 0, 0) > 0,
             min_free_mb=_int(env, "GRAFT_MIN_FREE_MB", cls.min_free_mb, 0),
+            log_format=_choice(env, "GRAFT_LOG_FORMAT", ("text", "json")),
         )
 
     @property

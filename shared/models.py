@@ -146,3 +146,17 @@ class WebhookDelivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer, default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobLogLine(Base):
+    """One log line a worker wrote while running a job (INFO and up, from Graft's own loggers; capped per job)."""
+
+    __tablename__ = "job_log_lines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(16))
+    logger: Mapped[str] = mapped_column(String(255))
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    message: Mapped[str] = mapped_column(Text)

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
+from pathlib import Path
 
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready, worker_shutting_down
 
 from graft.shared.config import Config, get_config
+from graft.shared.logs import JOB_ID, start_job_log_capture
 from graft.shared.queue import make_celery
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,31 @@ def _init_child(**_kwargs: object) -> None:
     n = TORCH_THREADS["n"] or max(1, (os.cpu_count() or 1) // max(1, app.conf.worker_concurrency or 1))
     torch.set_num_threads(n)
     log.info("worker child %d: torch threads = %d", os.getpid(), n)
+    # A job's own log lines also go to the database (GET /api/v1/jobs/<id>/logs); only children run jobs.
+    config = get_config()
+    artifacts = Path(config.artifacts_dir)
+    start_job_log_capture(config.database_url, f"{socket.gethostname()}:{os.getpid()}",
+                          (str(artifacts.absolute()), str(artifacts.resolve())))
+
+
+# Which argument of each job task is the job id: every log line the task writes is then about that job.
+_JOB_ARG = {"graft.train": 0, "graft.predict": 0, "graft.predict_chunk": 0, "graft.predict_now": 0,
+            "graft.predict_finish": 1}
+_JOB_TOKENS: dict[str, object] = {}
+
+
+@task_prerun.connect
+def _enter_job(task_id: str = "", task: object = None, args: tuple = (), **_kwargs: object) -> None:
+    index = _JOB_ARG.get(getattr(task, "name", ""))
+    if index is not None and len(args) > index and isinstance(args[index], str):
+        _JOB_TOKENS[task_id] = JOB_ID.set(args[index])
+
+
+@task_postrun.connect
+def _leave_job(task_id: str = "", **_kwargs: object) -> None:
+    token = _JOB_TOKENS.pop(task_id, None)
+    if token is not None:
+        JOB_ID.reset(token)
 
 
 def sweep_forever(config: Config, stop: threading.Event) -> None:
