@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from graft.api import datasets, errors, health, jobs, models, predict_jobs, predict_now, results, uploads
+from graft.api import datasets, errors, health, jobs, metrics, models, predict_jobs, predict_now, results, uploads
 from graft.api.auth import require_token
 from graft.api.disk import refuse_uploads_when_disk_is_nearly_full
 from graft.shared.config import Config, get_config
@@ -39,6 +39,8 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
         app.before_request_funcs.setdefault(module.bp.name, []).extend(
             [require_token, refuse_uploads_when_disk_is_nearly_full])  # in this order: no disk news for strangers
         app.register_blueprint(module.bp, url_prefix="/api/v1")
+    app.before_request_funcs.setdefault(metrics.bp.name, []).append(require_token)
+    app.register_blueprint(metrics.bp)
     app.teardown_appcontext(_close_session)
     return app
 

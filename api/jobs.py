@@ -1,9 +1,9 @@
-"""Job endpoints: submit a training job; read, list and cancel jobs of any kind; a job's events."""
+"""Job endpoints: submit a training job; read, list and cancel jobs of any kind; a job's events and log lines."""
 from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify, request, url_for
 from sqlalchemy import select
 
 from graft.api.context import config, db
@@ -13,8 +13,8 @@ from graft.api.errors import APIError
 from graft.api.pagination import page
 from graft.api.validation import TRAIN_SCHEMA, check_callback, json_body, validate
 from graft.shared import lifecycle
-from graft.shared.models import Job
-from graft.shared.serializers import model_ids_for, serialize_event, serialize_job
+from graft.shared.models import Job, JobLogLine
+from graft.shared.serializers import model_ids_for, serialize_event, serialize_job, serialize_log_line
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
@@ -69,6 +69,28 @@ def job_events(job_id: str):  # noqa: ANN201
     """A job's recorded state transitions, oldest first."""
     job = _get_job(job_id)
     return jsonify({"items": [serialize_event(e) for e in job.events]})
+
+
+MAX_LOG_LINES = 1000
+
+
+@bp.get("/jobs/<job_id>/logs")
+def job_logs(job_id: str):  # noqa: ANN201
+    """The lines the job's workers logged (epochs, warnings, errors), oldest first; ?after=<id> for the next ones."""
+    _get_job(job_id)
+    try:
+        after = int(request.args.get("after", 0))
+        limit = int(request.args.get("limit", MAX_LOG_LINES))
+    except ValueError:
+        raise APIError(400, "after and limit must be integers", field="after") from None
+    if not 0 <= after < 2**63 or not 1 <= limit <= MAX_LOG_LINES:
+        raise APIError(400, f"after must be >= 0 and limit in 1..{MAX_LOG_LINES}", field="limit")
+    rows = db().scalars(select(JobLogLine).where(JobLogLine.job_id == job_id, JobLogLine.id > after)
+                        .order_by(JobLogLine.id).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = url_for("jobs.job_logs", job_id=job_id, after=rows[-1].id, limit=limit) if more else None
+    return jsonify({"items": [serialize_log_line(r) for r in rows], "next": nxt})
 
 
 @bp.get("/jobs")

@@ -62,10 +62,13 @@ def run_jobs(client: Client, args: argparse.Namespace) -> int:
         return 0
     if action == "logs":
         job = client.job(args.job_id)
-        events = client.events(args.job_id)
-        if not emit(args, {"job": job, "events": events}):
-            for event in events:
-                print(f"{event['at']}  {event['from'] or '-':>9} -> {event['to']:<9} {event['message'] or ''}")
+        events, lines = client.events(args.job_id), list(client.logs(args.job_id))
+        if not emit(args, {"job": job, "events": events, "lines": lines}):
+            # One timeline: state changes and the workers' own lines, by time.
+            timeline = [(e["at"], f"{e['from'] or '-':>9} -> {e['to']:<9} {e['message'] or ''}") for e in events]
+            timeline += [(line["at"], f"{line['level']:<9} {line['message']}") for line in lines]
+            for at, text in sorted(timeline, key=lambda item: item[0]):
+                print(f"{at}  {text}")
             if job.get("error"):
                 print(f"error: {job['error']}")
         return 0
@@ -142,7 +145,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:  # noqa: ANN
     listing.add_argument("--limit", type=int, default=argparse.SUPPRESS, help="at most this many (default: 20)")
     for action, text in (("show", "show a job"), ("cancel", "cancel a job (a running one stops at its next batch)"),
                          ("wait", "show a job's progress until it ends (exit 1 unless it succeeded)"),
-                         ("logs", "a job's recorded state changes and its error (worker log lines come later)")):
+                         ("logs", "a job's state changes and the lines its workers logged (epochs, warnings, errors)")):
         actions.add_parser(action, parents=[common], help=text).add_argument("job_id")
 
     models = sub.add_parser("models", parents=[common], help="list, show, download or delete trained models")

@@ -81,6 +81,10 @@ class Client:
         """A job's recorded state transitions, oldest first."""
         return self.http.json("GET", f"{API}/jobs/{job_id}/events")["items"]
 
+    def logs(self, job_id: str, after: int = 0) -> Iterator[JSON]:
+        """The lines a job's workers logged, oldest first, from line id after on ({"id", "at", "level", "message"})."""
+        return self.http.pages(f"{API}/jobs/{job_id}/logs", {"after": after or None})
+
     def wait(self, job_id: str, on_progress: Callable[[JSON], None] | None = None, interval: float = 1.0,
              timeout: float | None = None) -> JSON:
         """Poll a job until it has finished and return it; on_progress gets every poll's job."""

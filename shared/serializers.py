@@ -10,7 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from graft.shared.models import SERVER_PATH, DatasetRecord, Job, JobEvent, PredictionResult, TrainedModel, WebhookDelivery
+from graft.shared.models import (
+    SERVER_PATH, DatasetRecord, Job, JobEvent, JobLogLine, PredictionResult, TrainedModel, WebhookDelivery,
+)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -84,6 +86,12 @@ def model_ids_for(session: Session, job_ids: list[str]) -> dict[str, str]:
 def serialize_event(event: JobEvent) -> dict[str, Any]:
     """One recorded state transition."""
     return {"from": event.from_status, "to": event.to_status, "message": event.message, "at": iso(event.created_at)}
+
+
+def serialize_log_line(line: JobLogLine) -> dict[str, Any]:
+    """One line a worker logged while running a job."""
+    return {"id": line.id, "at": iso(line.at), "level": line.level, "logger": line.logger, "worker": line.worker,
+            "message": line.message}
 
 
 def serialize_model(model: TrainedModel) -> dict[str, Any]:

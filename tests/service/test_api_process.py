@@ -62,6 +62,8 @@ job = hit("POST", "/api/v1/jobs/train", json={"data_dir": str(data_dir), "pretra
 hit("GET", "/api/v1/jobs")
 hit("GET", f"/api/v1/jobs/{job['id']}")
 hit("GET", f"/api/v1/jobs/{job['id']}/events")
+hit("GET", f"/api/v1/jobs/{job['id']}/logs")
+hit("GET", "/metrics")
 hit("POST", f"/api/v1/jobs/{job['id']}/cancel")
 hit("GET", f"/api/v1/jobs/{job['id']}/results")
 hit("GET", "/api/v1/models")

@@ -35,7 +35,9 @@ def api_server(service_env: dict[str, str]) -> Iterator[str]:
 
 def test_api_server_health_and_auth(api_server: str) -> None:
     health = requests.get(f"{api_server}/healthz", timeout=5)
-    assert health.status_code == 200 and health.json() == {"status": "ok", "database": True, "redis": True}
+    assert health.status_code == 200 and {k: health.json()[k] for k in ("status", "database", "redis")} == \
+        {"status": "ok", "database": True, "redis": True}
+    assert health.json()["disk"]["uploads_refused"] is False
     denied = requests.get(f"{api_server}/api/v1/jobs", timeout=5)
     assert denied.status_code == 401 and denied.headers["Content-Type"] == "application/json"
     missing = requests.get(f"{api_server}/no/such/page", timeout=5)
