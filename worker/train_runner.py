@@ -1,6 +1,7 @@
 """Training job runner: claim the job, keep its lease alive, call the pure core, record how it ended."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -162,6 +163,8 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
         except Exception as exc:  # noqa: BLE001 - any crash must end the job with a readable reason
             log.exception("job %s crashed", job_id)
             error = f"training crashed: {type(exc).__name__}: {exc}"
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                error = f"the server's artifacts disk is full, no checkpoint or model could be written ({exc.strerror})"
             _finish(config, lease, lifecycle.FAILED, error, error=error)
             return
     metrics = {**result.metrics, "skipped_files": result.skipped_files}
