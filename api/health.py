@@ -1,19 +1,26 @@
 """GET /healthz: does the database answer, does Redis answer (no token needed)."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Response, jsonify
 
 from graft.api.context import config
+from graft.api.openapi import Blueprint
+from graft.api.schemas import Health
 from graft.shared.db import ping
 from graft.shared.queue import redis_ping
 
-bp = Blueprint("health", __name__)
+bp = Blueprint("health", __name__, description="Is the service up (no token needed).")
 
 
 @bp.get("/healthz")
-def healthz():  # noqa: ANN201
+@bp.doc(security=[])
+@bp.response(200, Health)
+@bp.alt_response(503, schema=Health, description="the database or Redis does not answer")
+def healthz() -> Response:
     """200 when both answer, else 503, with each part's state."""
     cfg = config()
     checks = {"database": ping(cfg.database_url), "redis": redis_ping(cfg.redis_url)}
     ok = all(checks.values())
-    return jsonify({"status": "ok" if ok else "degraded", **checks}), 200 if ok else 503
+    response = jsonify({"status": "ok" if ok else "degraded", **checks})
+    response.status_code = 200 if ok else 503
+    return response

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, jsonify, request
+from flask import Response, jsonify, request
 from werkzeug.datastructures import FileStorage
 
 from graft.api.context import config
 from graft.api.errors import APIError
+from graft.api.openapi import Blueprint, multipart
+from graft.api.schemas import UploadAnswer, UploadForm
 from graft.shared.files import UploadError
 from graft.shared.models import new_id
 from graft.shared.uploads import extract_zip, remove_upload, save_stream, upload_dir
 
-bp = Blueprint("uploads", __name__)
+bp = Blueprint("uploads", __name__, description="Images stored for predict jobs, in one or several requests.")
 
 ZIP_EXPANSION = 4  # an archive may unpack to this many times the request size limit
 
@@ -53,17 +55,25 @@ def new_upload(parts: list[FileStorage]) -> tuple[str, int]:
 
 
 @bp.post("/uploads")
-def create_upload():  # noqa: ANN201
+@bp.doc(requestBody=multipart(UploadForm))
+@bp.response(201, UploadAnswer)
+@bp.problems(400, 401, 413)
+def create_upload() -> Response:
     """Start an upload with the images (or zip archives) in multipart field 'file'; 201 with its id."""
     parts = file_parts()
     if not parts:
         raise APIError(400, "send images as multipart/form-data field 'file'", field="file")
     upload_id, added = new_upload(parts)
-    return jsonify({"id": upload_id, "added": added}), 201
+    response = jsonify({"id": upload_id, "added": added})
+    response.status_code = 201
+    return response
 
 
-@bp.post("/uploads/<upload_id>")
-def add_to_upload(upload_id: str):  # noqa: ANN201
+@bp.post("/uploads/<id:upload_id>")
+@bp.doc(requestBody=multipart(UploadForm))
+@bp.response(200, UploadAnswer)
+@bp.problems(400, 401, 404, 413)
+def add_to_upload(upload_id: str) -> Response:
     """Add another part of images to an upload (large folders go up in several requests)."""
     folder = upload_folder(upload_id)
     parts = file_parts()
