@@ -10,6 +10,7 @@ from graft.api.context import config
 from graft.api.errors import APIError
 from graft.api.openapi import Blueprint, multipart
 from graft.api.schemas import UploadAnswer, UploadForm
+from graft.api.validation import form_bool
 from graft.shared.files import UploadError
 from graft.shared.models import new_id
 from graft.shared.uploads import extract_zip, remove_upload, save_stream, upload_dir
@@ -26,7 +27,7 @@ def file_parts() -> list[FileStorage]:
 
 def _store_parts(folder: Path, parts: list[FileStorage]) -> int:
     """Save uploaded parts under folder; a part named *.zip is unpacked unless the form says extract_zip=false."""
-    unpack = request.form.get("extract_zip", "true").strip().lower() not in ("false", "0", "no")
+    unpack = form_bool("extract_zip", True)
     budget = [config().max_body_mb * 1024 * 1024 * ZIP_EXPANSION]
     written = 0
     try:

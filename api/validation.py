@@ -54,6 +54,20 @@ def check_callback(params: dict[str, Any], config: Config) -> None:
         raise APIError(400, f"callback_url: {exc}", field="callback_url") from None
 
 
+FORM_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+"""How a multipart form (all strings) says a boolean."""
+
+
+def form_bool(name: str, default: bool) -> bool:
+    """A boolean multipart field of the request (absent: default), or a 400 naming it."""
+    raw = request.form.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() not in FORM_BOOLS:
+        raise APIError(400, f"field {name} must be one of {sorted(FORM_BOOLS)}", field=name)
+    return FORM_BOOLS[raw.strip().lower()]
+
+
 def form_values(form: dict[str, str], schema: type[Schema]) -> dict[str, Any]:
     """Multipart form strings converted to the schema's types where they parse (validate() reports the rest)."""
     params = {name: field.metadata.get("param") for name, field in schema._declared_fields.items()}
@@ -63,8 +77,8 @@ def form_values(form: dict[str, str], schema: type[Schema]) -> dict[str, Any]:
         value: Any = raw
         if spec is not None and spec.nullable and raw.strip().lower() in ("", "null", "none"):
             value = None
-        elif spec is not None and spec.type is bool and raw.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
-            value = raw.strip().lower() in ("true", "1", "yes")
+        elif spec is not None and spec.type is bool and raw.strip().lower() in FORM_BOOLS:
+            value = FORM_BOOLS[raw.strip().lower()]
         elif spec is not None and spec.type in (int, float):
             try:
                 value = spec.type(raw)

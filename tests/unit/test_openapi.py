@@ -1,6 +1,7 @@
 """The OpenAPI document, the /docs page and RFC 9457 problems, on an app over SQLite (nothing is queued here)."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -120,3 +121,14 @@ def test_docs_page_loads_its_assets_from_graft(web: FlaskClient) -> None:
         response = web.get(asset)
         assert response.status_code == 200 and len(response.get_data()) > 1000, asset
         response.close()
+
+
+def test_a_form_boolean_is_true_or_false_not_anything(web: FlaskClient) -> None:
+    """extract_zip=maybe used to mean true; now it is a 400 naming the field, and nothing is kept."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    bad = web.post("/api/v1/uploads", data={"file": (io.BytesIO(b"x"), "x.jpg"), "extract_zip": "maybe"},
+                   content_type="multipart/form-data", headers=auth)
+    assert bad.status_code == 400 and bad.get_json()["field"] == "extract_zip"
+    good = web.post("/api/v1/uploads", data={"file": (io.BytesIO(b"x"), "x.zip"), "extract_zip": "false"},
+                    content_type="multipart/form-data", headers=auth)
+    assert good.status_code == 201 and good.get_json()["added"] == 1
