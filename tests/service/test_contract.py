@@ -67,9 +67,8 @@ def contract_env(service_env: dict[str, str], contract_db: str, tmp_path_factory
            "GRAFT_SYNC_PREDICT_WAIT_SECONDS": "1"}  # the synchronous endpoints answer 202 after 1 s, not 30
     yield env
     client = redis.Redis.from_url(env["GRAFT_REDIS_URL"])
-    for pattern in (f"{queue}*", f"_kombu.binding.{queue}*"):  # the messages nobody consumed
-        for key in client.scan_iter(pattern):
-            client.delete(key)
+    for key in client.scan_iter(f"*{queue}*"):  # the messages nobody consumed, and kombu's bindings
+        client.delete(key)
     client.close()
 
 
