@@ -10,6 +10,7 @@ from flask import Flask
 from graft.api import datasets, errors, health, jobs, metrics, models, predict_jobs, predict_now, results, uploads
 from graft.api.auth import require_token
 from graft.api.disk import refuse_uploads_when_disk_is_nearly_full
+from graft.api.openapi import make_api
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_factory
 from graft.shared.queue import make_celery
@@ -32,15 +33,16 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     app.extensions["graft_sessions"] = session_factory(config.database_url)
     app.extensions["graft_celery"] = make_celery(config)
 
+    api = make_api(app)  # the OpenAPI document (no token: it holds no data) and /docs
     errors.register(app)
-    app.register_blueprint(health.bp)
+    api.register_blueprint(health.bp)
     for module in (jobs, models, uploads, predict_jobs, results, predict_now, datasets):
         # Token check on the app, not on the shared blueprint object: create_app can run more than once.
         app.before_request_funcs.setdefault(module.bp.name, []).extend(
             [require_token, refuse_uploads_when_disk_is_nearly_full])  # in this order: no disk news for strangers
-        app.register_blueprint(module.bp, url_prefix="/api/v1")
+        api.register_blueprint(module.bp, url_prefix="/api/v1")
     app.before_request_funcs.setdefault(metrics.bp.name, []).append(require_token)
-    app.register_blueprint(metrics.bp)
+    api.register_blueprint(metrics.bp)
     app.teardown_appcontext(_close_session)
     return app
 

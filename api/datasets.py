@@ -15,30 +15,32 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Response, jsonify, request, url_for
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import parse_form_data
 
 from graft.api.context import celery, config, db
 from graft.api.errors import APIError
+from graft.api.openapi import Blueprint, json_or_multipart
 from graft.api.pagination import page
+from graft.api.schemas import (
+    DatasetPage, DatasetPathRequest, DatasetSchema, DatasetUploadFields, DatasetUploadForm, Deleted, PageArgs,
+)
 from graft.api.validation import json_body, validate
 from graft.shared.archive import ArchiveError, ArchiveLimits, extract_archive
 from graft.shared.config import Config
 from graft.shared.datasets import SERVER_PATH, UPLOAD, jobs_using, not_trainable_reason
 from graft.shared.files import is_junk_name, is_junk_path
 from graft.shared.models import INSPECTING, DatasetRecord, new_id
-from graft.shared.params import Param
 from graft.shared.queue import enqueue_inspection
 from graft.shared.serializers import serialize_dataset
 from graft.shared.storage import PathNotAllowed, resolve_under_roots
 
 log = logging.getLogger(__name__)
-bp = Blueprint("datasets", __name__)
+bp = Blueprint("datasets", __name__, description="Datasets: upload an archive or name a server folder; reports.")
 
 MB = 1024 * 1024
-PATH_SCHEMA = {"path": Param("path", str, required=True), "name": Param("name", str, None, nullable=True)}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".tar")
 
 
@@ -90,7 +92,7 @@ def _receive(staging: Path, cfg: Config) -> tuple[Path, str, str | None]:
     part = files.get("file")
     if part is None or not target.is_file():
         raise APIError(400, "send the archive (zip or tar) as multipart/form-data field 'file'", field="file")
-    return target, part.filename or "dataset", form.get("name")
+    return target, part.filename or "dataset", validate(form.to_dict(), DatasetUploadFields)["name"]
 
 
 def _dataset_root(tree: Path) -> Path:
@@ -107,7 +109,7 @@ def _dataset_root(tree: Path) -> Path:
 
 
 def _display_name(filename: str) -> str:
-    base = PurePosixPath(filename.replace("\\", "/")).name
+    base = PurePosixPath(filename.replace("\\", "/").replace("\x00", "")).name  # no NUL reaches the database
     for suffix in ARCHIVE_SUFFIXES:
         if base.lower().endswith(suffix):
             return base[: -len(suffix)] or base
@@ -160,7 +162,7 @@ def _from_upload(cfg: Config) -> DatasetRecord:
 
 
 def _from_path(cfg: Config, body: dict[str, Any]) -> DatasetRecord:
-    params = validate(body, PATH_SCHEMA)
+    params = validate(body, DatasetPathRequest)
     try:
         root = resolve_under_roots(params["path"], cfg.data_roots)
     except PathNotAllowed as exc:
@@ -169,7 +171,11 @@ def _from_path(cfg: Config, body: dict[str, Any]) -> DatasetRecord:
 
 
 @bp.post("/datasets")
-def create_dataset():  # noqa: ANN201
+@bp.doc(requestBody=json_or_multipart(DatasetPathRequest, DatasetUploadForm))
+@bp.response(202, DatasetSchema, description="accepted: status inspecting until a worker has read every image",
+             headers={"Location": {"description": "the dataset's URL", "schema": {"type": "string"}}})
+@bp.problems(400, 401, 413, 415, 503, 507)
+def create_dataset() -> Response:
     """Upload a zip or tar(.gz) as multipart field 'file', or JSON {"path"}; 202 with the dataset, inspecting."""
     cfg = config()
     if request.mimetype == "application/json":
@@ -192,20 +198,27 @@ def _get(dataset_id: str) -> DatasetRecord:
 
 
 @bp.get("/datasets")
-def list_datasets():  # noqa: ANN201
+@bp.arguments(PageArgs, location="query")
+@bp.response(200, DatasetPage)
+@bp.problems(401)
+def list_datasets(args: dict[str, Any]) -> Response:
     """Datasets, newest first, without per-file details."""
     query = select(DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc())
-    return page(query, "datasets.list_datasets", lambda rows: [serialize_dataset(d, full=False) for d in rows])
+    return page(query, "datasets.list_datasets", lambda rows: [serialize_dataset(d, full=False) for d in rows], args)
 
 
-@bp.get("/datasets/<dataset_id>")
-def get_dataset(dataset_id: str):  # noqa: ANN201
+@bp.get("/datasets/<id:dataset_id>")
+@bp.response(200, DatasetSchema)
+@bp.problems(401, 404)
+def get_dataset(dataset_id: str) -> Response:
     """One dataset with its full report."""
     return jsonify(serialize_dataset(_get(dataset_id)))
 
 
-@bp.delete("/datasets/<dataset_id>")
-def delete_dataset(dataset_id: str):  # noqa: ANN201
+@bp.delete("/datasets/<id:dataset_id>")
+@bp.response(200, Deleted)
+@bp.problems(401, 404, 409)
+def delete_dataset(dataset_id: str) -> Response:
     """Delete a dataset (and the uploaded files; a server folder is left alone); 409 while a job uses it."""
     session = db()
     dataset = _get(dataset_id)

@@ -9,12 +9,13 @@ import logging
 import time
 from typing import Iterator
 
-from flask import Blueprint, Response
+from flask import Response
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from graft.api.context import config as app_config
+from graft.api.openapi import Blueprint
 from graft.shared.config import Config
 from graft.shared.db import session_scope
 from graft.shared.lifecycle import FINISHED, KINDS, QUEUED, RUNNING, STATUSES
@@ -109,10 +110,12 @@ def render(config: Config) -> tuple[bytes, str]:
     return body, CONTENT_TYPE_LATEST
 
 
-bp = Blueprint("metrics", __name__)
+bp = Blueprint("metrics", __name__, description="Prometheus metrics (a token is needed, as for the API).")
 
 
 @bp.get("/metrics")
+@bp.response(200, {"type": "string", "description": "Prometheus text exposition format"}, content_type="text/plain")
+@bp.problems(401)
 def metrics() -> Response:
     """The Prometheus exposition (a bearer token is needed, as for the API: scrapers can send one)."""
     body, content_type = render(app_config())

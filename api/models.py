@@ -5,39 +5,46 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
-from flask import Blueprint, jsonify, request, send_file
+from flask import Response, jsonify, send_file
 from sqlalchemy import select
 
 from graft.api.context import celery, config, db
 from graft.api.errors import APIError
+from graft.api.openapi import Blueprint
 from graft.api.pagination import page
+from graft.api.schemas import Deleted, DownloadArgs, Exporting, ModelListArgs, ModelPage, ModelSchema
 from graft.shared.datasets import ACTIVE
-from graft.shared.exports import EXPORT_FORMATS, download_name, export_error, export_zip
+from graft.shared.exports import download_name, export_error, export_zip
 from graft.shared.models import Job, TrainedModel
 from graft.shared.queue import enqueue_export
 from graft.shared.serializers import serialize_model
 from graft.shared.storage import model_dir
 
 log = logging.getLogger(__name__)
-bp = Blueprint("models", __name__)
+bp = Blueprint("models", __name__, description="Trained models: list, read, download as a portable zip, delete.")
 
 EXPORT_RETRY_AFTER_S = 5
 
 
 @bp.get("/models")
-def list_models():  # noqa: ANN201
+@bp.arguments(ModelListArgs, location="query")
+@bp.response(200, ModelPage)
+@bp.problems(401)
+def list_models(args: dict[str, Any]) -> Response:
     """Models, newest first, optionally ?job_id=."""
     query = select(TrainedModel).order_by(TrainedModel.created_at.desc(), TrainedModel.id.desc())
     filters = {}
-    job_id = request.args.get("job_id")
-    if job_id:
-        query, filters["job_id"] = query.where(TrainedModel.job_id == job_id), job_id
-    return page(query, "models.list_models", lambda rows: [serialize_model(m) for m in rows], **filters)
+    if args.get("job_id"):
+        query, filters["job_id"] = query.where(TrainedModel.job_id == args["job_id"]), args["job_id"]
+    return page(query, "models.list_models", lambda rows: [serialize_model(m) for m in rows], args, **filters)
 
 
-@bp.get("/models/<model_id>")
-def get_model(model_id: str):  # noqa: ANN201
+@bp.get("/models/<id:model_id>")
+@bp.response(200, ModelSchema)
+@bp.problems(401, 404)
+def get_model(model_id: str) -> Response:
     """One model."""
     model = db().get(TrainedModel, model_id)
     if model is None:
@@ -59,15 +66,19 @@ def _wait_export(zip_path: Path, error_path: Path, seconds: float) -> str | None
         pause = min(pause * 2, 0.25)
 
 
-@bp.get("/models/<model_id>/download")
-def download_model(model_id: str):  # noqa: ANN201
+@bp.get("/models/<id:model_id>/download")
+@bp.arguments(DownloadArgs, location="query")
+@bp.response(200, {"type": "string", "format": "binary"}, content_type="application/zip",
+             description="the model, its labels, preprocessing, metrics and a README, zipped")
+@bp.alt_response(202, schema=Exporting, description="still being built: ask again after Retry-After seconds",
+                 headers={"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}})
+@bp.problems(401, 404, 500, 503)
+def download_model(args: dict[str, Any], model_id: str) -> Response:
     """The model as a zip in ?format= (built once by an interactive worker, then sent from disk); 202 past the bound."""
     model = db().get(TrainedModel, model_id)
     if model is None:
         raise APIError(404, f"no model with id {model_id}")
-    fmt = request.args.get("format", "")
-    if fmt not in EXPORT_FORMATS:
-        raise APIError(400, f"format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})", field="format")
+    fmt = args["format"]
     cfg = config()
     zip_path, error_path = export_zip(cfg.artifacts_dir, model.id, fmt), export_error(cfg.artifacts_dir, model.id, fmt)
     if not zip_path.is_file():
@@ -97,8 +108,10 @@ def download_model(model_id: str):  # noqa: ANN201
                      download_name=download_name(model.id, fmt), max_age=0)
 
 
-@bp.delete("/models/<model_id>")
-def delete_model(model_id: str):  # noqa: ANN201
+@bp.delete("/models/<id:model_id>")
+@bp.response(200, Deleted)
+@bp.problems(401, 404, 409)
+def delete_model(model_id: str) -> Response:
     """Delete a model's row and its folder (weights, exports); 409 while a queued or running predict job uses it."""
     session = db()
     model = session.get(TrainedModel, model_id)

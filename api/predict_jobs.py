@@ -3,21 +3,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Response, request
 from werkzeug.datastructures import FileStorage
 
 from graft.api.context import config, db
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
+from graft.api.openapi import Blueprint, json_or_multipart
+from graft.api.schemas import JobSchema, PredictForm, PredictRequest
 from graft.api.uploads import file_parts, new_upload, upload_folder
-from graft.api.validation import PREDICT_SCHEMA, check_callback, form_values, json_body, validate
+from graft.api.validation import check_callback, form_values, json_body, validate
 from graft.shared import lifecycle
 from graft.shared.models import TrainedModel
 from graft.shared.queue import enqueue_predict
 from graft.shared.storage import PathNotAllowed, resolve_under_roots
 from graft.shared.uploads import release_upload
 
-bp = Blueprint("predict_jobs", __name__)
+bp = Blueprint("predict_jobs", __name__, description="Batch prediction jobs: a server folder, an upload or files.")
 
 
 def get_model_or_404(model_id: str) -> TrainedModel:
@@ -31,12 +33,15 @@ def get_model_or_404(model_id: str) -> TrainedModel:
 def _predict_params() -> tuple[dict[str, Any], list[FileStorage]]:
     if request.mimetype == "multipart/form-data":
         fields = {k: v for k, v in request.form.to_dict().items() if k != "extract_zip"}
-        return validate(form_values(fields, PREDICT_SCHEMA), PREDICT_SCHEMA), file_parts()
-    return validate(json_body(), PREDICT_SCHEMA), []
+        return validate(form_values(fields, PredictRequest), PredictRequest), file_parts()
+    return validate(json_body(), PredictRequest), []
 
 
 @bp.post("/jobs/predict")
-def submit_predict():  # noqa: ANN201
+@bp.doc(requestBody=json_or_multipart(PredictRequest, PredictForm))
+@bp.response(202, JobSchema, headers={"Location": {"description": "the job's URL", "schema": {"type": "string"}}})
+@bp.problems(400, 401, 404, 413, 503, 507)
+def submit_predict() -> Response:
     """Validate, record a queued predict job, enqueue it; 202 with the job and its Location."""
     params, parts = _predict_params()
     check_callback(params, config())

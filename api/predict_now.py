@@ -10,16 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
-from flask import request
+from flask import Response, current_app, jsonify, request
 from sqlalchemy import select
 
 from graft.api.context import config, db
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
+from graft.api.openapi import Blueprint, multipart
 from graft.api.predict_jobs import get_model_or_404
+from graft.api.schemas import MAX_SYNC_FILES, JobSchema, PredictNowAnswer, PredictNowForm, PredictNowRequest
 from graft.api.uploads import file_parts
-from graft.api.validation import PREDICT_SCHEMA, form_values, validate
+from graft.api.validation import form_values, validate
 from graft.shared import lifecycle
 from graft.shared.files import UploadError, safe_relative
 from graft.shared.models import Job, PredictionResult, new_id
@@ -27,10 +28,7 @@ from graft.shared.queue import enqueue_predict_now
 from graft.shared.serializers import result_row
 from graft.shared.uploads import release_upload, remove_upload, save_stream, upload_dir
 
-bp = Blueprint("predict_now", __name__)
-
-MAX_SYNC_FILES = 32
-SYNC_SCHEMA = {name: PREDICT_SCHEMA[name] for name in ("top_k", "threshold", "precision", "runtime")}
+bp = Blueprint("predict_now", __name__, description=f"Synchronous prediction of 1–{MAX_SYNC_FILES} images.")
 SUMMARY_KEYS = ("files", "labels", "unknown", "errors")
 
 
@@ -78,15 +76,20 @@ def _answer(job: Job, model_id: str) -> dict[str, Any]:
             "summary": {key: summary.get(key) for key in SUMMARY_KEYS}}
 
 
-@bp.post("/models/<model_id>/predict")
-def predict_now(model_id: str):  # noqa: ANN201
+@bp.post("/models/<id:model_id>/predict")
+@bp.doc(requestBody=multipart(PredictNowForm))
+@bp.response(200, PredictNowAnswer, description="classified in time: one row per image, in the order sent")
+@bp.alt_response(202, schema=JobSchema, description="past the bound: the job, whose rows come from /results",
+                 headers={"Location": {"description": "the job's URL", "schema": {"type": "string"}}})
+@bp.problems(400, 401, 404, 409, 413, 500, 503, 507)
+def predict_now(model_id: str) -> Response:
     """Classify 1–32 images from multipart field 'file' on an interactive worker; 200, or 202 past the bound."""
     model = get_model_or_404(model_id)
     parts = file_parts()
     if not 1 <= len(parts) <= MAX_SYNC_FILES:
         raise APIError(400, f"send 1 to {MAX_SYNC_FILES} images in multipart field 'file' (got {len(parts)})",
                        field="file")
-    params = validate(form_values(request.form.to_dict(), SYNC_SCHEMA), SYNC_SCHEMA)
+    params = validate(form_values(request.form.to_dict(), PredictNowRequest), PredictNowRequest)
     if not Path(model.path).is_file():
         raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id")
     cfg = config()

@@ -6,19 +6,21 @@ import io
 import json
 from typing import Any, Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Response, current_app, jsonify, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from graft.api.context import db
 from graft.api.errors import APIError
+from graft.api.openapi import Blueprint
+from graft.api.schemas import ResultsArgs, ResultsPage
 from graft.shared import lifecycle
 from graft.shared.models import Job, PredictionResult
 from graft.shared.serializers import result_row
 
-bp = Blueprint("results", __name__)
+bp = Blueprint("results", __name__, description="Results of a finished predict job, as JSON pages or CSV.")
 
-RESULTS_PAGE, RESULTS_MAX_PAGE, CSV_BATCH = 100, 1000, 1000
+CSV_BATCH = 1000
 CSV_COLUMNS = ["path", "label", "confidence", "error"]
 
 
@@ -41,22 +43,18 @@ def _results_query(job_id: str, after: str | None, limit: int):  # noqa: ANN202 
     return query.limit(limit)
 
 
-@bp.get("/jobs/<job_id>/results")
-def job_results(job_id: str):  # noqa: ANN201
+@bp.get("/jobs/<id:job_id>/results")
+@bp.arguments(ResultsArgs, location="query")
+@bp.response(200, ResultsPage, description="a page of rows (?format=json), or every row as CSV (?format=csv)")
+@bp.alt_response(200, schema={"type": "string", "description": f"columns {','.join(CSV_COLUMNS)}[,top_k]"},
+                 content_type="text/csv")
+@bp.problems(400, 401, 404, 409)
+def job_results(args: dict[str, Any], job_id: str) -> Response:
     """One row per file, sorted by path: JSON pages ({"items", "summary", "next"}) or ?format=csv (streamed)."""
     job = _finished_predict_job(job_id)
-    fmt = request.args.get("format", "json")
-    if fmt not in ("json", "csv"):
-        raise APIError(400, "format must be json or csv", field="format")
-    if fmt == "csv":
+    if args["format"] == "csv":
         return _csv_response(job)
-    try:
-        limit = int(request.args.get("limit", RESULTS_PAGE))
-    except ValueError:
-        raise APIError(400, "limit must be an integer", field="limit") from None
-    if not 1 <= limit <= RESULTS_MAX_PAGE:
-        raise APIError(400, f"limit must be in 1..{RESULTS_MAX_PAGE}", field="limit")
-    after = request.args.get("after")
+    limit, after = args["limit"], args.get("after")
     rows = db().scalars(_results_query(job.id, after, limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, jsonify, request
+from flask import Response, jsonify, request
 from werkzeug.datastructures import FileStorage
 
 from graft.api.context import config
 from graft.api.errors import APIError
+from graft.api.openapi import Blueprint, multipart
+from graft.api.schemas import UploadAnswer, UploadForm
+from graft.api.validation import form_bool
 from graft.shared.files import UploadError
 from graft.shared.models import new_id
 from graft.shared.uploads import extract_zip, remove_upload, save_stream, upload_dir
 
-bp = Blueprint("uploads", __name__)
+bp = Blueprint("uploads", __name__, description="Images stored for predict jobs, in one or several requests.")
 
 ZIP_EXPANSION = 4  # an archive may unpack to this many times the request size limit
 
@@ -24,7 +27,7 @@ def file_parts() -> list[FileStorage]:
 
 def _store_parts(folder: Path, parts: list[FileStorage]) -> int:
     """Save uploaded parts under folder; a part named *.zip is unpacked unless the form says extract_zip=false."""
-    unpack = request.form.get("extract_zip", "true").strip().lower() not in ("false", "0", "no")
+    unpack = form_bool("extract_zip", True)
     budget = [config().max_body_mb * 1024 * 1024 * ZIP_EXPANSION]
     written = 0
     try:
@@ -53,17 +56,25 @@ def new_upload(parts: list[FileStorage]) -> tuple[str, int]:
 
 
 @bp.post("/uploads")
-def create_upload():  # noqa: ANN201
+@bp.doc(requestBody=multipart(UploadForm))
+@bp.response(201, UploadAnswer)
+@bp.problems(400, 401, 413, 507)
+def create_upload() -> Response:
     """Start an upload with the images (or zip archives) in multipart field 'file'; 201 with its id."""
     parts = file_parts()
     if not parts:
         raise APIError(400, "send images as multipart/form-data field 'file'", field="file")
     upload_id, added = new_upload(parts)
-    return jsonify({"id": upload_id, "added": added}), 201
+    response = jsonify({"id": upload_id, "added": added})
+    response.status_code = 201
+    return response
 
 
-@bp.post("/uploads/<upload_id>")
-def add_to_upload(upload_id: str):  # noqa: ANN201
+@bp.post("/uploads/<id:upload_id>")
+@bp.doc(requestBody=multipart(UploadForm))
+@bp.response(200, UploadAnswer)
+@bp.problems(400, 401, 404, 413, 507)
+def add_to_upload(upload_id: str) -> Response:
     """Add another part of images to an upload (large folders go up in several requests)."""
     folder = upload_folder(upload_id)
     parts = file_parts()

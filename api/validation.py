@@ -1,24 +1,19 @@
-"""Validate request bodies against schemas built from graft.shared.params: a bad field is a 400 that names it."""
+"""Validate requests with the schemas of graft.api.schemas (built from graft.shared.params): every bad field at once."""
 from __future__ import annotations
 
 from typing import Any
 
 from flask import request
+from marshmallow import Schema, ValidationError
 
-from graft.api.errors import APIError
+from graft.api.errors import APIError, validation_problem
+from graft.api.schemas import PredictRequest, TrainRequest
 from graft.shared.config import Config
-from graft.shared.params import PREDICT_PARAMS, TRAIN_PARAMS, Param
 from graft.shared.webhooks import WebhookRefused, vet_url
 
-
-def _type_ok(value: Any, kind: type) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, kind)
+# The request bodies by kind (the schemas are generated from shared/params.py: the one home of each parameter).
+TRAIN_SCHEMA: type[Schema] = TrainRequest
+PREDICT_SCHEMA: type[Schema] = PredictRequest
 
 
 def json_body() -> dict[str, Any]:
@@ -29,32 +24,20 @@ def json_body() -> dict[str, Any]:
     return body
 
 
-def validate(body: dict[str, Any], schema: dict[str, Param]) -> dict[str, Any]:
-    """Check body against schema and return it with defaults filled in."""
-    unknown = sorted(set(body) - set(schema))
-    if unknown:
-        raise APIError(400, f"unknown field: {unknown[0]}", field=unknown[0], allowed=sorted(schema))
-    out: dict[str, Any] = {}
-    for name, spec in schema.items():
-        if name not in body:
-            if spec.required:
-                raise APIError(400, f"missing required field: {name}", field=name)
-            out[name] = spec.default
-            continue
-        value = body[name]
-        if value is None and spec.nullable:
-            out[name] = None
-            continue
-        if not _type_ok(value, spec.type):
-            raise APIError(400, f"field {name} must be of type {spec.type.__name__}", field=name)
-        if spec.choices is not None and value not in spec.choices:
-            raise APIError(400, f"field {name} must be one of {list(spec.choices)}", field=name)
-        if spec.minimum is not None and value < spec.minimum:
-            raise APIError(400, f"field {name} must be >= {spec.minimum}", field=name)
-        if spec.maximum is not None and value > spec.maximum:
-            raise APIError(400, f"field {name} must be <= {spec.maximum}", field=name)
-        out[name] = float(value) if spec.type is float else value
-    return out
+def problem_of(error: ValidationError, schema: type[Schema] | Schema) -> APIError:
+    """The 400 that lists every invalid field of error, in the schema's field order."""
+    messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+    return validation_problem(dict(messages), list(schema._declared_fields))
+
+
+def validate(body: dict[str, Any], schema: type[Schema]) -> dict[str, Any]:
+    """Check body against schema and return it with defaults filled in; a 400 names every invalid field."""
+    try:
+        if not isinstance(body, dict):
+            raise ValidationError({"_schema": ["request body must be a JSON object"]})
+        return schema().load(body)
+    except ValidationError as exc:
+        raise problem_of(exc, schema) from None
 
 
 def check_callback(params: dict[str, Any], config: Config) -> None:
@@ -71,21 +54,31 @@ def check_callback(params: dict[str, Any], config: Config) -> None:
         raise APIError(400, f"callback_url: {exc}", field="callback_url") from None
 
 
-# The params themselves, by name: graft.shared.params is the one home (the worker and the CLI read it too).
-TRAIN_SCHEMA: dict[str, Param] = {p.name: p for p in TRAIN_PARAMS}
-PREDICT_SCHEMA: dict[str, Param] = {p.name: p for p in PREDICT_PARAMS}
+FORM_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+"""How a multipart form (all strings) says a boolean."""
 
 
-def form_values(form: dict[str, str], schema: dict[str, Param]) -> dict[str, Any]:
+def form_bool(name: str, default: bool) -> bool:
+    """A boolean multipart field of the request (absent: default), or a 400 naming it."""
+    raw = request.form.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() not in FORM_BOOLS:
+        raise APIError(400, f"field {name} must be one of {sorted(FORM_BOOLS)}", field=name)
+    return FORM_BOOLS[raw.strip().lower()]
+
+
+def form_values(form: dict[str, str], schema: type[Schema]) -> dict[str, Any]:
     """Multipart form strings converted to the schema's types where they parse (validate() reports the rest)."""
+    params = {name: field.metadata.get("param") for name, field in schema._declared_fields.items()}
     out: dict[str, Any] = {}
     for name, raw in form.items():
-        spec = schema.get(name)
+        spec = params.get(name)
         value: Any = raw
         if spec is not None and spec.nullable and raw.strip().lower() in ("", "null", "none"):
             value = None
-        elif spec is not None and spec.type is bool and raw.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
-            value = raw.strip().lower() in ("true", "1", "yes")
+        elif spec is not None and spec.type is bool and raw.strip().lower() in FORM_BOOLS:
+            value = FORM_BOOLS[raw.strip().lower()]
         elif spec is not None and spec.type in (int, float):
             try:
                 value = spec.type(raw)

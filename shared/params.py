@@ -1,7 +1,8 @@
-"""The one home of every training and predict parameter: name, type, default, bounds, choices, help.
+"""The one home of every request parameter (training, predict, a server dataset): name, type, default, bounds, help.
 
-The API's request schemas (api.validation), the worker's TrainSpec defaults (worker.core.spec) and the
-`graft train` options (cli.main) are all derived from the tables here; tests/unit/test_params.py checks they agree.
+The API's request schemas (api.schemas, which also generate the OpenAPI document), the worker's TrainSpec
+defaults (worker.core.spec) and the `graft train` options (cli.main) are all derived from the tables here;
+tests/unit/test_params.py checks they agree.
 Standard library only, so the API, the worker and the CLI can all import it cheaply.
 """
 from __future__ import annotations
@@ -93,6 +94,14 @@ PREDICT_PARAMS: tuple[Param, ...] = (
     CALLBACK_URL,
 )
 """Every parameter of a predict request."""
+
+DATASET_PATH_PARAMS: tuple[Param, ...] = (
+    Param("path", str, required=True, cli=False,
+          help="a folder on the server under GRAFT_DATA_ROOTS, inspected in place"),
+    Param("name", str, None, nullable=True, cli=False,
+          help="the dataset's name (default: the folder's or the archive's name)"),
+)
+"""The JSON body of POST /datasets that names a server folder (an upload sends multipart instead)."""
 
 HYPER_PARAMS: tuple[Param, ...] = tuple(p for p in TRAIN_PARAMS if p.name not in DATA_SOURCES + JOB_OPTIONS)
 """The training parameters that are hyper-parameters (TrainSpec fields), not data sources or job options."""

@@ -82,6 +82,9 @@ hit("GET", "/api/v1/datasets")
 hit("GET", f"/api/v1/datasets/{dataset['id']}")
 hit("DELETE", f"/api/v1/datasets/{dataset['id']}")
 hit("DELETE", f"/api/v1/models/{model_id}")
+hit("GET", "/api/v1/openapi.json")
+hit("GET", "/docs")
+hit("GET", "/docs/assets/swagger-ui-bundle.js").close()
 rules = {(r.rule, m) for r in app.url_map.iter_rules() if r.endpoint != "static"
          for m in r.methods - {"HEAD", "OPTIONS"}}
 print(json.dumps({"served": {f"{m} {r}": s for (r, m), s in served.items()},
@@ -100,9 +103,9 @@ def test_serving_every_endpoint_loads_no_ml_module(service_env: dict[str, str]) 
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["missing"] == []  # every endpoint was served once
     assert all(status < 500 for status in report["served"].values()), report["served"]
-    assert report["served"]["POST /api/v1/models/<model_id>/predict"] == 202  # through the queue, not in-process
-    assert report["served"]["DELETE /api/v1/models/<model_id>"] == 409  # the predict job above still uses it
-    assert report["served"]["GET /api/v1/models/<model_id>/download"] == 202  # exported by a worker, not in-process
+    assert report["served"]["POST /api/v1/models/<id:model_id>/predict"] == 202  # through the queue, not in-process
+    assert report["served"]["DELETE /api/v1/models/<id:model_id>"] == 409  # the predict job above still uses it
+    assert report["served"]["GET /api/v1/models/<id:model_id>/download"] == 202  # exported by a worker, not in-process
     assert report["served"]["POST /api/v1/datasets"] == 202
     assert report["served"]["POST /api/v1/jobs/train"] == 202
     assert report["loaded"] == [], f"the API process loaded {report['loaded']}"

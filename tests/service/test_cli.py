@@ -39,7 +39,7 @@ def test_api_server_health_and_auth(api_server: str) -> None:
         {"status": "ok", "database": True, "redis": True}
     assert health.json()["disk"]["uploads_refused"] is False
     denied = requests.get(f"{api_server}/api/v1/jobs", timeout=5)
-    assert denied.status_code == 401 and denied.headers["Content-Type"] == "application/json"
+    assert denied.status_code == 401 and denied.headers["Content-Type"] == "application/problem+json"  # RFC 9457
     missing = requests.get(f"{api_server}/no/such/page", timeout=5)
     assert missing.status_code == 404 and "error" in missing.json()
 

@@ -71,7 +71,7 @@ def test_bad_inputs_are_refused_or_reported(small_app, service_config, worker, b
     response = _upload(client, *build())
     payload = response.get_json()
     assert response.status_code == status, payload
-    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Content-Type"] == ("application/problem+json" if status >= 400 else "application/json")
     assert _staging_empty(service_config)  # nothing half-extracted is left behind
     if status >= 400:
         assert payload["error"] and payload["status"] == status

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import pytest
+from marshmallow import Schema
 
 from graft.api.validation import PREDICT_SCHEMA, TRAIN_SCHEMA, validate
 from graft.cli.client import ClientError
@@ -34,16 +35,18 @@ def _request(*argv: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("schema", "table"), [(TRAIN_SCHEMA, TRAIN_PARAMS), (PREDICT_SCHEMA, PREDICT_PARAMS)],
                          ids=["train", "predict"])
-def test_schema_is_built_from_the_params(schema: dict[str, Param], table: tuple[Param, ...]) -> None:
-    """The API validates with the params themselves: same names, same order, same objects."""
-    assert list(schema) == [p.name for p in table]
-    assert all(schema[p.name] is p for p in table)
+def test_schema_is_built_from_the_params(schema: type[Schema], table: tuple[Param, ...]) -> None:
+    """The API validates with schemas built from the params: same names, same order, a field per Param object."""
+    declared = schema._declared_fields
+    assert list(declared) == [p.name for p in table]
+    assert all(declared[p.name].metadata["param"] is p for p in table)
+    assert all(declared[p.name].required == p.required and declared[p.name].allow_none == p.nullable for p in table)
 
 
 @pytest.mark.parametrize(("schema", "table", "base"), [(TRAIN_SCHEMA, TRAIN_PARAMS, {}),
                                                        (PREDICT_SCHEMA, PREDICT_PARAMS, {"model_id": "m"})],
                          ids=["train", "predict"])
-def test_every_default_is_itself_valid(schema: dict[str, Param], table: tuple[Param, ...],
+def test_every_default_is_itself_valid(schema: type[Schema], table: tuple[Param, ...],
                                        base: dict[str, Any]) -> None:
     """An empty request gets every default, and sending a default explicitly passes validation unchanged."""
     defaults = {p.name: p.default for p in table if not p.required}
