@@ -13,8 +13,6 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from graft.shared.models import Base
-
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -32,7 +30,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
 
 @functools.lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
-    """One engine per database URL per process; creates the SQLite folder and the tables."""
+    """One engine per database URL per process; creates the SQLite file's folder (tables: graft.shared.schema)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -41,7 +39,6 @@ def get_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
     return engine
 
 
