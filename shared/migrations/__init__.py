@@ -1,1 +1,1 @@
-"""Alembic's environment and the migration scripts (versions/); run them with `graft db upgrade` (graft.shared.schema)."""
+"""Alembic's environment and the migration scripts (versions/), run by `graft db upgrade` (graft.shared.schema)."""
