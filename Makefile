@@ -30,10 +30,13 @@ test-unit: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# Both upgrade the database schema first (a no-op when current): the API and workers refuse a schema that is behind.
 api: install
+	$(BIN)/graft db upgrade
 	$(BIN)/graft api
 
 worker: install
+	$(BIN)/graft db upgrade
 	$(BIN)/graft worker
 
 clean:

@@ -14,16 +14,21 @@ from graft.api.openapi import make_api
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_factory
 from graft.shared.queue import make_celery
+from graft.shared.schema import ensure_schema
 
 log = logging.getLogger(__name__)
 
 
 def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
-    """Build the Flask app; config is a Config, overrides of the environment's Config, or None."""
+    """Build the Flask app; config is a Config, overrides of the environment's Config, or None.
+
+    Raises graft.shared.schema.SchemaOutOfDate when the database is not at this code's schema (`graft db upgrade`).
+    """
     if config is None:
         config = get_config()
     elif isinstance(config, dict):
         config = get_config().replace(**config)
+    ensure_schema(config)
     # Graft keeps nothing in Flask's instance folder; naming one spares Flask its search for the package folder,
     # which cannot see through the editable install of the `graft` namespace package.
     app = Flask(__name__, instance_path=str(Path(config.artifacts_dir).absolute() / "flask-instance"))

@@ -125,6 +125,10 @@ def run_demo(data: str | None, epochs: int = 4) -> int:
     held_back, held_back_what = held_back_folder(var, data, data_dir)
     backbone, why = choose_backbone()
     _say(f"backbone {backbone}: {why}")
+    from graft.shared.schema import upgrade
+
+    done = upgrade(config.database_url)  # once, before the API and the worker start and check it
+    _say(f"database at schema {done.after}")
     redis_proc = ensure_redis(config.redis_url, var / "redis")
     token, port = secrets.token_urlsafe(16), _free_port()
     env = {**os.environ, "GRAFT_API_TOKENS": token, "GRAFT_DATA_ROOTS": str(data_dir), "GRAFT_VAR_DIR": str(var)}

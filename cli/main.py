@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from graft.cli.client import ClientError
+from graft.cli.db import add_parser as add_db_parser
+from graft.cli.db import run_db, schema_ready
 from graft.cli.resources import add_parsers as add_resource_parsers
 from graft.cli.resources import emit, run_jobs, run_models, wait_for
 from graft.client import AuthError, BadRequest, Client, Conflict, GraftError, NotFound, Unavailable
@@ -30,6 +32,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from graft.api import create_app
 
+    if not schema_ready(get_config()):
+        return 1
     logging.getLogger("waitress").setLevel(logging.INFO)
     # waitress buffers a whole body before the app runs: stop it a little past the app's own (JSON 413) limit.
     body_limit = (get_config().max_body_mb + 16) * 1024 * 1024
@@ -51,6 +55,8 @@ def worker_queues(kinds: str) -> list[str]:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Start a Celery worker on the chosen queues (all of them by default)."""
     queues = worker_queues(args.queues)
+    if not schema_ready(get_config()):
+        return 1
     from graft.worker import celery_app
 
     celery_app.TORCH_THREADS["n"] = args.threads
@@ -215,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated kinds of work to take: train, batch, interactive (default: all)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
+
+    add_db_parser(sub).set_defaults(func=run_db)
 
     p = sub.add_parser("train", parents=[common], help="train on DIR (a folder here, uploaded first), "
                        "--server-dir PATH or --dataset ID")

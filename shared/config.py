@@ -40,6 +40,17 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {env.get(name)!r}")
+
+
 LOOPBACK = ("127.0.0.0/8", "::1")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
@@ -61,6 +72,8 @@ class Config:
     """Everything the API, the workers and the CLI need to know about their surroundings."""
 
     database_url: str = "sqlite:///var/graft.db"
+    # Off: the API and workers refuse a schema that is behind (`graft db upgrade` first). On: they upgrade it at start.
+    db_auto_upgrade: bool = False
     redis_url: str = "redis://127.0.0.1:6379/0"
     artifacts_dir: Path = Path("var/artifacts")
     data_roots: tuple[Path, ...] = ()
@@ -100,6 +113,7 @@ class Config:
         weights = env.get("GRAFT_RESNET18_WEIGHTS", "").strip()
         return cls(
             database_url=env.get("GRAFT_DATABASE_URL") or f"sqlite:///{(var / 'graft.db').absolute()}",
+            db_auto_upgrade=_flag(env, "GRAFT_DB_AUTO_UPGRADE", cls.db_auto_upgrade),
             redis_url=env.get("GRAFT_REDIS_URL") or cls.redis_url,
             artifacts_dir=Path(env.get("GRAFT_ARTIFACTS_DIR") or var / "artifacts").absolute(),
             data_roots=tuple(Path(p).expanduser().resolve() for p in _split(env.get("GRAFT_DATA_ROOTS", ""), ":")),

@@ -1,8 +1,9 @@
 """Database engine and sessions: SQLite (WAL, busy timeout) by default, PostgreSQL in production."""
 from __future__ import annotations
 
-import functools
 import logging
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -12,8 +13,6 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-from graft.shared.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 T = TypeVar("T")
@@ -30,9 +29,29 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     cursor.close()
 
 
-@functools.lru_cache(maxsize=8)
+MAX_ENGINES = 8
+_engines: OrderedDict[str, Engine] = OrderedDict()
+_engines_lock = threading.Lock()
+
+
 def get_engine(url: str) -> Engine:
-    """One engine per database URL per process; creates the SQLite folder and the tables."""
+    """One engine per database URL per process (the MAX_ENGINES most recent); creates the SQLite file's folder.
+
+    Tables come from graft.shared.schema. An engine pushed out of the cache is disposed at once: left to the garbage
+    collector, its pooled connections would close at some random later moment (or warn that nobody closed them).
+    """
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is not None:
+            _engines.move_to_end(url)
+            return engine
+        engine = _engines[url] = _create_engine(url)
+        while len(_engines) > MAX_ENGINES:
+            _engines.popitem(last=False)[1].dispose()  # still usable by its holders: it reconnects if asked
+        return engine
+
+
+def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -41,7 +60,6 @@ def get_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
     return engine
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 
 from graft.shared.config import Config
+from graft.shared.schema import upgrade
 from tests.helpers import (
     HYMENOPTERA, POSTGRES_URL, REDIS_URL, TOKEN, WEBHOOK_SECRET, WorkerProcess, ensure_redis, running_worker,
 )
@@ -28,20 +31,43 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A private schema in the PostgreSQL test database, dropped afterwards."""
+@contextmanager
+def _private_schema(engine: Engine) -> Iterator[str]:
+    """A new schema in the PostgreSQL test database, dropped afterwards; yields a URL whose search_path is it."""
     schema = f"graft_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_URL, pool_pre_ping=True)  # a test restarts PostgreSQL under this pool
     try:
-        with admin.begin() as conn:
+        with engine.begin() as conn:
             conn.execute(text(f"CREATE SCHEMA {schema}"))
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}")
     yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
+    with engine.begin() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Engine]:
+    """An engine on the PostgreSQL test database itself, to create and drop private schemas."""
+    admin = create_engine(POSTGRES_URL, pool_pre_ping=True)  # a test restarts PostgreSQL under this pool
+    yield admin
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin: Engine) -> Iterator[str]:
+    """A private schema in the PostgreSQL test database, dropped afterwards (tests upgrade it as they need)."""
+    with _private_schema(postgres_admin) as url:
+        yield url
+
+
+@pytest.fixture()
+def empty_postgres_url(postgres_url: str, postgres_admin: Engine) -> Iterator[str]:
+    """A second private schema, empty, for one test (migration tests start from nothing or from old tables)."""
+    from graft.shared.db import get_engine
+
+    with _private_schema(postgres_admin) as url:
+        yield url
+        get_engine(url).dispose()
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +77,13 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> dic
     data_root = base / "data"
     data_root.mkdir()
     roots = [str(data_root)] + ([str(HYMENOPTERA.resolve())] if HYMENOPTERA.is_dir() else [])
+    database_url = f"sqlite:///{base / 'graft.db'}"
+    upgrade(database_url)  # as `graft db upgrade` would, before anything starts: tests may open sessions first
     return {
-        "GRAFT_DATABASE_URL": f"sqlite:///{base / 'graft.db'}",
+        "GRAFT_DATABASE_URL": database_url,
+        # Tests that point the API or workers at a database of their own get it upgraded at start, one process at a
+        # time (graft.shared.schema). Production runs `graft db upgrade` once instead (docker-compose.yml: migrate).
+        "GRAFT_DB_AUTO_UPGRADE": "1",
         "GRAFT_REDIS_URL": redis_url,
         "GRAFT_ARTIFACTS_DIR": str(base / "artifacts"),
         "GRAFT_DATA_ROOTS": ":".join(roots),

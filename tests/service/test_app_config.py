@@ -25,8 +25,8 @@ def test_create_app_with_overrides(
 
     monkeypatch.setenv("GRAFT_QUEUE", "queue-from-env")
     url = f"sqlite:///{tmp_path / 'app.db'}"
-    app = create_app({"database_url": url, "redis_url": redis_url, "api_tokens": ["t"], "max_body_mb": 3,
-                      "data_roots": [str(tmp_path)], "artifacts_dir": str(tmp_path / "arts")})
+    app = create_app({"database_url": url, "db_auto_upgrade": True, "redis_url": redis_url, "api_tokens": ["t"],
+                      "max_body_mb": 3, "data_roots": [str(tmp_path)], "artifacts_dir": str(tmp_path / "arts")})
     try:
         config = app.config["GRAFT"]
         assert isinstance(config, Config)
@@ -46,7 +46,8 @@ def test_create_app_with_overrides(
 def test_create_app_with_a_config(tmp_path: Path, redis_url: str) -> None:
     from graft.api import create_app
 
-    config = Config.from_env({"GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}", "GRAFT_REDIS_URL": redis_url})
+    config = Config.from_env({"GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}", "GRAFT_REDIS_URL": redis_url,
+                              "GRAFT_DB_AUTO_UPGRADE": "1"})
     app = create_app(config)
     try:
         assert app.config["GRAFT"] is config

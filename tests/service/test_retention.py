@@ -10,6 +10,7 @@ from graft.shared.config import Config
 from graft.shared.db import session_scope
 from graft.shared.lifecycle import create_job
 from graft.shared.models import new_id
+from graft.shared.schema import upgrade
 from tests.helpers import TOKEN, WorkerProcess
 
 
@@ -50,6 +51,7 @@ def test_workers_run_the_retention_pass(service_env: dict[str, str], tmp_path: P
            "GRAFT_QUEUE": f"graft-gc-{uuid.uuid4().hex[:6]}", "GRAFT_SWEEP_SECONDS": "1",
            "GRAFT_GC_INTERVAL_SECONDS": "1", "GRAFT_GC_UPLOAD_SECONDS": "0"}
     config = Config.from_env(env)
+    upgrade(config.database_url)
     used, unused = new_id(), new_id()
     with session_scope(config.database_url) as session:  # queued, never sent: the upload must stay
         create_job(session, "predict", {"model_id": new_id(), "upload_id": used})

@@ -13,7 +13,7 @@ import pytest
 UNIT = Path(__file__).resolve().parent
 SERVICE_FIXTURES = frozenset({"redis_url", "worker", "service_env", "service_config", "app", "client", "http_app",
                               "data_root"})
-POSTGRES_FIXTURE = "postgres_url"
+POSTGRES_FIXTURE = "postgres_url"  # empty_postgres_url and postgres_admin use it, so they count too
 
 
 def _offence(item: pytest.Item) -> str | None:

@@ -44,7 +44,7 @@ def _healthy_deps(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services_and_volumes(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"redis", "postgres", "api", "worker", "worker-interactive"}
+    assert set(compose["services"]) == {"redis", "postgres", "migrate", "api", "worker", "worker-interactive"}
     assert {"artifacts", "data"} <= set(compose["volumes"])
     assert compose["services"]["redis"]["image"].startswith("redis:")
     assert compose["services"]["postgres"]["image"].startswith("postgres:")
@@ -72,7 +72,7 @@ def test_api_and_worker_share_artifacts_and_data(compose: dict[str, Any]) -> Non
 
 def test_environment(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in GRAFT:
+    for name in (*GRAFT, "migrate"):
         env = services[name]["environment"]
         assert env["GRAFT_DATABASE_URL"] == DB_URL
         assert env["GRAFT_REDIS_URL"] == "redis://redis:6379/0"
@@ -86,6 +86,8 @@ def test_environment(compose: dict[str, Any]) -> None:
 def test_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name, service in services.items():
+        if name == "migrate":  # one-shot: it is waited for to exit 0, not to be healthy
+            continue
         test = service["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
@@ -93,6 +95,17 @@ def test_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
     for name in GRAFT:
         deps = _healthy_deps(services[name])
         assert deps["redis"] == deps["postgres"] == "service_healthy"
+        assert deps["migrate"] == "service_completed_successfully", name  # never start on a schema that is behind
+
+
+def test_migrate_runs_once_before_the_rest(compose: dict[str, Any]) -> None:
+    migrate = compose["services"]["migrate"]
+    assert migrate["command"] == ["graft", "db", "upgrade"]
+    args = build_parser().parse_args(migrate["command"][1:])
+    assert (args.command, args.action) == ("db", "upgrade")
+    assert migrate["restart"] == "no"  # a one-shot that restarted would never count as completed
+    assert _healthy_deps(migrate) == {"postgres": "service_healthy"}
+    assert "ports" not in migrate and migrate["build"] == compose["services"]["api"]["build"]
 
 
 def test_commands(compose: dict[str, Any]) -> None:

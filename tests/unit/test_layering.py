@@ -53,6 +53,12 @@ def test_the_wheel_holds_only_graft(tmp_path: Path) -> None:
         assert f"graft/{room}/__init__.py" in names
     assert "graft/api/predict_now.py" in names and "graft/worker/core/train.py" in names
     assert "graft/client/transport.py" in names
+    migrations = ROOT / "shared" / "migrations"  # `graft db upgrade` runs them from the installed package
+    shipped = {f"graft/shared/{p.relative_to(ROOT / 'shared').as_posix()}" for p in migrations.rglob("*")
+               if p.suffix in (".py", ".mako") and "__pycache__" not in p.parts}
+    assert {"graft/shared/migrations/env.py", "graft/shared/migrations/script.py.mako",
+            "graft/shared/migrations/versions/0001_baseline.py"} <= shipped
+    assert shipped <= set(names)
     top_level = next(n for n in names if n.endswith("top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["graft"]
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

@@ -17,6 +17,7 @@ from graft.shared.db import get_engine, session_scope
 from graft.shared.lifecycle import create_job
 from graft.shared.logs import configure_logging, job_context, start_job_log_capture
 from graft.shared.models import Job, JobLogLine
+from graft.shared.schema import upgrade
 
 
 @pytest.fixture()
@@ -56,6 +57,7 @@ def test_bad_log_format_is_refused() -> None:
 
 def test_job_lines_reach_the_database_even_from_inside_a_transaction(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     url = f"sqlite:///{tmp_path / 'graft.db'}"
+    upgrade(url)
     with session_scope(url) as session:
         job_id = create_job(session, "train", {"data_dir": "/d"}).id
     monkeypatch.setattr(logs, "MAX_LINES_PER_JOB", 5)

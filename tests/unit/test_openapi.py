@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate as validate_spec
 
 from graft.api import create_app
+from graft.shared.schema import upgrade
 from graft.shared.config import Config
 from graft.shared.params import TRAIN_PARAMS
 
@@ -23,6 +24,7 @@ def api_app(tmp_path: Path) -> Flask:
     """The real app on a private SQLite file; its Celery app never connects, because no test here enqueues."""
     config = Config(database_url=f"sqlite:///{tmp_path / 'graft.db'}", artifacts_dir=tmp_path / "artifacts",
                     data_roots=(tmp_path,), api_tokens=(TOKEN,))
+    upgrade(config.database_url)  # as `graft db upgrade` would: create_app refuses a database behind its schema
     return create_app(config)
 
 

@@ -15,6 +15,7 @@ from graft.shared.db import get_engine, session_scope
 from graft.shared.lifecycle import CANCELLED, FAILED, RUNNING, SUCCEEDED, create_job, transition
 from graft.shared.models import DatasetRecord, TrainedModel, new_id
 from graft.shared.retention import collect
+from graft.shared.schema import upgrade
 from tests.helpers import ROOT
 
 OLD = 10 * 24 * 3600  # older than every default age
@@ -45,6 +46,7 @@ def server(tmp_path: Path) -> tuple[Config, dict[str, list[Path]]]:
     config = Config.from_env({"GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'graft.db'}",
                               "GRAFT_ARTIFACTS_DIR": str(tmp_path / "artifacts")})
     url, art = config.database_url, Path(config.artifacts_dir)
+    upgrade(url)
     uploads, jobs, models = art / "uploads", art / "jobs", art / "models"
     queued_upload, running_upload, finished_upload = new_id(), new_id(), new_id()
     queued_job = _job(url, [], upload_id=queued_upload)

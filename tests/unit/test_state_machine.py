@@ -17,6 +17,7 @@ from graft.shared.lifecycle import (
     can_transition, create_job, resend_stale_queued, transition,
 )
 from graft.shared.models import Job, JobEvent, TrainedModel, utcnow
+from graft.shared.schema import upgrade
 from graft.shared.serializers import model_ids_for, serialize_job
 
 # A legal walk from a fresh (queued) job to each status.
@@ -31,6 +32,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         url = f"sqlite:///{tmp_path_factory.mktemp('statedb') / 'jobs.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
+    upgrade(url)
     yield url
     get_engine(url).dispose()
 
@@ -39,6 +41,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
     """A fresh SQLite file for one test."""
     url = f"sqlite:///{tmp_path / 'graft.db'}"
+    upgrade(url)
     yield url
     get_engine(url).dispose()
 
@@ -183,7 +186,6 @@ def test_sqlite_runs_in_wal_mode_with_busy_timeout(sqlite_url: str) -> None:
 
 
 def test_two_threads_write_one_sqlite_file(sqlite_url: str) -> None:
-    get_engine(sqlite_url)  # create the tables before the race
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
     created: list[str] = []

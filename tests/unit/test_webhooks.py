@@ -16,6 +16,7 @@ from graft.shared.config import LOOPBACK, Config
 from graft.shared.db import get_engine, session_scope
 from graft.shared.lifecycle import FAILED, RUNNING, SUCCEEDED, create_job, transition
 from graft.shared.models import Job, WebhookDelivery, utcnow
+from graft.shared.schema import upgrade
 from graft.shared.serializers import serialize_job
 from graft.shared.webhooks import (
     SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookRefused, next_attempt, resolve, sign, verify, vet_url,
@@ -99,6 +100,7 @@ def test_backoff_doubles_and_stops_at_the_bound() -> None:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh SQLite file for one test, or the session's private PostgreSQL schema."""
     url = f"sqlite:///{tmp_path / 'graft.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    upgrade(url)
     with session_scope(url) as session:  # the PostgreSQL schema outlives a test: nothing earlier is due
         session.execute(update(WebhookDelivery).values(next_at=None))
     yield url
