@@ -29,6 +29,7 @@ from sqlalchemy import create_engine, text
 from graft.shared import lifecycle
 from graft.shared.db import session_scope
 from graft.shared.models import READY, DatasetRecord, PredictionResult, TrainedModel, new_id
+from graft.shared.schema import upgrade
 from graft.shared.storage import model_dir
 from graft.shared.uploads import upload_dir
 from tests.helpers import POSTGRES_URL, TOKEN, api_process
@@ -44,13 +45,15 @@ SEED = 7  # a fixed seed: the same requests on every run, so a failure here is n
 def contract_db() -> Iterator[str]:
     """A private PostgreSQL schema (PostgreSQL refuses what SQLite lets through, such as NUL characters)."""
     schema = f"graft_contract_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_URL)
+    admin = create_engine(POSTGRES_URL, pool_pre_ping=True)  # another test restarts PostgreSQL
     try:
         with admin.begin() as conn:
             conn.execute(text(f"CREATE SCHEMA {schema}"))
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}")
-    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    upgrade(url)  # as `graft db upgrade` would: the seed below writes before the API starts
+    yield url
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
