@@ -32,24 +32,30 @@ def _init_child(**_kwargs: object) -> None:
 
 
 def sweep_forever(config: Config, stop: threading.Event) -> None:
-    """Every sweep interval until stop is set: recover jobs whose lease expired, re-send queued ones nobody took."""
+    """Every sweep interval until stop is set: recover jobs and predict chunks whose lease expired, re-send queued
+    jobs nobody took and the pending chunks of stalled predict jobs."""
+    from graft.shared.chunks import resend_stalled, sweep_chunks
     from graft.shared.db import session_scope
     from graft.shared.lifecycle import resend_stale_queued, sweep_expired
-    from graft.shared.queue import enqueue_predict, enqueue_train
+    from graft.shared.queue import enqueue_predict, enqueue_predict_chunk, enqueue_train
 
     send = {"train": enqueue_train, "predict": enqueue_predict}
     while not stop.wait(config.sweep_interval_s):
         try:
             with session_scope(config.database_url) as session:
                 requeued = sweep_expired(session, config.max_attempts)
-            for job_id in requeued:
+            for job_id, kind in requeued:
                 log.warning("job %s: lease expired, re-queued", job_id)
-                enqueue_train(app, job_id)
+                send[kind](app, job_id)
             with session_scope(config.database_url) as session:
                 stale = resend_stale_queued(session, config.requeue_s)
             for job_id, kind in stale:
                 log.warning("job %s: queued for %d s with no taker, message sent again", job_id, config.requeue_s)
                 send[kind](app, job_id)
+            with session_scope(config.database_url) as session:
+                lost = sweep_chunks(session, config.max_attempts) + resend_stalled(session, config.requeue_s)
+            for job_id, index in lost:
+                enqueue_predict_chunk(app, job_id, index)
         except Exception:  # noqa: BLE001 - the sweeper must outlive database or broker hiccups
             log.exception("lease sweep failed")
 
