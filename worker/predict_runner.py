@@ -100,7 +100,8 @@ def start_predict_job(job_id: str, worker: str, send: Send, config: Config | Non
     held: Held = (job.id, job.worker, job.worker_pid, job.attempts)
     with Heartbeat(lambda: _renew(config, held), beat_interval(config.lease_s), f"list-{job_id[:8]}"):
         indexes = _list(config, held, dict(job.params))
-        if indexes is None:
+        if indexes is None:  # failed, or no longer ours (a cancel, a sweep): the upload may no longer be needed
+            release_job_upload(config, job_id)
             return
         try:
             send(indexes)
