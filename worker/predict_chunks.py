@@ -110,7 +110,7 @@ def _attempt_failed(config: Config, held: Held, names: list[str], exc: Exception
 
 
 def _store(config: Config, held: Held, rows: list[dict[str, Any]]) -> bool:
-    """Rows in, chunk done, progress (or the job's end) in one transaction, only while the job runs and the chunk is ours."""
+    """Rows in, chunk done, progress or the job's end: one transaction, while the job runs and the chunk is ours."""
     with session_scope(config.database_url) as session:
         # PostgreSQL: the job's row lock orders this against other chunks' ends and a cancel, so exactly one chunk
         # sees none left, and a cancel lands wholly before (rows refused) or after (rows kept) this store. SQLite:
@@ -181,5 +181,6 @@ def _finish(session: Session, job: Job) -> None:
         error = f"results incomplete: {summary['files']} of {total} files have a row"
         lifecycle.transition(session, job, lifecycle.FAILED, message=error, error=error, progress=progress)
         return
-    lifecycle.transition(session, job, lifecycle.SUCCEEDED, message=f"{summary['files']} files, {summary['errors']} errors",
-                         metrics={"summary": summary}, progress=progress)
+    message = f"{summary['files']} files, {summary['errors']} errors"
+    lifecycle.transition(session, job, lifecycle.SUCCEEDED, message=message, metrics={"summary": summary},
+                         progress=progress)

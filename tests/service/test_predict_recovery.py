@@ -149,7 +149,8 @@ def _events(api, job_id: str) -> list[dict]:  # noqa: ANN001
     return api.get(f"/api/v1/jobs/{job_id}/events").get_json()["items"]
 
 
-def test_pool_child_killed_while_listing_is_taken_over(api, url: str, pair, model_id: str, images: Path) -> None:  # noqa: ANN001
+def test_pool_child_killed_while_listing_is_taken_over(api, url: str, pair, model_id: str,  # noqa: ANN001
+                                                       images: Path) -> None:
     # Freeze the lister as soon as its job is running; if its chunk rows are not written yet, it was caught listing.
     # Listing takes milliseconds, so a try can miss: then it is let go and another job tried.
     folder = images / "d0"  # 120 files
