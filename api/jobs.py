@@ -56,11 +56,12 @@ def get_job(job_id: str) -> Response:
 
 
 @bp.post("/jobs/<id:job_id>/cancel")
-@bp.response(200, JobSchema, description="cancelled (it was queued)")
-@bp.alt_response(202, schema=JobSchema, description="a running job asked to stop at its next batch")
+@bp.response(200, JobSchema, description="cancelled (it was queued, or a running predict job)")
+@bp.alt_response(202, schema=JobSchema, description="a running training job asked to stop at its next batch")
 @bp.problems(401, 404, 409)
 def cancel_job(job_id: str) -> Response:
-    """Cancel a queued job at once, or ask a running one to stop at its next batch; 409 when finished."""
+    """Cancel a queued or running predict job at once, or ask a running training job to stop at its next batch;
+    409 when finished."""
     session = db()
     job = _get_job(job_id)
     try:

@@ -154,11 +154,18 @@ def update_held(session: Session, job_id: str, worker: str, pid: int, attempt: i
 
 
 def request_cancel(session: Session, job: Job) -> Job:
-    """Cancel a queued job now, or ask its worker to stop a running one. The caller commits."""
+    """Cancel a queued job (or a running predict job) now, or ask a running training job's worker to stop it.
+
+    A predict job has no checkpoint to stop cleanly at: it is cancelled at once, and its chunks then refuse to
+    store rows (they do so only while the job is running) and stop at their next batch. Rows stored so far stay.
+    The caller commits.
+    """
     if job.status == QUEUED:
         return transition(session, job, CANCELLED, message="cancelled by user")
     if job.status != RUNNING:
         raise IllegalTransition(job.id, job.status, CANCELLED)
+    if job.kind == "predict":
+        return transition(session, job, CANCELLED, message="cancelled by user; rows stored so far kept")
     result = session.execute(update(Job).where(Job.id == job.id, Job.status == RUNNING).values(cancel_requested=True))
     if result.rowcount != 1:
         session.rollback()
@@ -168,8 +175,12 @@ def request_cancel(session: Session, job: Job) -> Job:
     return job
 
 
-def sweep_expired(session: Session, max_attempts: int) -> list[str]:
-    """Recover running jobs whose lease expired: re-queue, cancel or fail them. Returns ids to enqueue again."""
+def sweep_expired(session: Session, max_attempts: int) -> list[tuple[str, str]]:
+    """Recover running jobs whose lease expired: re-queue, cancel or fail them. Returns (id, kind) to enqueue again.
+
+    A predict job holds a lease only while it lists its input; once its chunks are sent, their own leases
+    (shared.chunks) take over and the job's is cleared, so this never sees it.
+    """
     now = utcnow()
     stale = session.scalars(select(Job).where(Job.status == RUNNING, Job.lease_expires_at < now)).all()
     requeue = []
@@ -183,7 +194,7 @@ def sweep_expired(session: Session, max_attempts: int) -> list[str]:
                 transition(session, job, FAILED, message=error, error=error)
             else:
                 transition(session, job, QUEUED, message=f"{lost}; re-queued")
-                requeue.append(job.id)
+                requeue.append((job.id, job.kind))
             session.commit()
         except StaleJob:
             continue  # another sweeper or the holder got there first

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models: every table of Graft (jobs, their events, trained models, datasets, prediction rows)."""
+"""SQLAlchemy 2 models: every table of Graft (jobs, their events, trained models, datasets, predict chunks and rows)."""
 from __future__ import annotations
 
 import uuid
@@ -126,6 +126,26 @@ class PredictionResult(Base):
     top_k: Mapped[list[Any]] = mapped_column(default=list)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)  # which worker classified it
+
+
+class PredictChunk(Base):
+    """One chunk of a predict job's files: who classifies it (a lease, as a training job has) and whether it is done.
+
+    Its state changes only through shared.chunks, each a compare-and-set on (status, attempts).
+    """
+
+    __tablename__ = "predict_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    names: Mapped[list[Any]] = mapped_column()  # the files' paths relative to the job's input folder
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)  # why the last attempt failed, if it raised
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)  # last change: a stalled job's chunks are re-sent
 
 
 class WebhookDelivery(Base):

@@ -14,9 +14,8 @@ from celery.result import AsyncResult
 from graft.shared.config import Config
 
 TRAIN_TASK = "graft.train"
-PREDICT_TASK = "graft.predict"  # lists the input and fans out the chunks
-PREDICT_CHUNK_TASK = "graft.predict_chunk"  # classifies one chunk of files (a chord header task)
-PREDICT_FINISH_TASK = "graft.predict_finish"  # the chord callback: summary, job succeeded
+PREDICT_TASK = "graft.predict"  # lists the input into chunk rows and sends one chunk task per row
+PREDICT_CHUNK_TASK = "graft.predict_chunk"  # classifies one chunk of files; the last one ends the job
 PREDICT_NOW_TASK = "graft.predict_now"  # a small predict job run whole in one task, for the synchronous endpoint
 INSPECT_TASK = "graft.inspect_dataset"  # inspect an accepted dataset: ready or failed, with its report
 EXPORT_TASK = "graft.export_model"  # build one download format of a trained model (the download endpoint waits)
@@ -24,7 +23,7 @@ EXPORT_TASK = "graft.export_model"  # build one download format of a trained mod
 QUEUE_KINDS = ("train", "batch", "interactive")
 TASK_KIND = {
     TRAIN_TASK: "train",
-    PREDICT_TASK: "batch", PREDICT_CHUNK_TASK: "batch", PREDICT_FINISH_TASK: "batch", INSPECT_TASK: "batch",
+    PREDICT_TASK: "batch", PREDICT_CHUNK_TASK: "batch", INSPECT_TASK: "batch",
     PREDICT_NOW_TASK: "interactive", EXPORT_TASK: "interactive",
 }
 
@@ -38,7 +37,7 @@ def queue_name(config: Config, kind: str) -> str:
 
 def make_celery(config: Config) -> Celery:
     """A Celery app configured for long CPU jobs whose state lives in the database, not in Celery."""
-    # The result backend carries chord bookkeeping for predict jobs and the synchronous predict's "done".
+    # The result backend is only read for the synchronous predict's "done"; no job's progress depends on it.
     app = Celery("graft", broker=config.redis_url, backend=config.redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -68,6 +67,11 @@ def enqueue_train(app: Celery, job_id: str) -> None:
 def enqueue_predict(app: Celery, job_id: str) -> None:
     """Send the batch predict task for job_id (to the batch queue)."""
     app.send_task(PREDICT_TASK, args=[job_id])
+
+
+def enqueue_predict_chunk(app: Celery, job_id: str, index: int, countdown: float | None = None) -> None:
+    """Send chunk index of predict job job_id (to the batch queue), after countdown seconds if given."""
+    app.send_task(PREDICT_CHUNK_TASK, args=[job_id, index], countdown=countdown)
 
 
 def enqueue_predict_now(app: Celery, job_id: str) -> AsyncResult:

@@ -73,12 +73,15 @@ def _revision(conn: Connection) -> str | None:
 def legacy_revision(conn: Connection) -> str | None:
     """The revision a database without alembic_version matches, from its tables; None when it has none of ours.
 
-    Made by create_all: with job_log_lines (0005, the last state create_all made), since fca4ce5 with
+    Made by create_all (development databases from before migrations): with predict_chunks (0006), with
+    job_log_lines (0005), since fca4ce5 with
     webhook_deliveries (0003), since be5e7ef with datasets.status (0002), before that (the last release, 5a9476b)
     the baseline.
     """
     insp = inspect(conn)
     tables = set(insp.get_table_names())
+    if "predict_chunks" in tables and "job_log_lines" in tables:
+        return "0006"
     if "job_log_lines" in tables:
         return "0005"
     if "webhook_deliveries" in tables:

@@ -12,7 +12,7 @@ from celery.signals import task_postrun, task_prerun, worker_process_init, worke
 
 from graft.shared.config import Config, get_config
 from graft.shared.logs import JOB_ID, start_job_log_capture
-from graft.shared.queue import make_celery
+from graft.shared.queue import PREDICT_CHUNK_TASK, PREDICT_NOW_TASK, PREDICT_TASK, TRAIN_TASK, make_celery
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ def _init_child(**_kwargs: object) -> None:
 
 
 # Which argument of each job task is the job id: every log line the task writes is then about that job.
-_JOB_ARG = {"graft.train": 0, "graft.predict": 0, "graft.predict_chunk": 0, "graft.predict_now": 0,
-            "graft.predict_finish": 1}
+_JOB_ARG = {TRAIN_TASK: 0, PREDICT_TASK: 0, PREDICT_CHUNK_TASK: 0, PREDICT_NOW_TASK: 0}
 _JOB_TOKENS: dict[str, object] = {}
 
 
@@ -61,11 +60,13 @@ def _leave_job(task_id: str = "", **_kwargs: object) -> None:
 
 
 def sweep_forever(config: Config, stop: threading.Event) -> None:
-    """Every sweep interval until stop is set: recover jobs whose lease expired, re-send queued ones nobody took;
-    every GRAFT_GC_INTERVAL_SECONDS, the retention pass (graft.shared.retention)."""
+    """Every sweep interval until stop is set: recover jobs and predict chunks whose lease expired, re-send queued
+    jobs nobody took and the pending chunks of stalled predict jobs; every GRAFT_GC_INTERVAL_SECONDS, the
+    retention pass (graft.shared.retention)."""
+    from graft.shared.chunks import resend_stalled, sweep_chunks
     from graft.shared.db import session_scope
     from graft.shared.lifecycle import resend_stale_queued, sweep_expired
-    from graft.shared.queue import enqueue_predict, enqueue_train
+    from graft.shared.queue import enqueue_predict, enqueue_predict_chunk, enqueue_train
 
     send = {"train": enqueue_train, "predict": enqueue_predict}
     last_gc = None
@@ -73,14 +74,18 @@ def sweep_forever(config: Config, stop: threading.Event) -> None:
         try:
             with session_scope(config.database_url) as session:
                 requeued = sweep_expired(session, config.max_attempts)
-            for job_id in requeued:
+            for job_id, kind in requeued:
                 log.warning("job %s: lease expired, re-queued", job_id)
-                enqueue_train(app, job_id)
+                send[kind](app, job_id)
             with session_scope(config.database_url) as session:
                 stale = resend_stale_queued(session, config.requeue_s)
             for job_id, kind in stale:
                 log.warning("job %s: queued for %d s with no taker, message sent again", job_id, config.requeue_s)
                 send[kind](app, job_id)
+            with session_scope(config.database_url) as session:
+                lost = sweep_chunks(session, config.max_attempts) + resend_stalled(session, config.requeue_s)
+            for job_id, index in lost:
+                enqueue_predict_chunk(app, job_id, index)
         except Exception:  # noqa: BLE001 - the sweeper must outlive database or broker hiccups
             log.exception("lease sweep failed")
         if config.gc_interval_s and (last_gc is None or time.monotonic() - last_gc >= config.gc_interval_s):

@@ -13,20 +13,11 @@ from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, TrainedModel, new_id
 from graft.shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots
+from graft.worker.lease import holder_alive
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 1.0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Lease:
@@ -90,16 +81,10 @@ class Lease:
 
 
 def _claim(config: Config, job_id: str, worker: str) -> Job | None:
-    pid = os.getpid()
-
-    def holder_alive(job: Job) -> bool:
-        # A holder on this node whose process is gone (a killed pool child) is dead for sure: no need
-        # to wait for its lease to expire. Holders elsewhere are judged by their lease alone.
-        return job.worker != worker or job.worker_pid is None or _pid_alive(job.worker_pid)
-
     try:
         with session_scope(config.database_url) as session:
-            return lifecycle.claim(session, job_id, worker, pid, config.lease_s, config.max_attempts, holder_alive)
+            return lifecycle.claim(session, job_id, worker, os.getpid(), config.lease_s, config.max_attempts,
+                                   holder_alive(worker))
     except lifecycle.StaleJob:
         log.info("job %s: another worker claimed it first", job_id)
         return None

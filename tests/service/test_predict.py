@@ -551,16 +551,16 @@ def test_upload_removed_when_job_is_cancelled(service_config, model: dict) -> No
     # Cancelled while queued: the worker that receives its message removes the upload.
     folder, (queued,) = _upload_with_jobs(service_config, model, 1)
     _cancel(service_config, queued)
-    start_predict_job(queued, "test", dispatch=lambda chunks: None, config=service_config)
+    start_predict_job(queued, "test", send=lambda indexes: None, config=service_config)
     assert not folder.exists()
 
-    # Cancelled while running: the chunk that sees the request ends the job and removes the upload.
+    # Cancelled while running: the job ends at once; the chunk that arrives next stores nothing, removes the upload.
     folder, (running,) = _upload_with_jobs(service_config, model, 1)
-    dispatched: list[list[str]] = []
-    start_predict_job(running, "test", dispatch=dispatched.extend, config=service_config)
-    assert dispatched == [["one.jpg"]] and folder.is_dir()
+    sent: list[int] = []
+    start_predict_job(running, "test", send=sent.extend, config=service_config)
+    assert sent == [0] and folder.is_dir()
     _cancel(service_config, running)
-    assert run_predict_chunk(running, 0, dispatched[0], "test", config=service_config)["skipped"]
     with session_scope(service_config.database_url) as session:
         assert session.get(Job, running).status == lifecycle.CANCELLED
+    assert run_predict_chunk(running, 0, "test", config=service_config)["skipped"]
     assert not folder.exists()

@@ -11,7 +11,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 32
 UNKNOWN = "unknown"
 Row = dict[str, Any]
+
+
+class Stopped(Exception):
+    """should_stop() asked predict_files to stop between batches (the job ended or the chunk was taken over)."""
 
 
 @dataclass
@@ -203,10 +207,11 @@ class Predictor:
         return rows
 
     def predict_files(self, files: Sequence[tuple[str, Path]], top_k: int = 1, threshold: float | None = None,
-                      roots: Sequence[Path] | None = None) -> list[Row]:
+                      roots: Sequence[Path] | None = None, should_stop: Callable[[], bool] | None = None) -> list[Row]:
         """One row per (name, path), in order; the next batch decodes on a thread pool while this one runs.
 
-        With roots set, a file whose real path lies outside them is not read (error row).
+        With roots set, a file whose real path lies outside them is not read (error row). should_stop is asked
+        before each batch; when it says yes, Stopped is raised.
         """
         top_k = max(1, min(top_k, len(self.classes)))
         batches = [files[i : i + self.batch_size] for i in range(0, len(files), self.batch_size)]
@@ -219,6 +224,8 @@ class Predictor:
 
             pending = submit(batches[0]) if batches else []
             for index, batch in enumerate(batches):
+                if should_stop is not None and should_stop():
+                    raise Stopped(f"stopped before batch {index + 1} of {len(batches)}")
                 decoded = [future.result() for future in pending]
                 pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
                 rows.extend(self._rows([name for name, _ in batch], decoded, top_k, threshold))
