@@ -163,7 +163,8 @@ def sweep_chunks(session: Session, max_attempts: int) -> list[tuple[str, int]]:
             continue
         if _cas(session, chunk, PredictChunk.lease_expires_at < now, status=PENDING, lease_expires_at=None, error=lost):
             session.commit()
-            log.warning("predict job %s: chunk %d: %s; sent again", chunk.job_id, chunk.index, lost)
+            log.warning("predict job %s: chunk %d: %s; sent again", chunk.job_id, chunk.index, lost,
+                        extra={"job_id": chunk.job_id})
             resend.append((chunk.job_id, chunk.index))
         else:
             session.rollback()  # its holder renewed or finished it, or another sweeper got there first

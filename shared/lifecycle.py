@@ -93,7 +93,8 @@ def transition(session: Session, job: Job, target: str, message: str | None = No
     session.add(JobEvent(job_id=job.id, from_status=previous, to_status=target, message=message))
     if target in FINISHED:
         record_delivery(session, job, now)  # the callback's outbox row commits (or not) with the final status
-    log.info("job %s: %s -> %s%s", job.id, previous, target, f" ({message})" if message else "")
+    log.info("job %s: %s -> %s%s", job.id, previous, target, f" ({message})" if message else "",
+             extra={"job_id": job.id})  # the API and the sweeper log this outside any job's own context
     return job
 
 

@@ -16,6 +16,7 @@ JOB_ID: ContextVar[str | None] = ContextVar("graft_job_id", default=None)
 MAX_LINES_PER_JOB = 2000  # per job and process: a chatty job cannot fill the database
 MAX_MESSAGE_CHARS = 4000
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(job_tag)s: %(message)s"
+STATE_CHANGES = "graft.shared.lifecycle"  # its lines repeat the job's events, which the API already serves
 
 
 @contextmanager
@@ -74,7 +75,8 @@ class JobLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Write the record as a row when it is about a job."""
         job_id = getattr(record, "job_id", None)  # stamped by JobIdFilter in the thread that logged it
-        if not job_id or not record.name.startswith("graft") or getattr(self._busy, "on", False):
+        if (not job_id or not record.name.startswith("graft") or record.name == STATE_CHANGES
+                or getattr(self._busy, "on", False)):
             return
         count = self._counts.get(job_id, 0)
         if count >= MAX_LINES_PER_JOB:

@@ -75,12 +75,13 @@ def sweep_forever(config: Config, stop: threading.Event) -> None:
             with session_scope(config.database_url) as session:
                 requeued = sweep_expired(session, config.max_attempts)
             for job_id, kind in requeued:
-                log.warning("job %s: lease expired, re-queued", job_id)
+                log.warning("job %s: lease expired, re-queued", job_id, extra={"job_id": job_id})
                 send[kind](app, job_id)
             with session_scope(config.database_url) as session:
                 stale = resend_stale_queued(session, config.requeue_s)
             for job_id, kind in stale:
-                log.warning("job %s: queued for %d s with no taker, message sent again", job_id, config.requeue_s)
+                log.warning("job %s: queued for %d s with no taker, message sent again", job_id, config.requeue_s,
+                            extra={"job_id": job_id})
                 send[kind](app, job_id)
             with session_scope(config.database_url) as session:
                 lost = sweep_chunks(session, config.max_attempts) + resend_stalled(session, config.requeue_s)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
 import time
 from typing import Any
 
@@ -13,7 +12,7 @@ from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, TrainedModel, new_id
 from graft.shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots
-from graft.worker.lease import holder_alive
+from graft.worker.lease import Heartbeat, beat_interval, holder_alive
 
 log = logging.getLogger(__name__)
 
@@ -27,30 +26,24 @@ class Lease:
         self.config, self.job_id = config, job.id
         self.worker, self.pid, self.attempt = job.worker, job.worker_pid, job.attempts
         self.lost = self.cancelled = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{job.id[:8]}", daemon=True)
         self._last_progress = 0.0
+        self._heartbeat = Heartbeat(self._renew, beat_interval(config.lease_s), f"job {job.id}")
 
     def __enter__(self) -> "Lease":
-        self._thread.start()
+        self._heartbeat.__enter__()
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def __exit__(self, *exc: object) -> None:
+        self._heartbeat.__exit__(*exc)
 
-    def _beat(self) -> None:
-        # Renew well before expiry; the same round trip tells us whether a cancel was asked for.
-        interval = min(2.0, self.config.lease_s / 4)
-        while not self._stop.wait(interval):
-            try:
-                with session_scope(self.config.database_url) as session:
-                    held, cancel = lifecycle.renew_lease(session, self.job_id, self.worker, self.pid, self.attempt,
-                                                  self.config.lease_s)
-            except Exception:  # noqa: BLE001 - a database hiccup: try again next beat, the lease has slack
-                log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
-                continue
-            self.lost, self.cancelled = self.lost or not held, self.cancelled or cancel
+    def _renew(self) -> bool:
+        # The same round trip tells us whether a cancel was asked for. A cancelled job keeps its lease until the
+        # core stops at its next batch and records "cancelled"; a lost one stops renewing.
+        with session_scope(self.config.database_url) as session:
+            held, cancel = lifecycle.renew_lease(session, self.job_id, self.worker, self.pid, self.attempt,
+                                                 self.config.lease_s)
+        self.lost, self.cancelled = self.lost or not held, self.cancelled or cancel
+        return not self.lost
 
     def should_stop(self) -> bool:
         """True once the job was cancelled or taken from us."""

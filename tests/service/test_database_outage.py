@@ -62,8 +62,8 @@ def test_postgres_restart_during_training_does_not_fail_the_job(postgres_url: st
         finally:
             _pg_ctl("start")
         job = wait_for_job(client, job_id, timeout=180)
-        log = worker.log_tail(20000)
-        assert job["status"] == "succeeded" and job["attempts"] == 1, (job, log)
+        log = worker.log_path.read_text(errors="replace")  # whole: the outage's tracebacks are long
+        assert job["status"] == "succeeded" and job["attempts"] == 1, (job, log[-6000:])
         assert [h["epoch"] for h in job["metrics"]["history"]] == [1, 2, 3, 4]
         assert "lease renewal failed" in log or "database unreachable" in log  # the outage really reached it
     finally:
