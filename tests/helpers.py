@@ -97,6 +97,22 @@ def model_file(artifacts_dir: Path, model_id: str) -> Path:
     return Path(artifacts_dir) / "models" / model_id / "model.pt"  # shared.storage.model_dir + checkpoint.MODEL_NAME
 
 
+def private_env(service_env: dict[str, str], base: Path, queue_prefix: str, **overrides: str) -> dict[str, str]:
+    """The session's settings with a database (SQLite under base) and queue of one test module's own."""
+    return {**service_env, "GRAFT_DATABASE_URL": f"sqlite:///{base / 'graft.db'}",
+            "GRAFT_QUEUE": f"{queue_prefix}-{uuid.uuid4().hex[:6]}", **overrides}
+
+
+def api_client(env: dict[str, str]):  # noqa: ANN201 - a FlaskClient
+    """A test client of an app built from env (its database is upgraded at start), sending the bearer token."""
+    from graft.api import create_app
+    from graft.shared.config import Config
+
+    client = create_app(Config.from_env(env)).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return client
+
+
 def wait_for_job(client, job_id: str, timeout: float = 300) -> dict:  # noqa: ANN001
     """Poll the API until the job is finished."""
     deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from graft.shared import chunks, lifecycle
+from graft.shared import chunks
 from graft.shared.config import Config
 from graft.shared.db import session_scope
 from graft.shared.models import Job, TrainedModel

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from graft.cli.sampledata import make_shapes_dataset
-from graft.shared.config import Config
-from tests.helpers import TOKEN, WorkerProcess, wait_for_job
+from tests.helpers import WorkerProcess, api_client, wait_for_job
 
 
 def _local_cluster() -> list[str] | None:
@@ -38,13 +37,10 @@ def _pg_ctl(action: str) -> None:
 
 def test_postgres_restart_during_training_does_not_fail_the_job(postgres_url: str, service_env: dict[str, str],
                                                                  data_root: Path, tmp_path: Path) -> None:
-    from graft.api import create_app
-
     env = {**service_env, "GRAFT_DATABASE_URL": postgres_url, "GRAFT_QUEUE": f"graft-pg-{uuid.uuid4().hex[:6]}",
            "GRAFT_LEASE_SECONDS": "30"}
     dataset = make_shapes_dataset(data_root / "pg-outage", per_class=30, size=96)
-    client = create_app(Config.from_env(env)).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    client = api_client(env)
     worker = WorkerProcess(env, f"pg-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log")
     try:
         worker.wait_ready()

@@ -12,8 +12,7 @@ from typing import Iterator
 import pytest
 
 from graft.cli.sampledata import make_shapes_dataset
-from graft.shared.config import Config
-from tests.helpers import TOKEN, WorkerProcess, wait_for_job
+from tests.helpers import WorkerProcess, api_client, wait_for_job
 
 SIZE_MB = 8  # far less than a ResNet-18 checkpoint (~90 MB with its optimizer state)
 
@@ -37,13 +36,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_full_disk_fails_the_job_cleanly_and_refuses_uploads(small_disk: Path, service_env: dict[str, str],
                                                              data_root: Path, tmp_path: Path) -> None:
-    from graft.api import create_app
-
     env = {**service_env, "GRAFT_ARTIFACTS_DIR": str(small_disk / "artifacts"),
            "GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'graft.db'}", "GRAFT_QUEUE": f"graft-disk-{uuid.uuid4().hex[:6]}",
            "GRAFT_MIN_FREE_MB": "1"}
-    client = create_app(Config.from_env(env)).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    client = api_client(env)
     data = make_shapes_dataset(data_root / "disk-full", per_class=6, size=64)
     worker = WorkerProcess(env, f"disk-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log")
     try:

@@ -13,13 +13,13 @@ from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from graft.shared import lifecycle
 from graft.shared.config import Config
 from graft.shared.db import session_scope
 from graft.shared.models import Job, PredictChunk, PredictionResult, TrainedModel
-from tests.helpers import TOKEN, WorkerProcess, wait_for_job
+from tests.helpers import WorkerProcess, api_client, private_env, wait_for_job
 
 # Short leases so recovery takes seconds; the same as test_resilience's.
 FAST_RECOVERY = {"GRAFT_LEASE_SECONDS": "4", "GRAFT_SWEEP_SECONDS": "1", "GRAFT_MAX_ATTEMPTS": "3",
@@ -32,9 +32,7 @@ T = TypeVar("T")
 @pytest.fixture(scope="module")
 def env(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A private database and queue with short leases."""
-    base = tmp_path_factory.mktemp("predict-recovery")
-    return {**service_env, **FAST_RECOVERY, "GRAFT_DATABASE_URL": f"sqlite:///{base / 'graft.db'}",
-            "GRAFT_QUEUE": f"graft-prec-{uuid.uuid4().hex[:6]}"}
+    return private_env(service_env, tmp_path_factory.mktemp("predict-recovery"), "graft-prec", **FAST_RECOVERY)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +44,7 @@ def url(env: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def api(env: dict[str, str]):  # noqa: ANN201
     """An API client on the private database and queue."""
-    from graft.api import create_app
-
-    client = create_app(Config.from_env(env)).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
-    return client
+    return api_client(env)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from graft.shared.config import Config
 from graft.shared.db import session_scope
 from graft.shared.models import Job
 from graft.shared.queue import enqueue_train, make_celery, redis_ping
-from tests.helpers import TOKEN, WorkerProcess, wait_for_job
+from tests.helpers import WorkerProcess, api_client, private_env, wait_for_job
 
 FAST_RECOVERY = {"GRAFT_LEASE_SECONDS": "4", "GRAFT_SWEEP_SECONDS": "1", "GRAFT_MAX_ATTEMPTS": "3",
                  "GRAFT_REQUEUE_SECONDS": "3"}
@@ -29,19 +29,13 @@ JOB = {"backbone": "resnet18", "pretrained": False, "image_size": 96, "batch_siz
 @pytest.fixture(scope="module")
 def env(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A private database and queue with short leases, so recovery happens within seconds."""
-    base = tmp_path_factory.mktemp("resilience")
-    return {**service_env, **FAST_RECOVERY, "GRAFT_DATABASE_URL": f"sqlite:///{base / 'graft.db'}",
-            "GRAFT_QUEUE": f"graft-res-{uuid.uuid4().hex[:6]}"}
+    return private_env(service_env, tmp_path_factory.mktemp("resilience"), "graft-res", **FAST_RECOVERY)
 
 
 @pytest.fixture(scope="module")
 def rclient(env: dict[str, str]):  # noqa: ANN201
     """An API client on the private database and queue."""
-    from graft.api import create_app
-
-    client = create_app(Config.from_env(env)).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
-    return client
+    return api_client(env)
 
 
 @pytest.fixture(scope="module")
@@ -150,11 +144,8 @@ def test_job_that_kills_its_worker_every_time_fails_after_max_attempts(
 
 
 def test_cancel_queued_running_and_finished(rclient, workers, dataset: Path, env: dict[str, str]) -> None:  # noqa: ANN001
-    from graft.api import create_app
-
     # Queued: recorded on a queue no worker listens to, cancelled, then delivered to a worker anyway.
-    idle = create_app(Config.from_env({**env, "GRAFT_QUEUE": "nobody-listens"})).test_client()
-    idle.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    idle = api_client({**env, "GRAFT_QUEUE": "nobody-listens"})
     queued_id = _submit(idle, dataset, epochs=1)
     response = rclient.post(f"/api/v1/jobs/{queued_id}/cancel")
     assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
@@ -218,11 +209,8 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 def test_redis_restart_mid_job_loses_nothing(env: dict[str, str], dataset: Path, tmp_path: Path,
                                              private_redis: PrivateRedis) -> None:
-    from graft.api import create_app
-
     own = {**env, "GRAFT_REDIS_URL": private_redis.url}
-    client = create_app(Config.from_env(own)).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    client = api_client(own)
     (worker,) = start_workers(own, tmp_path, 1)
     try:
         job_id = _submit(client, dataset, epochs=3)
@@ -251,11 +239,8 @@ def test_flushall_while_jobs_are_queued_loses_nothing(env: dict[str, str], datas
                                                       private_redis: PrivateRedis) -> None:
     import redis
 
-    from graft.api import create_app
-
     own = {**env, "GRAFT_REDIS_URL": private_redis.url}
-    client = create_app(Config.from_env(own)).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    client = api_client(own)
     ids = [_submit(client, dataset, epochs=1, image_size=64) for _ in range(2)]  # no worker runs yet
     broker = redis.Redis.from_url(private_redis.url)
     train_queue = f"{own['GRAFT_QUEUE']}.train"
