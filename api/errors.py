@@ -23,9 +23,10 @@ REQUIRED = "missing required field"
 class APIError(Exception):
     """An error answered as a problem with status and optional extra fields."""
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:  # noqa: ANN401
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:  # noqa: ANN401
         super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
+        self.status, self.message, self.extra, self.headers = status, message, extra, headers or {}
 
 
 def _title(status: int) -> str:
@@ -82,7 +83,9 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(APIError)
     def _api_error(exc: APIError) -> Response:
-        return error_response(exc.status, exc.message, **exc.extra)
+        response = error_response(exc.status, exc.message, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

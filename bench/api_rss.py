@@ -77,7 +77,8 @@ def main() -> int:
         base = Path(tmp)
         (base / "data").mkdir()
         env = {**os.environ, "GRAFT_VAR_DIR": str(base), "GRAFT_DATA_ROOTS": str(base / "data"),
-               "GRAFT_API_TOKENS": TOKEN, "GRAFT_QUEUE": f"graft-bench-{uuid.uuid4().hex[:6]}"}
+               "GRAFT_API_TOKENS": TOKEN, "GRAFT_QUEUE": f"graft-bench-{uuid.uuid4().hex[:6]}",
+               "GRAFT_DB_AUTO_UPGRADE": "1"}  # a throw-away database: the API makes its tables at start
         port = _free_port()
         proc = subprocess.Popen([sys.executable, "-m", "graft.cli.main", "api", "--port", str(port)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

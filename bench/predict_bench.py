@@ -120,8 +120,10 @@ def run_job(env: dict[str, str], model_path: Path, folder: Path, n: int, chunk_s
     from graft.shared.config import Config
     from graft.shared.db import session_scope
     from graft.shared.models import TrainedModel
+    from graft.shared.schema import upgrade
 
     config = Config.from_env(env)
+    upgrade(config.database_url)  # a fresh database: the tables, as `graft db upgrade` makes them
     model_id = uuid.uuid4().hex
     with session_scope(config.database_url) as session:
         owner = lifecycle.create_job(session, "train", {"bench": True})
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "GRAFT_VAR_DIR": str(base), "GRAFT_DATABASE_URL": f"sqlite:///{base / 'bench.db'}",
             "GRAFT_ARTIFACTS_DIR": str(base / "artifacts"), "GRAFT_DATA_ROOTS": str(base / "data"),
             "GRAFT_QUEUE": f"graft-bench-{uuid.uuid4().hex[:8]}", "GRAFT_API_TOKENS": "",
+            "GRAFT_INSECURE_NO_AUTH": "1",  # an in-process test client on a throw-away database: nothing to guard
             "GRAFT_REDIS_URL": os.environ.get("GRAFT_REDIS_URL", "redis://127.0.0.1:6379/0"),
         }
         print(f"images: {args.n} ({'from ' + str(args.images) if args.images else f'generated {args.width}x{args.height}'}),"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -14,6 +13,7 @@ from graft.cli.db import add_parser as add_db_parser
 from graft.cli.db import run_db, schema_ready
 from graft.cli.resources import add_parsers as add_resource_parsers
 from graft.cli.resources import emit, run_jobs, run_models, wait_for
+from graft.cli.serve import cmd_api
 from graft.client import AuthError, BadRequest, Client, Conflict, GraftError, NotFound, Unavailable
 from graft.shared.config import ConfigError, get_config
 from graft.shared.logs import configure_logging
@@ -24,21 +24,6 @@ from graft.shared.queue import QUEUE_KINDS, queue_name
 def _client(args: argparse.Namespace) -> Client:
     config = get_config()
     return Client(args.url or config.url, args.token or config.token)
-
-
-def cmd_api(args: argparse.Namespace) -> int:
-    """Serve the Flask app under waitress."""
-    from waitress import serve
-
-    from graft.api import create_app
-
-    if not schema_ready(get_config()):
-        return 1
-    logging.getLogger("waitress").setLevel(logging.INFO)
-    # waitress buffers a whole body before the app runs: stop it a little past the app's own (JSON 413) limit.
-    body_limit = (get_config().max_body_mb + 16) * 1024 * 1024
-    serve(create_app(), host=args.host, port=args.port, threads=args.threads, max_request_body_size=body_limit)
-    return 0
 
 
 def worker_queues(kinds: str) -> list[str]:
@@ -210,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="serve with no token at all (local development, loopback --host only; loudly logged)")
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("worker", help="start a Celery worker")

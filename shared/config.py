@@ -51,6 +51,20 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {env.get(name)!r}")
 
 
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """name's value, or the contents of the file named by name_FILE (Docker and Kubernetes secrets); "" if neither."""
+    value = env.get(name, "")
+    path = env.get(f"{name}_FILE", "").strip()
+    if not path:
+        return value
+    if value:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+
+
 LOOPBACK = ("127.0.0.0/8", "::1")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
@@ -74,6 +88,7 @@ class Config:
     database_url: str = "sqlite:///var/graft.db"
     # Off: the API and workers refuse a schema that is behind (`graft db upgrade` first). On: they upgrade it at start.
     db_auto_upgrade: bool = False
+    insecure_no_auth: bool = False  # no token needed at all: local development on loopback only (`graft api` checks)
     redis_url: str = "redis://127.0.0.1:6379/0"
     artifacts_dir: Path = Path("var/artifacts")
     data_roots: tuple[Path, ...] = ()
@@ -112,12 +127,13 @@ class Config:
         var = Path(env.get("GRAFT_VAR_DIR", "var"))
         weights = env.get("GRAFT_RESNET18_WEIGHTS", "").strip()
         return cls(
-            database_url=env.get("GRAFT_DATABASE_URL") or f"sqlite:///{(var / 'graft.db').absolute()}",
+            database_url=_secret(env, "GRAFT_DATABASE_URL") or f"sqlite:///{(var / 'graft.db').absolute()}",
             db_auto_upgrade=_flag(env, "GRAFT_DB_AUTO_UPGRADE", cls.db_auto_upgrade),
-            redis_url=env.get("GRAFT_REDIS_URL") or cls.redis_url,
+            insecure_no_auth=_flag(env, "GRAFT_INSECURE_NO_AUTH", cls.insecure_no_auth),
+            redis_url=_secret(env, "GRAFT_REDIS_URL") or cls.redis_url,
             artifacts_dir=Path(env.get("GRAFT_ARTIFACTS_DIR") or var / "artifacts").absolute(),
             data_roots=tuple(Path(p).expanduser().resolve() for p in _split(env.get("GRAFT_DATA_ROOTS", ""), ":")),
-            api_tokens=_split(env.get("GRAFT_API_TOKENS", ""), ","),
+            api_tokens=_split(_secret(env, "GRAFT_API_TOKENS").replace("\n", ","), ","),
             resnet18_weights=Path(weights).expanduser().absolute() if weights else None,
             queue=env.get("GRAFT_QUEUE") or cls.queue,
             visibility_timeout_s=_int(env, "GRAFT_VISIBILITY_TIMEOUT", cls.visibility_timeout_s, 60),
@@ -133,7 +149,7 @@ class Config:
             sync_predict_wait_s=_int(env, "GRAFT_SYNC_PREDICT_WAIT_SECONDS", cls.sync_predict_wait_s, 1),
             url=(env.get("GRAFT_URL") or cls.url).rstrip("/"),
             token=env.get("GRAFT_TOKEN") or None,
-            webhook_secret=env.get("GRAFT_WEBHOOK_SECRET") or None,
+            webhook_secret=_secret(env, "GRAFT_WEBHOOK_SECRET") or None,
             webhook_allow=_allow_list(env),
             webhook_max_s=_int(env, "GRAFT_WEBHOOK_MAX_SECONDS", cls.webhook_max_s, 0),
             webhook_backoff_s=_int(env, "GRAFT_WEBHOOK_BACKOFF_SECONDS", cls.webhook_backoff_s, 1),

@@ -136,15 +136,17 @@ def wait_for_dataset(client, dataset_id: str, timeout: float = 120) -> dict:  # 
 
 
 @contextmanager
-def api_process(env: dict[str, str], timeout: float = 30) -> Iterator[tuple[str, subprocess.Popen]]:
+def api_process(env: dict[str, str], timeout: float = 30, args: tuple[str, ...] = (),
+                log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real `graft api` process on a free port, healthy; yields (base URL, process) and stops it on exit."""
     import requests
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "graft.cli.main", "api", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "graft.cli.main", "api", "--port", str(port), *args], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -160,6 +162,8 @@ def api_process(env: dict[str, str], timeout: float = 30) -> Iterator[tuple[str,
     finally:
         proc.terminate()
         proc.wait(10)
+        if log:
+            out.close()
 
 
 class Receiver:

@@ -51,9 +51,12 @@ def test_create_app_with_a_config(tmp_path: Path, redis_url: str) -> None:
     app = create_app(config)
     try:
         assert app.config["GRAFT"] is config
-        assert app.test_client().get("/api/v1/jobs").status_code == 200  # no tokens configured: open
+        assert app.test_client().get("/api/v1/jobs").status_code == 401  # no tokens configured: closed
+        opened = create_app(config.replace(insecure_no_auth=True))  # the explicit opt-out
+        assert opened.test_client().get("/api/v1/jobs").status_code == 200
         second = create_app(config.replace(api_tokens=["x"]))  # a second app in one process keeps its own auth
         assert second.test_client().get("/api/v1/jobs").status_code == 401
-        assert app.test_client().get("/api/v1/jobs").status_code == 200
+        assert second.test_client().get("/api/v1/jobs", headers={"Authorization": "Bearer x"}).status_code == 200
+        assert opened.test_client().get("/api/v1/jobs").status_code == 200
     finally:
         get_engine(config.database_url).dispose()

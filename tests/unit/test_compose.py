@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 GRAFT = ("api", "worker", "worker-interactive")
 WORKERS = ("worker", "worker-interactive")
-DB_URL = "postgresql+psycopg://graft:graft@postgres:5432/graft"
+DB_URL = "postgresql+psycopg://graft:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}@postgres:5432/graft"
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +76,14 @@ def test_environment(compose: dict[str, Any]) -> None:
         env = services[name]["environment"]
         assert env["GRAFT_DATABASE_URL"] == DB_URL
         assert env["GRAFT_REDIS_URL"] == "redis://redis:6379/0"
-    assert services["api"]["environment"]["GRAFT_API_TOKENS"] == "${GRAFT_API_TOKENS:-change-me}"
+    # No default secret: ${VAR:?message} makes compose refuse to start while one is unset.
+    assert services["api"]["environment"]["GRAFT_API_TOKENS"].startswith("${GRAFT_API_TOKENS:?")
     for name in WORKERS:
         assert "GRAFT_API_TOKENS" not in services[name]["environment"]  # workers serve no HTTP
     pg = services["postgres"]["environment"]
-    assert f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}" in DB_URL
+    assert pg["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert f"{pg['POSTGRES_USER']}:${{POSTGRES_PASSWORD:?" in DB_URL and f"/{pg['POSTGRES_DB']}" in DB_URL
+    assert "change-me" not in COMPOSE.read_text()
 
 
 def test_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
@@ -161,6 +164,7 @@ def test_docker_compose_config_accepts_the_file() -> None:
     if not _compose_plugin():
         pytest.skip("the docker compose plugin is not installed here: structure checked with PyYAML only")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    env.update(GRAFT_API_TOKENS="t", POSTGRES_PASSWORD="p")  # the two secrets it refuses to start without
     result = subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=60,

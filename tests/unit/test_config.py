@@ -120,3 +120,16 @@ def test_replace_converts_and_copies(tmp_path: Path) -> None:
         config.replace(colour="blue")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.queue = "other"  # type: ignore[misc]
+
+
+def test_secrets_can_come_from_files(tmp_path: Path) -> None:
+    tokens, db = tmp_path / "tokens", tmp_path / "db"
+    tokens.write_text("a\nb, c\n")
+    db.write_text("postgresql+psycopg://graft:s3cret@db/graft\n")
+    config = Config.from_env({"GRAFT_API_TOKENS_FILE": str(tokens), "GRAFT_DATABASE_URL_FILE": str(db)})
+    assert config.api_tokens == ("a", "b", "c") and config.database_url == "postgresql+psycopg://graft:s3cret@db/graft"
+    with pytest.raises(ConfigError, match="not both"):
+        Config.from_env({"GRAFT_API_TOKENS": "x", "GRAFT_API_TOKENS_FILE": str(tokens)})
+    with pytest.raises(ConfigError, match="GRAFT_WEBHOOK_SECRET_FILE: cannot read"):
+        Config.from_env({"GRAFT_WEBHOOK_SECRET_FILE": str(tmp_path / "missing")})
+    assert not Config.from_env({}).insecure_no_auth and Config.from_env({"GRAFT_INSECURE_NO_AUTH": "1"}).insecure_no_auth

@@ -199,7 +199,8 @@ def test_the_api_refuses_a_schema_that_is_behind(tmp_path: Path) -> None:
 def test_graft_api_and_graft_worker_refuse_to_start_on_a_schema_that_is_behind(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'graft.db'}"
     _previous_release(url)
-    env = {**os.environ, "GRAFT_DATABASE_URL": url, "GRAFT_REDIS_URL": "redis://127.0.0.1:1/0"}  # never reached
+    env = {**os.environ, "GRAFT_DATABASE_URL": url, "GRAFT_REDIS_URL": "redis://127.0.0.1:1/0",  # never reached
+           "GRAFT_API_TOKENS": "t"}
     for argv in (["api", "--port", "1"], ["worker", "--name", "never"]):
         done = subprocess.run([sys.executable, "-m", "graft.cli.main", *argv], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=60)

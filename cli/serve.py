@@ -1,0 +1,52 @@
+"""`graft api`: serve the HTTP API, closed by default (an open API only by an explicit opt-out, on loopback)."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+
+from graft.cli.db import schema_ready
+from graft.shared.config import Config, get_config
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Serve the Flask app under waitress."""
+    from waitress import serve
+
+    from graft.api import create_app
+
+    config = get_config()
+    if args.insecure_no_auth:
+        config = config.replace(insecure_no_auth=True)
+    refusal = open_api_refusal(config, args.host)
+    if refusal:
+        print(f"graft api: {refusal}", file=sys.stderr)
+        return 2
+    if not schema_ready(config):
+        return 1
+    if not config.api_tokens:
+        logging.getLogger(__name__).warning(
+            "NO AUTHENTICATION: GRAFT_INSECURE_NO_AUTH is on and no token is set, so anyone who can reach "
+            "http://%s:%d can train, predict and delete. For local development only.", args.host, args.port)
+    logging.getLogger("waitress").setLevel(logging.INFO)
+    # waitress buffers a whole body before the app runs: stop it a little past the app's own (JSON 413) limit.
+    body_limit = (config.max_body_mb + 16) * 1024 * 1024
+    serve(create_app(config), host=args.host, port=args.port, threads=args.threads, max_request_body_size=body_limit)
+    return 0
+
+
+def open_api_refusal(config: Config, host: str) -> str | None:
+    """Why `graft api` must not start as configured (no credential, or an open API off loopback), or None."""
+    if config.api_tokens:
+        return None
+    if not config.insecure_no_auth:
+        return ("no credential configured: set GRAFT_API_TOKENS (or GRAFT_API_TOKENS_FILE). For local development "
+                "only, --insecure-no-auth (GRAFT_INSECURE_NO_AUTH=1) serves without one, on a loopback --host")
+    try:
+        loopback = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return f"--insecure-no-auth serves only on a loopback address (127.0.0.1, ::1, localhost), not on {host!r}"
+    return None
