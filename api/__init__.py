@@ -7,7 +7,9 @@ from typing import Any
 
 from flask import Flask
 
-from graft.api import datasets, errors, health, jobs, metrics, models, predict_jobs, predict_now, results, uploads
+from graft.api import (
+    datasets, errors, health, jobs, metrics, models, predict_jobs, predict_now, ratelimit, results, uploads,
+)
 from graft.api.auth import require_token
 from graft.api.disk import refuse_uploads_when_disk_is_nearly_full
 from graft.api.openapi import make_api
@@ -40,13 +42,16 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
     api = make_api(app)  # the OpenAPI document (no token: it holds no data) and /docs
     errors.register(app)
+    failed_auth = ratelimit.guard(ratelimit.install(app, config), config)
     api.register_blueprint(health.bp)
     for module in (jobs, models, uploads, predict_jobs, results, predict_now, datasets):
         # Token check on the app, not on the shared blueprint object: create_app can run more than once.
         app.before_request_funcs.setdefault(module.bp.name, []).extend(
             [require_token, refuse_uploads_when_disk_is_nearly_full])  # in this order: no disk news for strangers
+        failed_auth(module.bp)  # recorded in this app's limiter, by blueprint name
         api.register_blueprint(module.bp, url_prefix="/api/v1")
     app.before_request_funcs.setdefault(metrics.bp.name, []).append(require_token)
+    failed_auth(metrics.bp)
     api.register_blueprint(metrics.bp)
     app.teardown_appcontext(_close_session)
     return app

@@ -62,7 +62,10 @@ class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
 
     def problems(self, *codes: int) -> Callable[[Callable], Callable]:
-        """Document that the view may answer each of codes with a problem."""
+        """Document that the view may answer each of codes with a problem (where 401, also 429: api.ratelimit)."""
+        if 401 in codes:
+            codes = (*codes, 429)
+
         def decorate(func: Callable) -> Callable:
             return reduce(lambda f, code: self.alt_response(code, response=HTTPStatus(code).name)(f), codes, func)
         return decorate

@@ -51,6 +51,14 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {env.get(name)!r}")
 
 
+def _rate(env: Mapping[str, str], name: str, default: str) -> str:
+    """A rate in the limits library's notation ("30/minute", "100 per hour")."""
+    value = (env.get(name) or default).strip()
+    if not re.fullmatch(r"\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?", value):
+        raise ConfigError(f"{name} must be a rate such as 30/minute, got {value!r}")
+    return value
+
+
 def _secret(env: Mapping[str, str], name: str) -> str:
     """name's value, or the contents of the file named by name_FILE (Docker and Kubernetes secrets); "" if neither."""
     value = env.get(name, "")
@@ -89,6 +97,7 @@ class Config:
     # Off: the API and workers refuse a schema that is behind (`graft db upgrade` first). On: they upgrade it at start.
     db_auto_upgrade: bool = False
     insecure_no_auth: bool = False  # no token needed at all: local development on loopback only (`graft api` checks)
+    auth_fail_limit: str = "30/minute"  # failed authentications per client address before 429 (limits' notation)
     redis_url: str = "redis://127.0.0.1:6379/0"
     artifacts_dir: Path = Path("var/artifacts")
     data_roots: tuple[Path, ...] = ()
@@ -130,6 +139,7 @@ class Config:
             database_url=_secret(env, "GRAFT_DATABASE_URL") or f"sqlite:///{(var / 'graft.db').absolute()}",
             db_auto_upgrade=_flag(env, "GRAFT_DB_AUTO_UPGRADE", cls.db_auto_upgrade),
             insecure_no_auth=_flag(env, "GRAFT_INSECURE_NO_AUTH", cls.insecure_no_auth),
+            auth_fail_limit=_rate(env, "GRAFT_AUTH_FAIL_LIMIT", cls.auth_fail_limit),
             redis_url=_secret(env, "GRAFT_REDIS_URL") or cls.redis_url,
             artifacts_dir=Path(env.get("GRAFT_ARTIFACTS_DIR") or var / "artifacts").absolute(),
             data_roots=tuple(Path(p).expanduser().resolve() for p in _split(env.get("GRAFT_DATA_ROOTS", ""), ":")),

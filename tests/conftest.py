@@ -95,6 +95,8 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> dic
         "GRAFT_WEBHOOK_BACKOFF_SECONDS": "1",  # a failed callback is retried within seconds, not minutes
         # Some tests record queued jobs no worker is meant to take; the reconciler's own test shortens this.
         "GRAFT_REQUEUE_SECONDS": "3600",
+        # Tests send wrong tokens on purpose, from one address; the limit's own test sets a small one.
+        "GRAFT_AUTH_FAIL_LIMIT": "10000/minute",
     }
 
 

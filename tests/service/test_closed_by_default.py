@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,28 @@ def test_401_carries_a_bearer_challenge_and_tokens_come_from_a_file(service_env:
         for token in ("first-token", "second-token"):
             ok = requests.get(f"{url}/api/v1/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=5)
             assert ok.status_code == 200, ok.text
+
+
+def test_repeated_failed_authentications_are_refused_with_429(service_env: dict[str, str]) -> None:
+    import redis
+
+    queue = f"graft-auth-{uuid.uuid4().hex[:6]}"  # the limiter's Redis keys are this server's own
+    env = {**service_env, "GRAFT_AUTH_FAIL_LIMIT": "3/minute", "GRAFT_QUEUE": queue}
+    good = {"Authorization": f"Bearer {service_env['GRAFT_API_TOKENS']}"}
+    try:
+        with api_process(env) as (url, _proc):
+            for _ in range(5):  # a client that authenticates is never counted
+                assert requests.get(f"{url}/api/v1/jobs", headers=good, timeout=5).status_code == 200
+            bad = {"Authorization": "Bearer guess"}
+            assert [requests.get(f"{url}/api/v1/jobs", headers=bad, timeout=5).status_code for _ in range(3)] == [401] * 3
+            refused = requests.get(f"{url}/api/v1/jobs", headers=bad, timeout=5)
+            assert refused.status_code == 429 and refused.headers["Content-Type"] == "application/problem+json"
+            assert "too many failed authentications" in refused.json()["error"] and "Retry-After" in refused.headers
+            # From that address, even a right token waits for the window: the guesser learns nothing more.
+            assert requests.get(f"{url}/api/v1/jobs", headers=good, timeout=5).status_code == 429
+            assert requests.get(f"{url}/healthz", timeout=5).status_code == 200  # health checks are not limited
+    finally:
+        client = redis.Redis.from_url(service_env["GRAFT_REDIS_URL"])
+        for key in client.scan_iter(f"*graft-auth:{queue}*"):
+            client.delete(key)
+        client.close()
