@@ -26,7 +26,7 @@ def run_inspection(dataset_id: str, config: Config | None = None) -> None:
         root, non_utf8 = Path(dataset.path), (dataset.report or {}).get("non_utf8", [])
     error = None
     try:
-        report = inspect_dataset(root, config.max_image_pixels, non_utf8=non_utf8)
+        report = inspect_dataset(root, config.max_image_pixels, non_utf8=non_utf8, roots=config.train_roots)
     except DatasetError as exc:
         report, error = {"issues": []}, str(exc)
     except Exception as exc:  # noqa: BLE001 - any crash must end the inspection with a readable reason

@@ -127,7 +127,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
             result = fit(
                 data_dir, spec, job_dir(config.artifacts_dir, job_id), model_dir(config.artifacts_dir, model_id),
                 on_progress=lease.progress, should_stop=lease.should_stop, resnet18_weights=config.resnet18_weights,
-                max_pixels=config.max_image_pixels,
+                max_pixels=config.max_image_pixels, roots=config.train_roots,
             )
         except Cancelled:
             if lease.cancelled:

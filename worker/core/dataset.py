@@ -78,31 +78,70 @@ class TrainingData:
     skipped: list[dict[str, str]]
 
 
-def _class_dirs(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not is_junk_name(p.name)}
+OUTSIDE_ROOTS = "outside the data roots (a symlink): not read"
 
 
-def _files(folder: Path) -> list[Path]:
-    """All non-junk files below folder (sorted, so splits are reproducible)."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and not any(is_junk_name(part) for part in p.relative_to(folder).parts)
-    )
+class _Guard:
+    """Which paths resolve (symlinks followed) inside the allowed roots; the others are noted, relative to base."""
+
+    def __init__(self, roots: Sequence[Path] | None, base: Path) -> None:
+        self.roots = None if roots is None else tuple(Path(r).resolve() for r in roots)
+        self.base, self.outside = base, []
+
+    def allows(self, path: Path) -> bool:
+        """True when path may be read; a path that leaves the roots is noted instead."""
+        if self.roots is None:
+            return True
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link or a loop: nothing to read there either
+            real = None
+        if real is not None and any(real.is_relative_to(root) for root in self.roots):
+            return True
+        self.outside.append(path.relative_to(self.base).as_posix() + ("/" if path.is_dir() else ""))
+        return False
 
 
-def find_files(data_dir: Path) -> tuple[list[str], dict[str, list[Path]], dict[str, list[Path]] | None]:
-    """Classes and their files; the second dict is the val split when data_dir has train/ and val/."""
+def _class_dirs(folder: Path, guard: _Guard) -> dict[str, Path]:
+    return {p.name: p for p in sorted(folder.iterdir())
+            if p.is_dir() and not is_junk_name(p.name) and guard.allows(p)}
+
+
+def _files(folder: Path, guard: _Guard) -> list[Path]:
+    """All non-junk files below folder that stay inside the roots (sorted, so splits are reproducible)."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if any(is_junk_name(part) for part in p.relative_to(folder).parts):
+            continue
+        if p.is_symlink() and p.is_dir():  # rglob does not descend into it; say so when it points outside
+            guard.allows(p)
+        elif p.is_file() and guard.allows(p):
+            found.append(p)
+    return found
+
+
+def find_files(data_dir: Path, roots: Sequence[Path] | None = None, outside: list[str] | None = None,
+               ) -> tuple[list[str], dict[str, list[Path]], dict[str, list[Path]] | None]:
+    """Classes and their files; the second dict is the val split when data_dir has train/ and val/.
+
+    With roots, a file or folder whose real path leaves them is left out and its path appended to outside.
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"no such directory: {data_dir}")
-    top = _class_dirs(data_dir)
-    if "train" in top and "val" in top:
-        train = {name: _files(p) for name, p in _class_dirs(top["train"]).items()}
-        val = {name: _files(p) for name, p in _class_dirs(top["val"]).items()}
-        classes = sorted(set(train) | set(val))
-        return classes, {c: train.get(c, []) for c in classes}, {c: val.get(c, []) for c in classes}
-    files = {name: _files(p) for name, p in top.items()}
-    return sorted(files), files, None
+    guard = _Guard(roots, data_dir)
+    try:
+        top = _class_dirs(data_dir, guard)
+        if "train" in top and "val" in top:
+            train = {name: _files(p, guard) for name, p in _class_dirs(top["train"], guard).items()}
+            val = {name: _files(p, guard) for name, p in _class_dirs(top["val"], guard).items()}
+            classes = sorted(set(train) | set(val))
+            return classes, {c: train.get(c, []) for c in classes}, {c: val.get(c, []) for c in classes}
+        files = {name: _files(p, guard) for name, p in top.items()}
+        return sorted(files), files, None
+    finally:
+        if outside is not None:
+            outside.extend(guard.outside)
 
 
 def stratified_split(
@@ -154,11 +193,12 @@ def _decode_split(
 def load_dataset(
     data_dir: str | Path, val_split: float, seed: int, short_side: int,
     max_pixels: int | None = None, on_file: Callable[[int, int], None] | None = None,
-    cache_mb: int = DEFAULT_CACHE_MB,
+    cache_mb: int = DEFAULT_CACHE_MB, roots: Sequence[Path] | None = None,
 ) -> TrainingData:
-    """Scan, split and decode a dataset; unreadable files are skipped and listed, never fatal."""
+    """Scan, split and decode a dataset; unreadable files, and with roots those outside them, are skipped and listed."""
     root = Path(data_dir)
-    classes, train_files, val_files = find_files(root)
+    outside: list[str] = []
+    classes, train_files, val_files = find_files(root, roots, outside)
     if len(classes) < 2:
         raise DatasetError(f"need at least 2 classes (one subfolder each), found {len(classes)}: {classes}")
     if val_files is None:
@@ -172,7 +212,7 @@ def load_dataset(
         if on_file:
             on_file(done, total)
 
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = [{"path": path, "reason": OUTSIDE_ROOTS} for path in outside]
     budget = cache_mb * 2**20
     train = _decode_split(train_files, classes, short_side, root, skipped, max_pixels, tick, budget)
     val = _decode_split(val_files, classes, short_side, root, skipped, max_pixels, tick, budget - train.images.nbytes)

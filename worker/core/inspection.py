@@ -12,7 +12,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -176,10 +176,15 @@ def _duplicate_issues(groups: list[list[tuple[str, str, str]]], layout: str) -> 
 
 def inspect_dataset(
     root: str | Path, max_pixels: int | None, threads: int | None = None, non_utf8: Iterable[str] = (),
+    roots: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
-    """The inspection report for the dataset at root (raises DatasetError when root is not a folder)."""
+    """The inspection report for the dataset at root (raises DatasetError when root is not a folder).
+
+    With roots, files and folders whose real path leaves them (symlinks) are not read and are reported.
+    """
     root = Path(root)
-    classes, train, val = find_files(root)
+    outside: list[str] = []
+    classes, train, val = find_files(root, roots, outside)
     layout = "folders" if val is None else "train_val"
     entries = [("train", c, p) for c in classes for p in train[c]] + \
               [("val", c, p) for c in classes for p in (val or {}).get(c, [])]
@@ -211,6 +216,9 @@ def inspect_dataset(
     if ignored:
         issues.append(_issue("warning", "ignored_files", f"{len(ignored)} file(s) or folder(s) outside the class "
                              "folders are not used", ignored))
+    if outside:
+        issues.append(_issue("warning", "outside_roots", f"{len(outside)} file(s) or folder(s) lead outside the data "
+                             "roots through a symlink; they are not read", sorted(outside)))
     renamed = sorted(non_utf8)
     if renamed:
         issues.append(_issue("warning", "non_utf8_name", f"{len(renamed)} name(s) in the archive were not valid "

@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -155,9 +155,12 @@ def _epoch(
 def fit(
     data_dir: str | Path, spec: TrainSpec, workdir: Path, model_dir: Path,
     on_progress: ProgressFn = lambda _: None, should_stop: Callable[[], bool] = lambda: False,
-    resnet18_weights: str | None = None, max_pixels: int | None = None,
+    resnet18_weights: str | None = None, max_pixels: int | None = None, roots: Sequence[Path] | None = None,
 ) -> TrainResult:
-    """Train on data_dir, checkpoint every epoch into workdir, write the best model into model_dir."""
+    """Train on data_dir, checkpoint every epoch into workdir, write the best model into model_dir.
+
+    With roots, files whose real path leaves them (symlinks) are skipped and listed, never read.
+    """
     torch.manual_seed(spec.seed)
     info = BACKBONES.get(spec.backbone)
     if info is None:
@@ -171,7 +174,8 @@ def fit(
             raise Cancelled()
         on_progress({"phase": "loading", "done": done, "total": total})
 
-    data: TrainingData = load_dataset(data_dir, spec.val_split, spec.seed, prep.resize, max_pixels, on_file=on_file)
+    data: TrainingData = load_dataset(data_dir, spec.val_split, spec.seed, prep.resize, max_pixels, on_file=on_file,
+                                      roots=roots)
     weights = class_weights(data.train.labels, len(data.classes))
     model = build_model(spec.backbone, len(data.classes), spec.pretrained, resnet18_weights)
     optimizer = _optimizer(model, spec)
