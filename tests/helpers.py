@@ -10,11 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from graft.shared.queue import redis_ping
 
@@ -95,6 +96,30 @@ def running_worker(service_env: dict[str, str], prefix: str, log_path: Path, que
 def model_file(artifacts_dir: Path, model_id: str) -> Path:
     """A trained model's artifact on the server's disk (the API shows no server paths; tests run beside it)."""
     return Path(artifacts_dir) / "models" / model_id / "model.pt"  # shared.storage.model_dir + checkpoint.MODEL_NAME
+
+
+T = TypeVar("T")
+
+
+def at_once(fn: Callable[[int], T], n: int, timeout: float = 60) -> list[T]:
+    """fn(0), ..., fn(n - 1) on n threads released together; their results in that order (a thread's error is raised)."""
+    barrier, results, errors = threading.Barrier(n), [None] * n, []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = fn(index)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    if errors:
+        raise errors[0]
+    return results
 
 
 def private_env(service_env: dict[str, str], base: Path, queue_prefix: str, **overrides: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +23,7 @@ from graft.shared.schema import (
 )
 from graft.shared.serializers import result_row, serialize_dataset, serialize_event, serialize_job, serialize_model
 from tests import legacy_schema as legacy
-from tests.helpers import ROOT
+from tests.helpers import ROOT, at_once
 
 DBS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -157,20 +156,7 @@ def test_downgrade_to_nothing_and_up_again(tmp_path: Path) -> None:
 
 def test_upgraders_at_once_take_turns(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'graft.db'}"
-    results, errors = [], []
-
-    def run() -> None:
-        try:
-            results.append(upgrade(url))
-        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors, errors
+    results = at_once(lambda _: upgrade(url), 3)
     assert sorted(r.before or "" for r in results) == ["", head(), head()]  # one created it, two found it done
     get_engine(url).dispose()
 

@@ -2,7 +2,6 @@
 the one-transaction store and finish."""
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +14,7 @@ from graft.shared.config import Config
 from graft.shared.db import get_engine, session_scope
 from graft.shared.models import Job, JobEvent, PredictChunk, PredictionResult, utcnow
 from graft.shared.schema import upgrade
+from tests.helpers import at_once
 
 MARK = "unit-test-chunks"  # the model_id of every job these tests create
 ALIVE, DEAD = (lambda _holder: True), (lambda _holder: False)
@@ -119,18 +119,8 @@ def test_chunk_that_used_its_attempts_fails_the_job_naming_it(url: str) -> None:
 
 def test_concurrent_claims_have_one_winner(url: str) -> None:
     job_id = _job(url)
-    barrier, won = threading.Barrier(6), []
-
-    def claimer(pid: int) -> None:
-        barrier.wait()
-        if _claim(url, job_id, pid=pid) is not None:
-            won.append(pid)
-
-    threads = [threading.Thread(target=claimer, args=(pid,)) for pid in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    claims = at_once(lambda pid: _claim(url, job_id, pid=pid), 6)
+    won = [pid for pid, claim in enumerate(claims) if claim is not None]
     assert len(won) == 1 and _chunk(url, job_id).attempts == 1 and _chunk(url, job_id).worker_pid == won[0]
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +18,7 @@ from graft.shared.lifecycle import (
 from graft.shared.models import Job, JobEvent, TrainedModel, utcnow
 from graft.shared.schema import upgrade
 from graft.shared.serializers import model_ids_for, serialize_job
+from tests.helpers import at_once
 
 # A legal walk from a fresh (queued) job to each status.
 PATH_TO = {QUEUED: [], RUNNING: [RUNNING], SUCCEEDED: [RUNNING, SUCCEEDED], FAILED: [FAILED], CANCELLED: [CANCELLED]}
@@ -186,24 +186,8 @@ def test_sqlite_runs_in_wal_mode_with_busy_timeout(sqlite_url: str) -> None:
 
 
 def test_two_threads_write_one_sqlite_file(sqlite_url: str) -> None:
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-    created: list[str] = []
-
-    def writer() -> None:
-        try:
-            barrier.wait()
-            for _ in range(15):
-                created.append(_new_job(sqlite_url, [RUNNING, SUCCEEDED]))
-        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors, errors
+    written = at_once(lambda _: [_new_job(sqlite_url, [RUNNING, SUCCEEDED]) for _ in range(15)], 2)
+    created = [job_id for batch in written for job_id in batch]
     assert len(set(created)) == 30
     with session_scope(sqlite_url) as session:
         assert session.scalar(select(func.count()).select_from(Job).where(Job.status == SUCCEEDED)) == 30
