@@ -5,7 +5,7 @@ from flask import request
 
 from graft.api.context import config
 from graft.api.errors import APIError
-from graft.shared.retention import disk_free_bytes
+from graft.shared.retention import artifacts_disk
 
 
 def refuse_uploads_when_disk_is_nearly_full() -> None:
@@ -13,8 +13,8 @@ def refuse_uploads_when_disk_is_nearly_full() -> None:
     if request.method != "POST" or request.mimetype != "multipart/form-data":
         return
     cfg = config()
-    free = disk_free_bytes(cfg.artifacts_dir)
-    if free < cfg.min_free_mb * 1024 * 1024:
+    free, nearly_full = artifacts_disk(cfg)
+    if nearly_full:
         raise APIError(507, f"the server's disk is nearly full ({free // 2**20} MB free, less than GRAFT_MIN_FREE_MB="
                             f"{cfg.min_free_mb}); uploads are refused until space is freed (graft gc)",
                        free_bytes=free)

@@ -8,7 +8,7 @@ from graft.api.openapi import Blueprint
 from graft.api.schemas import Health
 from graft.shared.db import ping
 from graft.shared.queue import redis_ping
-from graft.shared.retention import disk_free_bytes
+from graft.shared.retention import artifacts_disk
 
 bp = Blueprint("health", __name__, description="Is the service up (no token needed).")
 
@@ -22,9 +22,9 @@ def healthz() -> Response:
     cfg = config()
     checks = {"database": ping(cfg.database_url), "redis": redis_ping(cfg.redis_url)}
     ok = all(checks.values())
-    free = disk_free_bytes(cfg.artifacts_dir)
+    free, nearly_full = artifacts_disk(cfg)
     # A nearly full disk refuses uploads (507) but the service still runs: reported, not a 503.
-    disk = {"artifacts_free_bytes": free, "uploads_refused": free < cfg.min_free_mb * 1024 * 1024}
+    disk = {"artifacts_free_bytes": free, "uploads_refused": nearly_full}
     response = jsonify({"status": "ok" if ok else "degraded", **checks, "disk": disk})
     response.status_code = 200 if ok else 503
     return response

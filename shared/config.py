@@ -167,7 +167,7 @@ class Config:
             gc_upload_age_s=_int(env, "GRAFT_GC_UPLOAD_SECONDS", cls.gc_upload_age_s, 0),
             gc_staging_age_s=_int(env, "GRAFT_GC_STAGING_SECONDS", cls.gc_staging_age_s, 0),
             gc_orphan_age_s=_int(env, "GRAFT_GC_ORPHAN_SECONDS", cls.gc_orphan_age_s, 0),
-            gc_keep_checkpoints=_int(env, "GRAFT_GC_KEEP_CHECKPOINTS", 0, 0) > 0,
+            gc_keep_checkpoints=_flag(env, "GRAFT_GC_KEEP_CHECKPOINTS", cls.gc_keep_checkpoints),
             min_free_mb=_int(env, "GRAFT_MIN_FREE_MB", cls.min_free_mb, 0),
             log_format=_choice(env, "GRAFT_LOG_FORMAT", ("text", "json")),
         )

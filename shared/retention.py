@@ -115,3 +115,9 @@ def disk_free_bytes(path: Path) -> int:
     while not path.exists() and path != path.parent:
         path = path.parent
     return shutil.disk_usage(path).free
+
+
+def artifacts_disk(config: Config) -> tuple[int, bool]:
+    """The artifacts disk's free bytes, and whether that is under GRAFT_MIN_FREE_MB (uploads are then refused)."""
+    free = disk_free_bytes(config.artifacts_dir)
+    return free, free < config.min_free_mb * 1024 * 1024
