@@ -30,9 +30,9 @@ from graft.api.schemas import (
 from graft.api.validation import json_body, validate
 from graft.shared.archive import ArchiveError, ArchiveLimits, extract_archive
 from graft.shared.config import Config
-from graft.shared.datasets import SERVER_PATH, UPLOAD, jobs_using, not_trainable_reason
+from graft.shared.datasets import jobs_using, not_trainable_reason
 from graft.shared.files import is_junk_name, is_junk_path
-from graft.shared.models import INSPECTING, DatasetRecord, new_id
+from graft.shared.models import INSPECTING, SERVER_PATH, UPLOAD, DatasetRecord, new_id
 from graft.shared.queue import enqueue_inspection
 from graft.shared.serializers import serialize_dataset
 from graft.shared.storage import PathNotAllowed, resolve_under_roots

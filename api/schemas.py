@@ -15,9 +15,8 @@ from marshmallow import INCLUDE, Schema, fields, validate
 from graft.api.errors import REQUIRED, UNKNOWN
 from graft.api.pagination import MAX_OFFSET, MAX_PAGE, RESULTS_MAX_PAGE, RESULTS_PAGE
 from graft.shared import lifecycle
-from graft.shared.datasets import SERVER_PATH, UPLOAD
 from graft.shared.exports import EXPORT_FORMATS
-from graft.shared.models import DATASET_FAILED, INSPECTING, READY
+from graft.shared.models import DATASET_FAILED, INSPECTING, READY, SERVER_PATH, UPLOAD
 from graft.shared.params import DATASET_PATH_PARAMS, PREDICT_PARAMS, TRAIN_PARAMS, Param
 
 

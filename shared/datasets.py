@@ -7,8 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from graft.shared.lifecycle import QUEUED, RUNNING
-# SERVER_PATH and UPLOAD live with the table; the API and workers read them here with the other dataset rules.
-from graft.shared.models import DATASET_FAILED, READY, SERVER_PATH, UPLOAD, DatasetRecord, Job  # noqa: F401
+from graft.shared.models import DATASET_FAILED, READY, DatasetRecord, Job
 ACTIVE = (QUEUED, RUNNING)  # a dataset used by a job in one of these states cannot be deleted
 
 
