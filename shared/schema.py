@@ -74,9 +74,8 @@ def legacy_revision(conn: Connection) -> str | None:
     """The revision a database without alembic_version matches, from its tables; None when it has none of ours.
 
     Made by create_all (development databases from before migrations): with predict_chunks (0006), with
-    job_log_lines (0005), since fca4ce5 with
-    webhook_deliveries (0003), since be5e7ef with datasets.status (0002), before that (the last release, 5a9476b)
-    the baseline.
+    job_log_lines (0005), since fca4ce5 with webhook_deliveries (0003), since be5e7ef with datasets.status (0002),
+    before that (the last release, 5a9476b) the baseline.
     """
     insp = inspect(conn)
     tables = set(insp.get_table_names())
@@ -91,11 +90,16 @@ def legacy_revision(conn: Connection) -> str | None:
     return BASELINE if "jobs" in tables else None
 
 
-def describe(url: str) -> str:
-    """One line for `graft db current`: the revision, and whether it is this code's head."""
+def _recorded(url: str) -> tuple[str | None, str | None]:
+    """The revision alembic_version records, and (without one) the revision the tables match."""
     with get_engine(url).connect() as conn:
         current = _revision(conn)
-        legacy = None if current else legacy_revision(conn)
+        return current, None if current else legacy_revision(conn)
+
+
+def describe(url: str) -> str:
+    """One line for `graft db current`: the revision, and whether it is this code's head."""
+    current, legacy = _recorded(url)
     want = head()
     if current == want:
         return f"{current} (head)"
@@ -114,9 +118,7 @@ def _known(revision: str) -> bool:
 
 def check_schema(url: str) -> None:
     """Raise SchemaOutOfDate unless the database is at head, with a message that says what to do."""
-    with get_engine(url).connect() as conn:
-        current = _revision(conn)
-        legacy = None if current else legacy_revision(conn)
+    current, legacy = _recorded(url)
     want = head()
     if current == want:
         return
