@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 from contextlib import contextmanager
 from logging.handlers import QueueHandler, QueueListener
 from contextvars import ContextVar
@@ -70,13 +69,13 @@ class JobLogHandler(logging.Handler):
         # Folders Graft chose (the artifacts folder): users see "<artifacts>", never where the server keeps things.
         self.private = tuple(sorted({p.rstrip("/") for p in private if p.strip("/")}, key=len, reverse=True))
         self._counts: dict[str, int] = {}
-        self._busy = threading.local()  # writing a row may itself log (a database hiccup): do not recurse
 
     def emit(self, record: logging.LogRecord) -> None:
         """Write the record as a row when it is about a job."""
-        job_id = getattr(record, "job_id", None)  # stamped by JobIdFilter in the thread that logged it
-        if (not job_id or not record.name.startswith("graft") or record.name == STATE_CHANGES
-                or getattr(self._busy, "on", False)):
+        # Stamped by JobIdFilter in the thread that logged it. Lines logged while a row is written come from the
+        # listener's own thread, which runs no job: they carry no id and are never written (no recursion).
+        job_id = getattr(record, "job_id", None)
+        if not job_id or not record.name.startswith("graft") or record.name == STATE_CHANGES:
             return
         count = self._counts.get(job_id, 0)
         if count >= MAX_LINES_PER_JOB:
@@ -85,7 +84,6 @@ class JobLogHandler(logging.Handler):
         message = record.getMessage() if count + 1 < MAX_LINES_PER_JOB else f"(log capped at {MAX_LINES_PER_JOB} lines)"
         for folder in self.private:
             message = message.replace(folder, "<artifacts>")
-        self._busy.on = True
         try:
             from graft.shared.db import session_scope
             from graft.shared.models import JobLogLine
@@ -95,8 +93,6 @@ class JobLogHandler(logging.Handler):
                                        worker=self.worker, message=message[:MAX_MESSAGE_CHARS]))
         except Exception:  # noqa: BLE001 - see the class docstring
             pass
-        finally:
-            self._busy.on = False
 
 
 def start_job_log_capture(database_url: str, worker: str, private: tuple[str, ...] = ()) -> QueueListener:

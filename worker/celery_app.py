@@ -40,16 +40,15 @@ def _init_child(**_kwargs: object) -> None:
                           (str(artifacts.absolute()), str(artifacts.resolve())))
 
 
-# Which argument of each job task is the job id: every log line the task writes is then about that job.
-_JOB_ARG = {TRAIN_TASK: 0, PREDICT_TASK: 0, PREDICT_CHUNK_TASK: 0, PREDICT_NOW_TASK: 0}
+# The tasks whose first argument is a job id: every log line such a task writes is then about that job.
+_JOB_TASKS = frozenset({TRAIN_TASK, PREDICT_TASK, PREDICT_CHUNK_TASK, PREDICT_NOW_TASK})
 _JOB_TOKENS: dict[str, object] = {}
 
 
 @task_prerun.connect
 def _enter_job(task_id: str = "", task: object = None, args: tuple = (), **_kwargs: object) -> None:
-    index = _JOB_ARG.get(getattr(task, "name", ""))
-    if index is not None and len(args) > index and isinstance(args[index], str):
-        _JOB_TOKENS[task_id] = JOB_ID.set(args[index])
+    if getattr(task, "name", "") in _JOB_TASKS and args and isinstance(args[0], str):
+        _JOB_TOKENS[task_id] = JOB_ID.set(args[0])
 
 
 @task_postrun.connect
