@@ -76,10 +76,11 @@ def collect(session: Session, config: Config, dry_run: bool = False, now: float 
     """One retention pass over the artifacts folder; with dry_run, only report what would go."""
     artifacts, now = Path(config.artifacts_dir), time.time() if now is None else now
     report = GcReport()
-    jobs = {job_id: (kind, status, params or {}) for job_id, kind, status, params
-            in session.execute(select(Job.id, Job.kind, Job.status, Job.params))}
-    active = {job_id for job_id, (_, status, _) in jobs.items() if status in (QUEUED, RUNNING)}
-    in_use_uploads = {params.get("upload_id") for job_id, (_, _, params) in jobs.items() if job_id in active}
+    statuses = dict(session.execute(select(Job.id, Job.status)).all())
+    active = {job_id for job_id, status in statuses.items() if status in (QUEUED, RUNNING)}
+    # Only queued and running jobs can read an upload: their params alone are loaded, not every job's.
+    in_use_uploads = {(params or {}).get("upload_id")
+                      for params in session.scalars(select(Job.params).where(Job.status.in_((QUEUED, RUNNING))))}
 
     for folder in _children(uploads_root(artifacts)):
         if folder.name in in_use_uploads:
@@ -92,13 +93,13 @@ def collect(session: Session, config: Config, dry_run: bool = False, now: float 
             _remove(report, artifacts, folder, "staging folder of an upload that never finished", dry_run)
 
     for folder in _children(artifacts / "jobs"):
-        kind_status = jobs.get(folder.name)
+        status = statuses.get(folder.name)
         if folder.name in active:
             report.kept_in_use.append(str(folder.relative_to(artifacts)))
-        elif kind_status is None and now - _newest_mtime(folder) > config.gc_orphan_age_s:
+        elif status is None and now - _newest_mtime(folder) > config.gc_orphan_age_s:
             _remove(report, artifacts, folder, "checkpoints of a job that no longer exists", dry_run)
-        elif kind_status is not None and kind_status[1] in FINISHED and not config.gc_keep_checkpoints:
-            _remove(report, artifacts, folder, f"checkpoints of a {kind_status[1]} job", dry_run)
+        elif status in FINISHED and not config.gc_keep_checkpoints:
+            _remove(report, artifacts, folder, f"checkpoints of a {status} job", dry_run)
 
     models = set(session.scalars(select(TrainedModel.id)))
     for folder in _children(artifacts / "models"):
