@@ -14,10 +14,8 @@ import requests
 from tests.helpers import ROOT, api_process
 
 
-def _without_tokens(service_env: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, **service_env}
-    env.pop("GRAFT_API_TOKENS", None)
-    return env
+def _without_tokens(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k != "GRAFT_API_TOKENS"}
 
 
 @pytest.mark.parametrize(("args", "said"), [
@@ -26,14 +24,14 @@ def _without_tokens(service_env: dict[str, str]) -> dict[str, str]:
 ])
 def test_graft_api_refuses_to_start_open(service_env: dict[str, str], args: tuple[str, ...], said: str) -> None:
     done = subprocess.run([sys.executable, "-m", "graft.cli.main", "api", "--port", "1", *args], cwd=ROOT,
-                          env=_without_tokens(service_env), capture_output=True, text=True, timeout=60)
+                          env=_without_tokens({**os.environ, **service_env}), capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 2 and said in done.stderr, done.stderr
 
 
 def test_the_explicit_opt_out_serves_on_loopback_and_says_so(service_env: dict[str, str], tmp_path: Path) -> None:
     log = tmp_path / "api.log"
-    env = {k: v for k, v in service_env.items() if k != "GRAFT_API_TOKENS"}
-    with api_process(env, args=("--insecure-no-auth",), log=log) as (url, _proc):
+    with api_process(_without_tokens(service_env), args=("--insecure-no-auth",), log=log) as (url, _proc):
         assert requests.get(f"{url}/api/v1/jobs", timeout=5).status_code == 200  # no token needed: it is open
     assert "NO AUTHENTICATION" in log.read_text()
 
@@ -42,8 +40,7 @@ def test_401_carries_a_bearer_challenge_and_tokens_come_from_a_file(service_env:
                                                                      tmp_path: Path) -> None:
     secret = tmp_path / "tokens"
     secret.write_text("first-token\nsecond-token\n")  # one per line, as a mounted secret file holds them
-    env = {k: v for k, v in service_env.items() if k != "GRAFT_API_TOKENS"}
-    with api_process({**env, "GRAFT_API_TOKENS_FILE": str(secret)}) as (url, _proc):
+    with api_process({**_without_tokens(service_env), "GRAFT_API_TOKENS_FILE": str(secret)}) as (url, _proc):
         missing = requests.get(f"{url}/api/v1/jobs", timeout=5)
         assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
         wrong = requests.get(f"{url}/api/v1/jobs", headers={"Authorization": "Bearer nope"}, timeout=5)
