@@ -11,15 +11,7 @@ from graft.shared.db import session_scope
 from graft.shared.lifecycle import create_job
 from graft.shared.models import new_id
 from graft.shared.schema import upgrade
-from tests.helpers import TOKEN, WorkerProcess
-
-
-def _client(config: Config):  # noqa: ANN202
-    from graft.api import create_app
-
-    client = create_app(config).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
-    return client
+from tests.helpers import TOKEN, WorkerProcess, api_client
 
 
 def _upload(client):  # noqa: ANN001, ANN202
@@ -27,8 +19,8 @@ def _upload(client):  # noqa: ANN001, ANN202
                        content_type="multipart/form-data")
 
 
-def test_uploads_refused_with_507_while_the_disk_is_nearly_full(service_config: Config) -> None:
-    full = _client(service_config.replace(min_free_mb=10**9))  # "keep a petabyte free": never true here
+def test_uploads_refused_with_507_while_the_disk_is_nearly_full(service_env: dict[str, str]) -> None:
+    full = api_client({**service_env, "GRAFT_MIN_FREE_MB": str(10**9)})  # "keep a petabyte free": never true here
     refused = _upload(full)
     assert refused.status_code == 507 and "nearly full" in refused.get_json()["error"], refused.get_json()
     assert refused.get_json()["free_bytes"] > 0
@@ -38,7 +30,7 @@ def test_uploads_refused_with_507_while_the_disk_is_nearly_full(service_config: 
     assert full.post("/api/v1/jobs/train", json={"epochs": "x"}).status_code == 400  # JSON requests go on as usual
     assert full.get("/healthz").get_json()["disk"]["uploads_refused"] is True
 
-    roomy = _client(service_config)
+    roomy = api_client(service_env)
     health = roomy.get("/healthz").get_json()
     assert health["disk"]["uploads_refused"] is False and health["disk"]["artifacts_free_bytes"] > 0
     accepted = _upload(roomy)
