@@ -6,8 +6,8 @@ import ipaddress
 import logging
 import sys
 
-from graft.cli.db import schema_ready
 from graft.shared.config import Config, get_config
+from graft.shared.schema import SchemaOutOfDate
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -23,7 +23,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     if refusal:
         print(f"graft api: {refusal}", file=sys.stderr)
         return 2
-    if not schema_ready(config):
+    try:
+        app = create_app(config)  # checks the schema (or upgrades it, with GRAFT_DB_AUTO_UPGRADE) once
+    except SchemaOutOfDate as exc:
+        print(f"graft: {exc}", file=sys.stderr)
         return 1
     if not config.api_tokens:
         logging.getLogger(__name__).warning(
@@ -32,7 +35,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     logging.getLogger("waitress").setLevel(logging.INFO)
     # waitress buffers a whole body before the app runs: stop it a little past the app's own (JSON 413) limit.
     body_limit = (config.max_body_mb + 16) * 1024 * 1024
-    serve(create_app(config), host=args.host, port=args.port, threads=args.threads, max_request_body_size=body_limit)
+    serve(app, host=args.host, port=args.port, threads=args.threads, max_request_body_size=body_limit)
     return 0
 
 
