@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import astuple, dataclass
-from datetime import timezone
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -16,6 +15,7 @@ from graft.shared import chunks, lifecycle
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, PredictionResult, utcnow
+from graft.shared.serializers import as_utc
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
 from graft.worker.predict_common import input_folder, model_path, release_job_upload
 
@@ -142,7 +142,7 @@ def _store(config: Config, held: Held, rows: list[dict[str, Any]]) -> bool:
 def _eta(job: Job, done: int, total: int) -> float | None:
     if not done or not job.started_at:
         return None
-    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
+    started = as_utc(job.started_at)  # SQLite hands back naive datetimes; ours are UTC
     elapsed = (utcnow() - started).total_seconds()
     return round(elapsed * (total - done) / done, 1)
 
