@@ -127,6 +127,9 @@ class Config:
     gc_orphan_age_s: int = 6 * 3600  # checkpoints of a vanished job, model folders without a row: after this long
     gc_keep_checkpoints: bool = False  # keep finished jobs' checkpoint folders (debugging) instead of removing them
     min_free_mb: int = 1024  # uploads are refused with 507 when the artifacts disk has less free space than this
+    # Per-user quotas (0: unlimited); `graft users set NAME --max-jobs/--max-storage-mb` overrides them per user.
+    quota_active_jobs: int = 0  # queued + running jobs a user may have; one more is refused with 429
+    quota_storage_mb: int = 0  # uploaded datasets + uploads + models a user may store; more is refused with 507
     log_format: str = "text"  # or "json": one JSON object per line (time, level, logger, message, job_id)
 
     @classmethod
@@ -169,6 +172,8 @@ class Config:
             gc_orphan_age_s=_int(env, "GRAFT_GC_ORPHAN_SECONDS", cls.gc_orphan_age_s, 0),
             gc_keep_checkpoints=_flag(env, "GRAFT_GC_KEEP_CHECKPOINTS", cls.gc_keep_checkpoints),
             min_free_mb=_int(env, "GRAFT_MIN_FREE_MB", cls.min_free_mb, 0),
+            quota_active_jobs=_int(env, "GRAFT_QUOTA_ACTIVE_JOBS", cls.quota_active_jobs, 0),
+            quota_storage_mb=_int(env, "GRAFT_QUOTA_STORAGE_MB", cls.quota_storage_mb, 0),
             log_format=_choice(env, "GRAFT_LOG_FORMAT", ("text", "json")),
         )
 

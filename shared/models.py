@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models: every table of Graft (jobs, their events, trained models, datasets, predict chunks and rows)."""
+"""SQLAlchemy 2 models: every table of Graft (users and their tokens, jobs, their events, trained models, datasets,
+uploads, predict chunks and rows)."""
 from __future__ import annotations
 
 import uuid
@@ -25,6 +26,38 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
+class User(Base):
+    """A named principal: owns jobs, models, datasets and uploads; an admin sees and acts on everyone's."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Per-user quota overrides: None follows GRAFT_QUOTA_ACTIVE_JOBS / GRAFT_QUOTA_STORAGE_MB, 0 is unlimited.
+    max_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_storage_mb: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """One of a user's API tokens: only its SHA-256 is stored; id is the public part that names it."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+def _owner() -> Mapped[str | None]:
+    # NULL: a row from before owners (or made with a GRAFT_API_TOKENS token): only admins see it.
+    return mapped_column(ForeignKey("users.id"), default=None, index=True)
+
+
 class Job(Base):
     """A training or prediction job; its status only changes through shared.lifecycle."""
 
@@ -32,6 +65,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     kind: Mapped[str] = mapped_column(String(16))
+    owner_id: Mapped[str | None] = _owner()
     status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -75,6 +109,8 @@ class TrainedModel(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True, index=True)
+    owner_id: Mapped[str | None] = _owner()  # the training job's owner
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # its folder when recorded (exports not counted)
     backbone: Mapped[str] = mapped_column(String(64))
     classes: Mapped[list[Any]] = mapped_column()
     image_size: Mapped[int] = mapped_column(Integer)
@@ -99,6 +135,7 @@ class DatasetRecord(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(255))
+    owner_id: Mapped[str | None] = _owner()
     source: Mapped[str] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=INSPECTING)
@@ -109,6 +146,20 @@ class DatasetRecord(Base):
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text, default=None)  # why inspection itself failed, if it did
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Upload(Base):
+    """Who owns an upload folder (artifacts/uploads/<id>) and how many bytes it holds; the files are the folder's.
+
+    A folder without a row predates owners: only admins may use it.
+    """
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[str | None] = _owner()
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class PredictionResult(Base):
