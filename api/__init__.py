@@ -10,8 +10,9 @@ from flask import Flask
 from graft.api import (
     datasets, errors, health, jobs, metrics, models, predict_jobs, predict_now, ratelimit, results, uploads,
 )
-from graft.api.auth import require_token
+from graft.api.auth import require_admin, require_token
 from graft.api.disk import refuse_uploads_when_disk_is_nearly_full
+from graft.api.quotas import refuse_uploads_over_quota
 from graft.api.openapi import make_api
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_factory
@@ -46,11 +47,12 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(health.bp)
     for module in (jobs, models, uploads, predict_jobs, results, predict_now, datasets):
         # Token check on the app, not on the shared blueprint object: create_app can run more than once.
+        # In this order (no disk or quota news for strangers), and all before a view reads the body.
         app.before_request_funcs.setdefault(module.bp.name, []).extend(
-            [require_token, refuse_uploads_when_disk_is_nearly_full])  # in this order: no disk news for strangers
+            [require_token, refuse_uploads_when_disk_is_nearly_full, refuse_uploads_over_quota])
         failed_auth(module.bp)  # recorded in this app's limiter, by blueprint name
         api.register_blueprint(module.bp, url_prefix="/api/v1")
-    app.before_request_funcs.setdefault(metrics.bp.name, []).append(require_token)
+    app.before_request_funcs.setdefault(metrics.bp.name, []).extend([require_token, require_admin])  # every user's
     failed_auth(metrics.bp)
     api.register_blueprint(metrics.bp)
     app.teardown_appcontext(_close_session)

@@ -23,7 +23,9 @@ from werkzeug.formparser import parse_form_data
 from graft.api.context import celery, config, db
 from graft.api.errors import APIError
 from graft.api.openapi import Blueprint, json_or_multipart
+from graft.api.owners import get_owned, owner_id, visible
 from graft.api.pagination import page
+from graft.api.quotas import check_storage_quota
 from graft.api.schemas import (
     DatasetPage, DatasetPathRequest, DatasetSchema, DatasetUploadFields, DatasetUploadForm, Deleted, PageArgs,
 )
@@ -120,7 +122,7 @@ def _record(dataset_id: str, name: str, source: str, path: Path, size: int, non_
     """Record the accepted dataset as inspecting and send its inspection to a worker (503 if Redis is down)."""
     # The inspection reports the archive's non-UTF-8 names: they travel in the report until it is written.
     dataset = DatasetRecord(id=dataset_id, name=name[:255], source=source, path=str(path), status=INSPECTING,
-                            size_bytes=size, report={"non_utf8": non_utf8})
+                            size_bytes=size, report={"non_utf8": non_utf8}, owner_id=owner_id())
     session = db()
     session.add(dataset)
     session.commit()
@@ -149,6 +151,7 @@ def _from_upload(cfg: Config) -> DatasetRecord:
         except ArchiveError as exc:
             raise APIError(400, f"file: {exc}", field="file", code=exc.code) from None
         archive.unlink()
+        check_storage_quota(extracted.bytes)  # unpacked, it may need more than the body's size checked before
         root = _dataset_root(staging / "tree")
         os.replace(root, final)
         dataset = _record(dataset_id, name or _display_name(filename), UPLOAD, final, extracted.bytes,
@@ -191,10 +194,7 @@ def create_dataset() -> Response:
 
 
 def _get(dataset_id: str) -> DatasetRecord:
-    dataset = db().get(DatasetRecord, dataset_id)
-    if dataset is None:
-        raise APIError(404, f"no dataset with id {dataset_id}", field="dataset_id")
-    return dataset
+    return get_owned(DatasetRecord, dataset_id, "dataset", field="dataset_id")
 
 
 @bp.get("/datasets")
@@ -202,8 +202,8 @@ def _get(dataset_id: str) -> DatasetRecord:
 @bp.response(200, DatasetPage)
 @bp.problems(401)
 def list_datasets(args: dict[str, Any]) -> Response:
-    """Datasets, newest first, without per-file details."""
-    query = select(DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc())
+    """The caller's datasets (an admin's: everyone's), newest first, without per-file details."""
+    query = visible(select(DatasetRecord), DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc())
     return page(query, "datasets.list_datasets", lambda rows: [serialize_dataset(d, full=False) for d in rows], args)
 
 

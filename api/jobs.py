@@ -13,7 +13,9 @@ from graft.api.datasets import training_source
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
 from graft.api.openapi import Blueprint
+from graft.api.owners import get_owned, owner_id, visible
 from graft.api.pagination import page
+from graft.api.quotas import check_job_quota
 from graft.api.schemas import EventList, JobListArgs, JobPage, JobSchema, LogArgs, LogPage, TrainRequest
 from graft.api.validation import check_callback
 from graft.shared import lifecycle
@@ -25,10 +27,7 @@ bp = Blueprint("jobs", __name__, description="Training jobs, and jobs of any kin
 
 
 def _get_job(job_id: str) -> Job:
-    job = db().get(Job, job_id)
-    if job is None:
-        raise APIError(404, f"no job with id {job_id}")
-    return job
+    return get_owned(Job, job_id, "job")
 
 
 @bp.post("/jobs/train")
@@ -36,11 +35,12 @@ def _get_job(job_id: str) -> Job:
 @bp.response(202, JobSchema, headers={"Location": {"description": "the job's URL", "schema": {"type": "string"}}})
 @bp.problems(401, 404, 409, 413, 503)
 def submit_train(params: dict[str, Any]) -> Response:
-    """Validate, record a queued job, enqueue it; 202 with the job and its Location."""
+    """Validate, record a queued job, enqueue it; 202 with the job and its Location (429 past the job quota)."""
     check_callback(params, config())
-    training_source(params)  # data_dir, or a ready dataset_id resolved to its folder (409 while inspecting)
+    training_source(params)  # data_dir, or a ready dataset_id of the caller's resolved to its folder (409 while inspecting)
+    check_job_quota()
     session = db()
-    job = lifecycle.create_job(session, "train", params)
+    job = lifecycle.create_job(session, "train", params, owner_id())
     session.commit()
     enqueue_or_fail(session, job)
     return accepted(job)
@@ -109,8 +109,8 @@ def job_logs(args: dict[str, Any], job_id: str) -> Response:
 @bp.response(200, JobPage)
 @bp.problems(401)
 def list_jobs(args: dict[str, Any]) -> Response:
-    """Jobs, newest first, optionally filtered by ?status= and ?kind=."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+    """The caller's jobs (an admin's: everyone's), newest first, optionally filtered by ?status= and ?kind=."""
+    query = visible(select(Job), Job).order_by(Job.created_at.desc(), Job.id.desc())
     filters = {}
     if "status" in args:
         query, filters["status"] = query.where(Job.status == args["status"]), args["status"]

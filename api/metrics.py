@@ -110,13 +110,14 @@ def render(config: Config) -> tuple[bytes, str]:
     return body, CONTENT_TYPE_LATEST
 
 
-bp = Blueprint("metrics", __name__, description="Prometheus metrics (a token is needed, as for the API).")
+bp = Blueprint("metrics", __name__, description="Prometheus metrics (an admin token is needed: they count every "
+                                                "user's jobs).")
 
 
 @bp.get("/metrics")
 @bp.response(200, {"type": "string", "description": "Prometheus text exposition format"}, content_type="text/plain")
-@bp.problems(401)
+@bp.problems(401, 403)
 def metrics() -> Response:
-    """The Prometheus exposition (a bearer token is needed, as for the API: scrapers can send one)."""
+    """The Prometheus exposition (an admin's bearer token is needed: scrapers can send one)."""
     body, content_type = render(app_config())
     return Response(body, content_type=content_type)

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from graft.api.context import celery, config, db
 from graft.api.errors import APIError
 from graft.api.openapi import Blueprint
+from graft.api.owners import get_owned, visible
 from graft.api.pagination import page
 from graft.api.schemas import Deleted, DownloadArgs, Exporting, ModelListArgs, ModelPage, ModelSchema
 from graft.shared.datasets import ACTIVE
@@ -33,8 +34,9 @@ EXPORT_RETRY_AFTER_S = 5
 @bp.response(200, ModelPage)
 @bp.problems(401)
 def list_models(args: dict[str, Any]) -> Response:
-    """Models, newest first, optionally ?job_id=."""
-    query = select(TrainedModel).order_by(TrainedModel.created_at.desc(), TrainedModel.id.desc())
+    """The caller's models (an admin's: everyone's), newest first, optionally ?job_id=."""
+    query = visible(select(TrainedModel), TrainedModel).order_by(TrainedModel.created_at.desc(),
+                                                                 TrainedModel.id.desc())
     filters = {}
     if args.get("job_id"):
         query, filters["job_id"] = query.where(TrainedModel.job_id == args["job_id"]), args["job_id"]
@@ -46,10 +48,7 @@ def list_models(args: dict[str, Any]) -> Response:
 @bp.problems(401, 404)
 def get_model(model_id: str) -> Response:
     """One model."""
-    model = db().get(TrainedModel, model_id)
-    if model is None:
-        raise APIError(404, f"no model with id {model_id}")
-    return jsonify(serialize_model(model))
+    return jsonify(serialize_model(get_owned(TrainedModel, model_id, "model")))
 
 
 def _wait_export(zip_path: Path, error_path: Path, seconds: float) -> str | None:
@@ -75,9 +74,7 @@ def _wait_export(zip_path: Path, error_path: Path, seconds: float) -> str | None
 @bp.problems(401, 404, 500, 503)
 def download_model(args: dict[str, Any], model_id: str) -> Response:
     """The model as a zip in ?format= (built once by an interactive worker, then sent from disk); 202 past the bound."""
-    model = db().get(TrainedModel, model_id)
-    if model is None:
-        raise APIError(404, f"no model with id {model_id}")
+    model = get_owned(TrainedModel, model_id, "model")
     fmt = args["format"]
     cfg = config()
     zip_path, error_path = export_zip(cfg.artifacts_dir, model.id, fmt), export_error(cfg.artifacts_dir, model.id, fmt)
@@ -114,9 +111,7 @@ def download_model(args: dict[str, Any], model_id: str) -> Response:
 def delete_model(model_id: str) -> Response:
     """Delete a model's row and its folder (weights, exports); 409 while a queued or running predict job uses it."""
     session = db()
-    model = session.get(TrainedModel, model_id)
-    if model is None:
-        raise APIError(404, f"no model with id {model_id}")
+    model = get_owned(TrainedModel, model_id, "model")
     rows = session.execute(select(Job.id, Job.params).where(Job.kind == "predict", Job.status.in_(ACTIVE)))
     users = [job_id for job_id, params in rows if (params or {}).get("model_id") == model_id]
     if users:

@@ -27,7 +27,8 @@ SPEC_URL = "/api/v1/openapi.json"
 DOCS_URL = "/docs"
 ASSETS_URL = "/docs/assets"
 SECURITY = {"bearerAuth": {"type": "http", "scheme": "bearer",
-                           "description": "one of GRAFT_API_TOKENS (every /api/v1 request, when they are set)"}}
+                           "description": "a user's token (graft users add, graft tokens create) or one of "
+                                          "GRAFT_API_TOKENS (admin tokens); every /api/v1 request needs one"}}
 
 
 class IdConverter(BaseConverter):

@@ -10,24 +10,22 @@ from graft.api.context import config, db
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
 from graft.api.openapi import Blueprint, json_or_multipart
+from graft.api.owners import get_owned, owner_id
+from graft.api.quotas import check_job_quota
 from graft.api.schemas import JobSchema, PredictForm, PredictRequest
-from graft.api.uploads import file_parts, new_upload, upload_folder
+from graft.api.uploads import file_parts, new_upload, release, upload_folder
 from graft.api.validation import check_callback, form_values, json_body, validate
 from graft.shared import lifecycle
 from graft.shared.models import TrainedModel
 from graft.shared.queue import enqueue_predict
 from graft.shared.storage import PathNotAllowed, resolve_under_roots
-from graft.shared.uploads import release_upload
 
 bp = Blueprint("predict_jobs", __name__, description="Batch prediction jobs: a server folder, an upload or files.")
 
 
 def get_model_or_404(model_id: str) -> TrainedModel:
-    """The model, or 404."""
-    model = db().get(TrainedModel, model_id)
-    if model is None:
-        raise APIError(404, f"no model with id {model_id}", field="model_id")
-    return model
+    """The caller's model, or 404."""
+    return get_owned(TrainedModel, model_id, "model", field="model_id")
 
 
 def _predict_params() -> tuple[dict[str, Any], list[FileStorage]]:
@@ -42,7 +40,8 @@ def _predict_params() -> tuple[dict[str, Any], list[FileStorage]]:
 @bp.response(202, JobSchema, headers={"Location": {"description": "the job's URL", "schema": {"type": "string"}}})
 @bp.problems(400, 401, 404, 413, 503, 507)
 def submit_predict() -> Response:
-    """Validate, record a queued predict job, enqueue it; 202 with the job and its Location."""
+    """Validate, record a queued predict job, enqueue it; 202 with the job and its Location (429 past the job quota)."""
+    check_job_quota()  # before the body is read: a refused request stores nothing
     params, parts = _predict_params()
     check_callback(params, config())
     model = get_model_or_404(params["model_id"])
@@ -64,7 +63,7 @@ def submit_predict() -> Response:
         else:
             upload_folder(params["upload_id"])
     session = db()
-    job = lifecycle.create_job(session, "predict", params)
+    job = lifecycle.create_job(session, "predict", params, owner_id())
     session.commit()
-    enqueue_or_fail(session, job, enqueue_predict, cleanup=lambda: release_upload(session, config().artifacts_dir, job.id))
+    enqueue_or_fail(session, job, enqueue_predict, cleanup=lambda: release(session, job.id))
     return accepted(job)

@@ -17,16 +17,18 @@ from graft.api.context import config, db
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
 from graft.api.openapi import Blueprint, multipart
+from graft.api.owners import owner_id
 from graft.api.predict_jobs import get_model_or_404
+from graft.api.quotas import check_job_quota
 from graft.api.schemas import MAX_SYNC_FILES, JobSchema, PredictNowAnswer, PredictNowForm, PredictNowRequest
-from graft.api.uploads import file_parts
+from graft.api.uploads import file_parts, record_upload, release
 from graft.api.validation import form_values, validate
 from graft.shared import lifecycle
 from graft.shared.files import UploadError, safe_relative
 from graft.shared.models import Job, PredictionResult, new_id
 from graft.shared.queue import enqueue_predict_now
 from graft.shared.serializers import result_row
-from graft.shared.uploads import release_upload, remove_upload, save_stream, upload_dir
+from graft.shared.uploads import remove_upload, save_stream, upload_dir
 
 bp = Blueprint("predict_now", __name__, description=f"Synchronous prediction of 1–{MAX_SYNC_FILES} images.")
 SUMMARY_KEYS = ("files", "labels", "unknown", "errors")
@@ -85,6 +87,7 @@ def _answer(job: Job, model_id: str) -> dict[str, Any]:
 def predict_now(model_id: str) -> Response:
     """Classify 1–32 images from multipart field 'file' on an interactive worker; 200, or 202 past the bound."""
     model = get_model_or_404(model_id)
+    check_job_quota()  # before the body is read: a refused request stores nothing
     parts = file_parts()
     if not 1 <= len(parts) <= MAX_SYNC_FILES:
         raise APIError(400, f"send 1 to {MAX_SYNC_FILES} images in multipart field 'file' (got {len(parts)})",
@@ -103,15 +106,15 @@ def predict_now(model_id: str) -> Response:
     except UploadError as exc:
         remove_upload(folder)
         raise APIError(400, f"file: {exc}", field="file") from None
+    record_upload(upload_id, cfg.max_body_mb * 1024 * 1024 - budget[0])
     session = db()
     job = lifecycle.create_job(session, "predict", {
         "model_id": model.id, "upload_id": upload_id, "top_k": min(params["top_k"], len(model.classes)),
         "threshold": params["threshold"], "precision": params["precision"], "runtime": params["runtime"],
         "recursive": True, "chunk_size": MAX_SYNC_FILES, "interactive": True, "names": names,
-    })
+    }, owner_id())
     session.commit()
-    enqueue_or_fail(session, job, enqueue_predict_now,
-                    cleanup=lambda: release_upload(session, cfg.artifacts_dir, job.id))
+    enqueue_or_fail(session, job, enqueue_predict_now, cleanup=lambda: release(session, job.id))
     finished = _wait_finished(job.id, cfg.sync_predict_wait_s)
     if finished is None:
         return accepted(job)

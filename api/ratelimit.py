@@ -6,6 +6,8 @@ from that address gets 429 until the window ends (a guessing client learns nothi
 """
 from __future__ import annotations
 
+import weakref
+
 from flask import Flask, Response
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -21,11 +23,17 @@ def _was_refused(response: Response) -> bool:
 
 def install(app: Flask, config: Config) -> Limiter:
     """A limiter on app; decorate each guarded blueprint with guard(limiter, config)."""
-    return Limiter(
+    limiter = Limiter(
         get_remote_address, app=app, storage_uri=config.redis_url, key_prefix=f"graft-auth:{config.queue}",
         strategy="fixed-window", headers_enabled=True,
         swallow_errors=True,  # Redis down: serve without the limit (auth still applies) rather than fail every request
     )
+    pool = getattr(getattr(limiter.storage, "storage", None), "connection_pool", None)
+    if pool is not None:
+        # An app that is dropped (tests build many) closes its Redis sockets first: otherwise the garbage collector
+        # may finalize a socket before the connection that would close it, and warn about an unclosed socket.
+        weakref.finalize(app, pool.disconnect)
+    return limiter
 
 
 def guard(limiter: Limiter, config: Config):  # noqa: ANN201 - flask-limiter's decorator for a blueprint

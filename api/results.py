@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from graft.api.context import db
 from graft.api.errors import APIError
 from graft.api.openapi import Blueprint
+from graft.api.owners import get_owned
 from graft.api.schemas import ResultsArgs, ResultsPage
 from graft.shared import lifecycle
 from graft.shared.models import Job, PredictionResult
@@ -25,9 +26,7 @@ CSV_COLUMNS = ["path", "label", "confidence", "error"]
 
 
 def _finished_predict_job(job_id: str) -> Job:
-    job = db().get(Job, job_id)
-    if job is None:
-        raise APIError(404, f"no job with id {job_id}")
+    job = get_owned(Job, job_id, "job")
     if job.kind != "predict":
         raise APIError(400, f"job {job_id} is a {job.kind} job; only predict jobs have results")
     if job.status != lifecycle.SUCCEEDED:

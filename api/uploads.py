@@ -1,4 +1,8 @@
-"""Upload endpoints: images (or zip archives of them) stored for predict jobs, in one or several requests."""
+"""Upload endpoints: images (or zip archives of them) stored for predict jobs, in one or several requests.
+
+Each upload folder has an `uploads` row naming its owner and counting its bytes (the storage quota); only its
+owner (or an admin) may add to it or predict from it. A folder without a row predates owners: admins only.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +10,17 @@ from pathlib import Path
 from flask import Response, jsonify, request
 from werkzeug.datastructures import FileStorage
 
-from graft.api.context import config
+from sqlalchemy.orm import Session
+
+from graft.api.context import config, db
 from graft.api.errors import APIError
 from graft.api.openapi import Blueprint, multipart
+from graft.api.owners import may_see, owner_id
 from graft.api.schemas import UploadAnswer, UploadForm
 from graft.api.validation import form_bool
 from graft.shared.files import UploadError
-from graft.shared.models import new_id
-from graft.shared.uploads import extract_zip, remove_upload, save_stream, upload_dir
+from graft.shared.models import Upload, new_id
+from graft.shared.uploads import extract_zip, release_upload, remove_upload, save_stream, upload_dir
 
 bp = Blueprint("uploads", __name__, description="Images stored for predict jobs, in one or several requests.")
 
@@ -25,10 +32,12 @@ def file_parts() -> list[FileStorage]:
     return [part for part in request.files.getlist("file") if part.filename or part.content_length]
 
 
-def _store_parts(folder: Path, parts: list[FileStorage]) -> int:
-    """Save uploaded parts under folder; a part named *.zip is unpacked unless the form says extract_zip=false."""
+def _store_parts(folder: Path, parts: list[FileStorage]) -> tuple[int, int]:
+    """Save uploaded parts under folder (a part named *.zip is unpacked unless the form says extract_zip=false);
+    returns (files, bytes) written."""
     unpack = form_bool("extract_zip", True)
-    budget = [config().max_body_mb * 1024 * 1024 * ZIP_EXPANSION]
+    allowed = config().max_body_mb * 1024 * 1024 * ZIP_EXPANSION
+    budget = [allowed]
     written = 0
     try:
         for part in parts:
@@ -40,19 +49,34 @@ def _store_parts(folder: Path, parts: list[FileStorage]) -> int:
                 written += 1
     except UploadError as exc:
         raise APIError(400, f"file: {exc}", field="file") from None
-    return written
+    return written, allowed - budget[0]
+
+
+def record_upload(upload_id: str, size: int) -> None:
+    """Record (and commit) the caller as the owner of a new upload of size bytes."""
+    session = db()
+    session.add(Upload(id=upload_id, owner_id=owner_id(), size_bytes=size))
+    session.commit()
 
 
 def new_upload(parts: list[FileStorage]) -> tuple[str, int]:
-    """Store parts as a new upload; returns (its id, files written). Nothing is kept on error."""
+    """Store parts as a new upload owned by the caller; returns (its id, files written). Nothing is kept on error."""
     upload_id = new_id()
     folder = upload_dir(config().artifacts_dir, upload_id)
     folder.mkdir(parents=True)
     try:
-        return upload_id, _store_parts(folder, parts)
+        written, size = _store_parts(folder, parts)
+        record_upload(upload_id, size)
+        return upload_id, written
     except BaseException:
         remove_upload(folder)
         raise
+
+
+def release(session: Session, job_id: str) -> None:
+    """Remove the upload of a predict job that ended at once (the queue was down), with its row."""
+    release_upload(session, config().artifacts_dir, job_id)
+    session.commit()
 
 
 @bp.post("/uploads")
@@ -80,15 +104,26 @@ def add_to_upload(upload_id: str) -> Response:
     parts = file_parts()
     if not parts:
         raise APIError(400, "send images as multipart/form-data field 'file'", field="file")
-    return jsonify({"id": upload_id, "added": _store_parts(folder, parts)})
+    added, size = _store_parts(folder, parts)
+    session = db()
+    row = session.get(Upload, upload_id)
+    if row is not None:  # a legacy upload (no row) has no owner to count it against
+        row.size_bytes += size
+        session.commit()
+    return jsonify({"id": upload_id, "added": added})
 
 
 def upload_folder(upload_id: str) -> Path:
-    """The folder of an existing upload, or 404."""
+    """The folder of an existing upload the caller may use, or 404 (someone else's answers as a missing one)."""
     try:
         folder = upload_dir(config().artifacts_dir, upload_id)
     except UploadError:
         folder = None
+    if folder is not None:
+        row = db().get(Upload, upload_id)
+        # No row: the upload predates owners, so only an admin may use it (may_see of a row without owner).
+        if not may_see(row if row is not None else Upload(id=upload_id, owner_id=None)):
+            folder = None
     if folder is None or not folder.is_dir():
         raise APIError(404, f"no upload with id {upload_id}", field="upload_id")
     return folder

@@ -242,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cancel)
 
     from graft.cli.gc import add_parser as add_gc_parser
+    from graft.cli.users import add_parsers as add_user_parsers
 
     add_gc_parser(sub)
+    add_user_parsers(sub)
 
     p = sub.add_parser("demo", help="start Redis (if needed), the API and a worker, and train once")
     p.add_argument("data", nargs="?", help="a folder with one subfolder per class (default: a generated set)")

@@ -19,16 +19,16 @@ def cmd_api(args: argparse.Namespace) -> int:
     config = get_config()
     if args.insecure_no_auth:
         config = config.replace(insecure_no_auth=True)
-    refusal = open_api_refusal(config, args.host)
-    if refusal:
-        print(f"graft api: {refusal}", file=sys.stderr)
-        return 2
     try:
         app = create_app(config)  # checks the schema (or upgrades it, with GRAFT_DB_AUTO_UPGRADE) once
     except SchemaOutOfDate as exc:
         print(f"graft: {exc}", file=sys.stderr)
         return 1
-    if not config.api_tokens:
+    refusal = open_api_refusal(config, args.host, users_have_tokens(config))
+    if refusal:
+        print(f"graft api: {refusal}", file=sys.stderr)
+        return 2
+    if config.insecure_no_auth and not config.api_tokens:
         logging.getLogger(__name__).warning(
             "NO AUTHENTICATION: GRAFT_INSECURE_NO_AUTH is on and no token is set, so anyone who can reach "
             "http://%s:%d can train, predict and delete. For local development only.", args.host, args.port)
@@ -39,13 +39,23 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_api_refusal(config: Config, host: str) -> str | None:
+def users_have_tokens(config: Config) -> bool:
+    """True when some user holds a live token (`graft users add`): a credential the API can start with."""
+    from graft.shared.db import session_scope
+    from graft.shared.users import has_live_tokens
+
+    with session_scope(config.database_url) as session:
+        return has_live_tokens(session)
+
+
+def open_api_refusal(config: Config, host: str, user_tokens: bool = False) -> str | None:
     """Why `graft api` must not start as configured (no credential, or an open API off loopback), or None."""
-    if config.api_tokens:
+    if config.api_tokens or (user_tokens and not config.insecure_no_auth):
         return None
     if not config.insecure_no_auth:
-        return ("no credential configured: set GRAFT_API_TOKENS (or GRAFT_API_TOKENS_FILE). For local development "
-                "only, --insecure-no-auth (GRAFT_INSECURE_NO_AUTH=1) serves without one, on a loopback --host")
+        return ("no credential configured: set GRAFT_API_TOKENS (or GRAFT_API_TOKENS_FILE), or create a user with "
+                "`graft users add NAME --admin`. For local development only, --insecure-no-auth "
+                "(GRAFT_INSECURE_NO_AUTH=1) serves without one, on a loopback --host")
     try:
         loopback = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host).is_loopback
     except ValueError:

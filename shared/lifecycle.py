@@ -51,11 +51,11 @@ def can_transition(current: str, target: str) -> bool:
     return target in TRANSITIONS.get(current, frozenset())
 
 
-def create_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
-    """Insert a queued job and its creation event (caller commits)."""
+def create_job(session: Session, kind: str, params: dict[str, Any], owner_id: str | None = None) -> Job:
+    """Insert a queued job owned by owner_id (None: admins only) and its creation event (caller commits)."""
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
-    job = Job(kind=kind, status=QUEUED, params=params, progress={}, metrics={}, attempts=0)
+    job = Job(kind=kind, status=QUEUED, params=params, progress={}, metrics={}, attempts=0, owner_id=owner_id)
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, from_status=None, to_status=QUEUED, message="created"))

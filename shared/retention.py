@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from graft.shared.config import Config
 from graft.shared.lifecycle import FINISHED, QUEUED, RUNNING
 from graft.shared.models import Job, TrainedModel
-from graft.shared.uploads import uploads_root
+from graft.shared.uploads import forget_upload, uploads_root
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def collect(session: Session, config: Config, dry_run: bool = False, now: float 
             report.kept_in_use.append(str(folder.relative_to(artifacts)))
         elif now - _newest_mtime(folder) > config.gc_upload_age_s:
             _remove(report, artifacts, folder, "upload no queued or running job reads", dry_run)
+            if not dry_run:
+                forget_upload(session, folder.name)
 
     for folder in _children(Path(config.datasets_dir) / ".staging"):
         if now - _newest_mtime(folder) > config.gc_staging_age_s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from stat import S_ISREG
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -59,3 +60,17 @@ def job_dir(artifacts_dir: Path, job_id: str) -> Path:
 def model_dir(artifacts_dir: Path, model_id: str) -> Path:
     """Folder holding a trained model's files."""
     return Path(artifacts_dir) / "models" / model_id
+
+
+def tree_bytes(folder: Path) -> int:
+    """Bytes in the regular files under folder (links not followed; 0 when it is missing)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                stat = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if S_ISREG(stat.st_mode):
+                total += stat.st_size
+    return total

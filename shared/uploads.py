@@ -6,13 +6,13 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from graft.shared.archive import extract_zip_stream
 from graft.shared.files import COPY_BLOCK, UploadError, safe_relative
 from graft.shared.lifecycle import FINISHED, QUEUED, RUNNING
-from graft.shared.models import Job
+from graft.shared.models import Job, Upload
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -61,6 +61,7 @@ def release_upload(session: Session, artifacts_dir: Path, job_id: str) -> bool:
     still reads it; True when removed. Call after the job's final status is committed.
 
     Uploads live as long as the jobs that use them: a finished job's results are in the database, not in the folder.
+    Its ownership row goes too (the caller commits).
     """
     job = session.get(Job, job_id)
     upload_id = (job.params or {}).get("upload_id") if job is not None else None
@@ -77,4 +78,10 @@ def release_upload(session: Session, artifacts_dir: Path, job_id: str) -> bool:
     if not folder.exists():
         return False
     remove_upload(folder)
+    forget_upload(session, upload_id)
     return True
+
+
+def forget_upload(session: Session, upload_id: str) -> None:
+    """Delete an upload's ownership row once its folder is gone (caller commits): it no longer counts to a quota."""
+    session.execute(delete(Upload).where(Upload.id == upload_id))

@@ -11,7 +11,7 @@ from graft.shared import lifecycle
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, TrainedModel, new_id
-from graft.shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots
+from graft.shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots, tree_bytes
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ def _record_end(config: Config, lease: Lease, target: str, message: str, fields:
             return False
         model = fields.pop("model", None)
         if model is not None:
+            model.owner_id = job.owner_id  # the model is its training job's owner's
             session.add(model)
         try:
             lifecycle.transition(session, job, target, message=message, **fields)
@@ -149,7 +150,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
     model = TrainedModel(
         id=model_id, job_id=job_id, backbone=spec.backbone, classes=result.classes, image_size=spec.image_size,
         metrics={k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch")},
-        path=str(result.model_path),
+        path=str(result.model_path), size_bytes=tree_bytes(model_dir(config.artifacts_dir, model_id)),
     )
     progress = {"phase": "done", "epoch": spec.epochs, "epochs": spec.epochs, "fraction": 1.0, "eta_s": 0}
     _finish(config, lease, lifecycle.SUCCEEDED, f"model {model_id}", model=model, metrics=metrics, progress=progress)
