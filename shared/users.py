@@ -111,7 +111,7 @@ def authenticate(session: Session, token: str, now: datetime | None = None) -> U
         # One conditional UPDATE: of several processes that see a stale time, one writes.
         session.execute(update(ApiToken).where(
             ApiToken.id == row.id, or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < cutoff)
-        ).values(last_used_at=now))
+        ).values(last_used_at=now).execution_options(synchronize_session=False))
         session.commit()
     return user
 
