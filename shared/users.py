@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from graft.shared.lifecycle import QUEUED, RUNNING
 from graft.shared.models import UPLOAD, ApiToken, DatasetRecord, Job, TrainedModel, Upload, User, utcnow
+from graft.shared.serializers import as_utc
 
 PREFIX = "gft_"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -106,8 +107,7 @@ def authenticate(session: Session, token: str, now: datetime | None = None) -> U
     user = session.get(User, row.user_id)
     now = now or utcnow()
     cutoff = now - TOUCH_EVERY
-    last = row.last_used_at
-    if last is None or (last if last.tzinfo else last.replace(tzinfo=now.tzinfo)) < cutoff:
+    if row.last_used_at is None or as_utc(row.last_used_at) < cutoff:
         # One conditional UPDATE: of several processes that see a stale time, one writes.
         session.execute(update(ApiToken).where(
             ApiToken.id == row.id, or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < cutoff)

@@ -55,7 +55,9 @@ def test_workers_run_the_retention_pass(service_env: dict[str, str], tmp_path: P
     try:
         worker.wait_ready()
         deadline = time.monotonic() + 30
-        while (Path(config.artifacts_dir) / "uploads" / unused).exists():
+        # The pass logs once it has committed (the removed upload's row goes with it): wait for both.
+        while ((Path(config.artifacts_dir) / "uploads" / unused).exists()
+               or "retention pass: removed" not in worker.log_tail()):
             assert time.monotonic() < deadline, worker.log_tail()
             time.sleep(0.2)
         assert (Path(config.artifacts_dir) / "uploads" / used).is_dir()

@@ -57,6 +57,9 @@ def test_var_dir_moves_database_and_artifacts(in_tmp: Path) -> None:
         ("GRAFT_WEBHOOK_MAX_SECONDS", "60", "webhook_max_s", 60),
         ("GRAFT_WEBHOOK_MAX_SECONDS", "", "webhook_max_s", 3600),
         ("GRAFT_WEBHOOK_BACKOFF_SECONDS", "1", "webhook_backoff_s", 1),
+        ("GRAFT_QUOTA_ACTIVE_JOBS", "4", "quota_active_jobs", 4),
+        ("GRAFT_QUOTA_ACTIVE_JOBS", "", "quota_active_jobs", 0),
+        ("GRAFT_QUOTA_STORAGE_MB", "20000", "quota_storage_mb", 20000),
     ],
 )
 def test_each_variable(in_tmp: Path, name: str, value: str, field: str, expected: object) -> None:
@@ -97,6 +100,8 @@ def test_home_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         ("GRAFT_VISIBILITY_TIMEOUT", "soon"),
         ("GRAFT_WEBHOOK_BACKOFF_SECONDS", "0"),
         ("GRAFT_WEBHOOK_ALLOW", "10.0.0.0/8, not a host!"),
+        ("GRAFT_QUOTA_ACTIVE_JOBS", "-1"),
+        ("GRAFT_QUOTA_STORAGE_MB", "a lot"),
     ],
 )
 def test_bad_numbers_raise_config_error(name: str, value: str) -> None:
