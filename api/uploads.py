@@ -8,9 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Response, jsonify, request
-from werkzeug.datastructures import FileStorage
-
 from sqlalchemy.orm import Session
+from werkzeug.datastructures import FileStorage
 
 from graft.api.context import config, db
 from graft.api.errors import APIError
