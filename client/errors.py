@@ -31,6 +31,10 @@ class Conflict(GraftError):
     """409: the resource is not in a state that allows this (a finished job, a dataset still inspecting)."""
 
 
+class QuotaExceeded(GraftError):
+    """429 past the user's job quota, or 507 past the storage quota (or a nearly full server disk)."""
+
+
 class Unavailable(GraftError):
     """The API could not be reached, timed out, or answered 502/503/504, after the client's retries."""
 
@@ -40,8 +44,8 @@ class WaitTimeout(GraftError):
 
 
 BY_STATUS: dict[int, type[GraftError]] = {400: BadRequest, 413: BadRequest, 401: AuthError, 403: AuthError,
-                                          404: NotFound, 409: Conflict, 502: Unavailable, 503: Unavailable,
-                                          504: Unavailable}
+                                          404: NotFound, 409: Conflict, 429: QuotaExceeded, 502: Unavailable,
+                                          503: Unavailable, 504: Unavailable, 507: QuotaExceeded}
 
 
 def error_for(status: int, body: Any) -> GraftError:  # noqa: ANN401 - JSON or text

@@ -18,7 +18,7 @@ import redis
 import requests
 from sqlalchemy import create_engine, func, select, text
 
-from graft.client import Client
+from graft.client import Client, QuotaExceeded
 from graft.shared import lifecycle, users
 from graft.shared.db import session_scope
 from graft.shared.models import READY, DatasetRecord, Job, PredictionResult, TrainedModel, Upload, new_id
@@ -279,6 +279,8 @@ def test_quotas_answer_429_and_507_and_record_nothing(world: World) -> None:
     assert not list((Path(world.env["GRAFT_ARTIFACTS_DIR"]) / "datasets" / ".staging").glob("*/*"))
     small = world.call("carol", "POST", "/api/v1/uploads", files={"file": ("s.jpg", io.BytesIO(JPEG))})
     assert small.status_code == 201, small.text  # under the quota
+    with Client(world.url, world.tokens["carol"]) as client, pytest.raises(QuotaExceeded, match="job quota"):
+        client.train(data)  # the client's own error for both quotas
     assert world.call("carol", "POST", f"/api/v1/jobs/{first.json()['id']}/cancel").status_code == 200
     assert world.call("carol", "POST", "/api/v1/jobs/train", json={"data_dir": data}).status_code == 202
 
