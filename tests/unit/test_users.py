@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
@@ -17,11 +18,20 @@ from graft.shared.models import SERVER_PATH, UPLOAD, ApiToken, DatasetRecord, Tr
 from graft.shared.schema import upgrade
 
 
+@pytest.fixture(scope="module")
+def at_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite database at head, made once (migrating takes longer than a test here)."""
+    path = tmp_path_factory.mktemp("users") / "head.db"
+    upgrade(f"sqlite:///{path}")
+    get_engine(f"sqlite:///{path}").dispose()
+    return path
+
+
 @pytest.fixture()
-def session(tmp_path: Path) -> Iterator[Session]:
-    """A session on a fresh SQLite database at head."""
+def session(at_head: Path, tmp_path: Path) -> Iterator[Session]:
+    """A session on a fresh copy of that database."""
+    shutil.copy(at_head, tmp_path / "graft.db")
     url = f"sqlite:///{tmp_path / 'graft.db'}"
-    upgrade(url)
     with session_factory(url)() as s:
         yield s
     get_engine(url).dispose()
@@ -128,3 +138,40 @@ def test_usage_counts_active_jobs_and_stored_bytes_of_one_user(session: Session)
     assert users.limits(alice, 5, 100) == (5, 100)
     alice.max_jobs, alice.max_storage_mb = 0, 2
     assert users.limits(alice, 5, 100) == (0, 2)
+
+
+def test_the_graft_users_and_tokens_commands(at_head: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Each action of `graft users` and `graft tokens` on a SQLite database (parsed as the console script does)."""
+    from graft.cli import users as cli_users
+    from graft.cli.main import build_parser
+    from graft.shared.config import Config
+
+    shutil.copy(at_head, tmp_path / "graft.db")
+    url = f"sqlite:///{tmp_path / 'graft.db'}"
+    monkeypatch.setattr(cli_users, "get_config", lambda: Config(database_url=url))
+
+    def graft(*argv: str) -> list[str]:
+        args = build_parser().parse_args(list(argv))
+        assert args.func(args) == 0
+        return capsys.readouterr().out.strip().splitlines()
+
+    token = graft("users", "add", "alice", "--max-jobs", "2")[-1]
+    admin_token = graft("users", "add", "ops", "--admin")[-1]
+    assert graft("users", "set", "alice", "--max-storage-mb", "0", "--max-jobs", "-1") == [
+        "alice: admin=false max_jobs=default max_storage_mb=unlimited"]
+    second = graft("tokens", "create", "alice")[-1]
+    listed = graft("users", "list")
+    assert listed[1].split()[:5] == ["alice", "no", "2", "default", "unlimited"] and listed[2].split()[1] == "yes"
+    with session_factory(url)() as session:
+        assert users.authenticate(session, token).name == "alice"
+        assert users.authenticate(session, admin_token).is_admin
+        public = users.public_id(users.list_tokens(session, "alice")[0][0])
+    assert graft("tokens", "revoke", token) == [f"revoked {public}"]
+    rows = graft("tokens", "list", "alice")
+    assert len(rows) == 3 and rows[1].startswith(public) and rows[1].split()[-1] != "-"  # revoked, with its time
+    with session_factory(url)() as session:
+        assert users.authenticate(session, token) is None and users.authenticate(session, second).name == "alice"
+    with pytest.raises(cli_users.ClientError, match="already exists"):
+        graft("users", "add", "alice")
+    get_engine(url).dispose()
