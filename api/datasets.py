@@ -203,7 +203,8 @@ def _get(dataset_id: str) -> DatasetRecord:
 @bp.problems(401)
 def list_datasets(args: dict[str, Any]) -> Response:
     """The caller's datasets (an admin's: everyone's), newest first, without per-file details."""
-    query = visible(select(DatasetRecord), DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc())
+    query = visible(select(DatasetRecord), DatasetRecord).order_by(DatasetRecord.created_at.desc(),
+                                                                   DatasetRecord.id.desc())
     return page(query, "datasets.list_datasets", lambda rows: [serialize_dataset(d, full=False) for d in rows], args)
 
 

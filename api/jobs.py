@@ -37,7 +37,7 @@ def _get_job(job_id: str) -> Job:
 def submit_train(params: dict[str, Any]) -> Response:
     """Validate, record a queued job, enqueue it; 202 with the job and its Location (429 past the job quota)."""
     check_callback(params, config())
-    training_source(params)  # data_dir, or a ready dataset_id of the caller's resolved to its folder (409 while inspecting)
+    training_source(params)  # data_dir, or the caller's ready dataset_id as its folder (409 while inspecting)
     check_job_quota()
     session = db()
     job = lifecycle.create_job(session, "train", params, owner_id())

@@ -139,7 +139,8 @@ FOREIGN = [
 ]
 
 
-def _request(world: World, who: str, owner: str, method: str, path: str, body: Any) -> requests.Response:  # noqa: ANN401
+def _request(world: World, who: str, owner: str, method: str, path: str,
+             body: Any) -> requests.Response:  # noqa: ANN401
     values = {**world.ids[owner], "own_model": world.ids[who]["model"] if who in world.ids else ""}
     kwargs: dict[str, Any] = {}
     if body == FILES:
@@ -172,7 +173,8 @@ def test_another_users_id_answers_404_and_changes_nothing(world: World, who: str
 
 @pytest.mark.parametrize("who", ["alice", "root", "legacy"])
 @pytest.mark.parametrize(("method", "path", "body"), [c for c in FOREIGN if c[0] == "GET"])
-def test_the_owner_and_admins_read_it(world: World, who: str, method: str, path: str, body: Any) -> None:  # noqa: ANN401
+def test_the_owner_and_admins_read_it(world: World, who: str, method: str, path: str,
+                                      body: Any) -> None:  # noqa: ANN401
     response = _request(world, who, "alice", method, path, body)
     assert response.status_code in (200, 202), response.text  # 202: a download being exported (no worker here)
 
@@ -253,7 +255,8 @@ def _counts(world: World) -> tuple[int, int, int]:
     """carol's jobs, her upload rows, and the upload folders on disk."""
     with session_scope(world.env["GRAFT_DATABASE_URL"]) as session:
         jobs = session.scalar(select(func.count()).select_from(Job).where(Job.owner_id == world.user_ids["carol"]))
-        rows = session.scalar(select(func.count()).select_from(Upload).where(Upload.owner_id == world.user_ids["carol"]))
+        rows = session.scalar(select(func.count()).select_from(Upload)
+                              .where(Upload.owner_id == world.user_ids["carol"]))
     folders = len(list((Path(world.env["GRAFT_ARTIFACTS_DIR"]) / "uploads").iterdir()))
     return jobs, rows, folders
 

@@ -1,4 +1,5 @@
-"""Users and tokens (graft.shared.users) on SQLite: names, hashed tokens, authentication, last use, revocation, usage."""
+"""Users and tokens (graft.shared.users) on SQLite: names, hashed tokens, authentication, last use, revocation,
+usage, and the `graft users`/`graft tokens` commands."""
 from __future__ import annotations
 
 import hashlib
