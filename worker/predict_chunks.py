@@ -16,6 +16,7 @@ from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, PredictionResult, utcnow
 from graft.shared.serializers import as_utc
+from graft.shared.thumbs import RESULT_THUMB_CHUNKS, RESULT_THUMBS_PER_CHUNK, job_thumbs_dir
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
 from graft.worker.predict_common import input_folder, model_path, release_job_upload
 
@@ -57,6 +58,7 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
     """
     from graft.worker.core.model_cache import default_cache
     from graft.worker.core.predict import Stopped
+    from graft.worker.core.thumbnails import write_file_thumbnails
 
     config = config or get_config()
     claimed = _claim(config, job_id, index, worker)
@@ -72,6 +74,9 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
                                             params.get("runtime"), max_pixels=config.max_image_pixels)
             rows = predictor.predict_files([(name, folder / name) for name in names], params.get("top_k", 1),
                                            params.get("threshold"), roots, should_stop=beat.should_stop)
+            if index < RESULT_THUMB_CHUNKS:  # the dashboard's result thumbnails: bounded, and the upload goes away
+                ok = [(r["path"], folder / r["path"]) for r in rows if not r["error"]][:RESULT_THUMBS_PER_CHUNK]
+                write_file_thumbnails(ok, job_thumbs_dir(config.artifacts_dir, job_id), config.max_image_pixels, roots)
         except Stopped:
             log.info("predict job %s: chunk %d stopped (job ended or chunk taken over)", job_id, index)
         except Exception as exc:  # noqa: BLE001 - any error: try the chunk again, or fail the job after the last try
