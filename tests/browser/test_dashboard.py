@@ -47,6 +47,27 @@ def test_a_wrong_token_is_refused_and_sign_out_forgets_the_token(dashboard: dict
     assert not console_errors(browser)
 
 
+def test_a_phone_width_and_the_keyboard_reach_every_page(dashboard: dict[str, Any], browser: WebDriver,
+                                                         screenshots: Path) -> None:
+    browser.set_window_size(390, 844)
+    sign_in(browser, dashboard["url"], TOKEN)
+    for name, title in (("Train", "Train a model"), ("Jobs", "Jobs"), ("Models", "Models"),
+                        ("Batch predict", "Batch predict"), ("Datasets", "Datasets")):
+        # keyboard only: each page focuses its heading; Shift+Tab walks back into the menu, Enter follows a link
+        for _ in range(12):
+            browser.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)
+            if browser.switch_to.active_element.text == name:
+                break
+        assert browser.switch_to.active_element.text == name, f"Shift+Tab never reached {name}"
+        browser.switch_to.active_element.send_keys(Keys.ENTER)
+        heading(browser, title)
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), \
+            f"{title}: the page scrolls sideways at phone width"
+        _accessible(browser, f"{title} at phone width")
+    shot(browser, screenshots, "phone-datasets")
+    assert not console_errors(browser)
+
+
 def _upload_dataset(driver: WebDriver, archive: Path, screenshots: Path) -> str:
     css(driver, "#dataset-archive").send_keys(str(archive))
     heading(driver, "Dataset hymenoptera", timeout=60)

@@ -45,6 +45,7 @@ document.addEventListener("alpine:init", () => {
     signinError: "",
     route: { page: "datasets", id: null, params: {} },
     notice: "",
+    noticeAt: 0,
     error: "",
     spec: null,
     // datasets
@@ -68,6 +69,8 @@ document.addEventListener("alpine:init", () => {
     },
 
     pct, when, eta,
+
+    say(text) { this.notice = text; this.noticeAt = Date.now(); },
 
     // ---- sign in ---------------------------------------------------------------------------------------------
     async signIn() {
@@ -99,6 +102,7 @@ document.addEventListener("alpine:init", () => {
       const [page, id] = path.split("/");
       this.route = { page, id: id ? decodeURIComponent(id) : null, params: Object.fromEntries(new URLSearchParams(query)) };
       this.error = "";
+      if (Date.now() - this.noticeAt > 3000) this.notice = "";  // a notice outlives the move it announced, no more
       if (!this.token) return;
       try {
         await this.load();
@@ -154,7 +158,7 @@ document.addEventListener("alpine:init", () => {
         form.append("file", file, file.name);
         if (this.upload.name) form.append("name", this.upload.name);
         const { body } = await graftApi.upload("/api/v1/datasets", form, (f) => { this.upload.progress = f; });
-        this.notice = `Dataset ${body.name} uploaded; inspecting it.`;
+        this.say(`Dataset ${body.name} uploaded; inspecting it.`);
         location.hash = `#/datasets/${body.id}`;
       } catch (err) {
         this.error = err.message;
@@ -172,7 +176,7 @@ document.addEventListener("alpine:init", () => {
       if (!confirm(`Delete dataset ${this.dataset.name}?`)) return;
       try {
         await graftApi.call(`/api/v1/datasets/${this.dataset.id}`, { method: "DELETE" });
-        this.notice = `Dataset ${this.dataset.name} deleted.`;
+        this.say(`Dataset ${this.dataset.name} deleted.`);
         location.hash = "#/datasets";
       } catch (err) { this.error = err.message; }
     },
@@ -223,7 +227,7 @@ document.addEventListener("alpine:init", () => {
       this.trainErrors = {};
       try {
         const { body } = await graftApi.call("/api/v1/jobs/train", { method: "POST", json: this.trainBody() });
-        this.notice = `Training job ${body.id} queued.`;
+        this.say(`Training job ${body.id} queued.`);
         location.hash = `#/jobs/${body.id}`;
       } catch (err) {
         this.error = err.message;
@@ -260,7 +264,7 @@ document.addEventListener("alpine:init", () => {
       try {
         const { body } = await graftApi.call(`/api/v1/jobs/${this.job.id}/cancel`, { method: "POST" });
         this.job = body;
-        this.notice = body.status === "cancelled" ? "Job cancelled." : "Cancel requested: the job stops at its next batch.";
+        this.say(body.status === "cancelled" ? "Job cancelled." : "Cancel requested: the job stops at its next batch.");
       } catch (err) { this.error = err.message; }
     },
 
@@ -304,7 +308,7 @@ document.addEventListener("alpine:init", () => {
           const r = await graftApi.call(`/api/v1/models/${this.model.id}/download?format=${this.exportFormat}`);
           if (r.status === 200) {
             graftApi.save(r.body, `graft-model-${this.model.id}-${this.exportFormat}.zip`);
-            this.notice = "Model downloaded.";
+            this.say("Model downloaded.");
             return;
           }
           await new Promise((ok) => setTimeout(ok, 1000 * (r.body.retry_after_s || 5)));
@@ -374,7 +378,7 @@ document.addEventListener("alpine:init", () => {
         if (model) body.top_k = Math.min(3, model.classes.length);
         const { body: job } = await graftApi.call("/api/v1/jobs/predict", { method: "POST", json: body });
         this.results = [];
-        this.notice = `Batch prediction ${job.id} queued.`;
+        this.say(`Batch prediction ${job.id} queued.`);
         location.hash = `#/predict/${job.id}`;
       } catch (err) { this.error = err.message; } finally { this.predict.busy = false; }
     },
