@@ -99,7 +99,7 @@ def prediction_thumbnail(model_id: str, index: int) -> Response:
 @bp.response(200, JPEG, content_type="image/jpeg", description="a JPEG thumbnail of one classified image")
 @bp.problems(400, 401, 404, 409)
 def result_thumbnail(args: dict[str, Any], job_id: str) -> Response:
-    """The thumbnail of a result row's image (kept for the first 1,000 images of a job)."""
+    """The thumbnail of a result row's image (kept for up to 500 images a job: shared.thumbs)."""
     job = finished_predict_job_or_error(job_id)
     row = select(PredictionResult.id).where(PredictionResult.job_id == job.id, PredictionResult.path == args["path"])
     if db().scalar(row) is None:

@@ -146,8 +146,10 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
                 error = f"the server's artifacts disk is full, no checkpoint or model could be written ({exc.strerror})"
             _finish(config, lease, lifecycle.FAILED, error, error=error)
             return
-    # before the model's row exists, so every model that has a row has its out-of-sample predictions
-    write_predictions(model_dir(config.artifacts_dir, model_id), result.predictions, result.val_images)
+    try:  # before the model's row exists: a model with a row has its out-of-sample predictions, unless the disk is full
+        write_predictions(model_dir(config.artifacts_dir, model_id), result.predictions, result.val_images)
+    except OSError as exc:
+        log.warning("job %s: out-of-sample predictions not stored (%s)", job_id, exc)
     metrics = {**result.metrics, "skipped_files": result.skipped_files}
     model = TrainedModel(
         id=model_id, job_id=job_id, backbone=spec.backbone, classes=result.classes, image_size=spec.image_size,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +14,6 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from graft.shared.storage import atomic_write_bytes
 from graft.shared.thumbs import PER_CLASS_THUMBS, THUMB_SIDE, result_thumb_name
 from graft.worker.core.dataset import find_files
 
@@ -30,11 +30,19 @@ def jpeg_thumbnail(img: Image.Image | np.ndarray, side: int = THUMB_SIDE) -> byt
     return out.getvalue()
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Write through a temp file and a rename (a reader never sees half a file); no fsync: a thumbnail is disposable,
+    and an fsync per file cost more than making it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def write_array_thumbnails(images: Sequence[np.ndarray], indices: Sequence[int], folder: Path) -> None:
     """Write images[i] as folder/<i>.jpg for each i in indices (decoded arrays, e.g. a validation split's)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in indices:
-        atomic_write_bytes(folder / f"{i}.jpg", jpeg_thumbnail(images[i]))
+        _write(folder / f"{i}.jpg", jpeg_thumbnail(images[i]))
 
 
 def _file_thumbnail(path: Path, max_pixels: int | None) -> bytes | None:
@@ -44,7 +52,7 @@ def _file_thumbnail(path: Path, max_pixels: int | None) -> bytes | None:
             with Image.open(path) as img:
                 if max_pixels and img.size[0] * img.size[1] > max_pixels:
                     return None
-                img.draft("RGB", (THUMB_SIDE * 2, THUMB_SIDE * 2))  # JPEG: decode at a reduced scale
+                img.draft("RGB", (THUMB_SIDE, THUMB_SIDE))  # JPEG: decode at the smallest scale still >= the thumbnail
                 return jpeg_thumbnail(img)
     except Exception:  # noqa: BLE001 - an unreadable file gets no thumbnail; the report names it already
         return None
@@ -62,7 +70,7 @@ def write_file_thumbnails(files: Sequence[tuple[str, Path]], folder: Path, max_p
         data = _file_thumbnail(real, max_pixels)
         if data is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(folder / result_thumb_name(name), data)
+            _write(folder / result_thumb_name(name), data)
             made += 1
     return made
 
@@ -81,7 +89,7 @@ def write_class_thumbnails(root: Path, folder: Path, max_pixels: int | None, roo
                 break
             data = _file_thumbnail(path, max_pixels)
             if data is not None:
-                atomic_write_bytes(folder / f"{n}.jpg", data)
+                _write(folder / f"{n}.jpg", data)
                 made[name].append(f"{n}.jpg")
                 n += 1
     return made

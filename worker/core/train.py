@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graft.shared.thumbs import THUMBS_DIR, keep_bounded
 from graft.worker.core.backbones import BACKBONES, Classifier, build_model
 from graft.worker.core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model_artifact
 from graft.worker.core.dataset import TrainingData, Split, load_dataset
 from graft.worker.core.features import ViewCache, build_cache, cached_epoch, cached_eval, map_bytes
-from graft.shared.thumbs import THUMBS_DIR, keep_bounded
 from graft.worker.core.metrics import classification_report
 from graft.worker.core.oos import val_predictions
 from graft.worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_lambdas, stop_reason
