@@ -183,4 +183,11 @@ def test_end_to_end(dashboard: dict[str, Any], browser: WebDriver, hymenoptera_z
         for image in sorted((HYMENOPTERA / "val" / cls).iterdir())[-3:]:
             shutil.copy(image, images / f"{cls}-{image.name}")
     _batch_predict(browser, model_id, images, screenshots)
+    browser.get(f"{dashboard['url']}/#/datasets/{dataset_id}")
+    heading(browser, "Dataset hymenoptera")
+    [delete] = [b for b in browser.find_elements(By.CSS_SELECTOR, "button.danger") if b.is_displayed()]
+    delete.click()
+    wait(browser, lambda d: d.switch_to.alert).accept()  # "Delete dataset hymenoptera?"
+    heading(browser, "Datasets")
+    wait(browser, lambda d: "No datasets yet." in css(d, "main section").text, what="the dataset is still listed")
     assert not console_errors(browser)
