@@ -65,6 +65,15 @@ def test_a_phone_width_and_the_keyboard_reach_every_page(dashboard: dict[str, An
             f"{title}: the page scrolls sideways at phone width"
         _accessible(browser, f"{title} at phone width")
     shot(browser, screenshots, "phone-datasets")
+    browser.find_element(By.LINK_TEXT, "Train").send_keys(Keys.ENTER)
+    heading(browser, "Train a model")
+    epochs = css(browser, "#f-epochs")
+    epochs.clear()
+    epochs.send_keys("0" + Keys.ENTER)  # the API refuses it: its problem names the field, shown beside it
+    message = wait(browser, lambda d: d.find_element(By.XPATH, "//*[@id='f-epochs']/following-sibling::p[@class='error']"
+                                                   ).text, what="no error beside the field")
+    assert ">= 1" in message
+    shot(browser, screenshots, "phone-train-refused")
     assert not console_errors(browser)
 
 
