@@ -8,7 +8,8 @@ from typing import Any
 from flask import Flask
 
 from graft.api import (
-    datasets, errors, health, jobs, metrics, models, predict_jobs, predict_now, ratelimit, results, uploads,
+    dashboard, datasets, errors, gallery, health, jobs, metrics, models, predict_jobs, predict_now, ratelimit, results,
+    uploads,
 )
 from graft.api.auth import require_admin, require_token
 from graft.api.disk import refuse_uploads_when_disk_is_nearly_full
@@ -34,7 +35,8 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     ensure_schema(config)
     # Graft keeps nothing in Flask's instance folder; naming one spares Flask its search for the package folder,
     # which cannot see through the editable install of the `graft` namespace package.
-    app = Flask(__name__, instance_path=str(Path(config.artifacts_dir).absolute() / "flask-instance"))
+    app = Flask(__name__, instance_path=str(Path(config.artifacts_dir).absolute() / "flask-instance"),
+                static_folder=None)  # the dashboard blueprint serves api/static
     app.config["GRAFT"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_mb * 1024 * 1024
     app.json.sort_keys = False
@@ -45,7 +47,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     errors.register(app)
     failed_auth = ratelimit.guard(ratelimit.install(app, config), config)
     api.register_blueprint(health.bp)
-    for module in (jobs, models, uploads, predict_jobs, results, predict_now, datasets):
+    for module in (jobs, models, uploads, predict_jobs, results, predict_now, datasets, gallery):
         # Token check on the app, not on the shared blueprint object: create_app can run more than once.
         # In this order (no disk or quota news for strangers), and all before a view reads the body.
         app.before_request_funcs.setdefault(module.bp.name, []).extend(
@@ -55,6 +57,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     app.before_request_funcs.setdefault(metrics.bp.name, []).extend([require_token, require_admin])  # every user's
     failed_auth(metrics.bp)
     api.register_blueprint(metrics.bp)
+    app.register_blueprint(dashboard.bp)  # the web page at /: no data, no token (it signs in with one)
     app.teardown_appcontext(_close_session)
     return app
 

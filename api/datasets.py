@@ -38,6 +38,7 @@ from graft.shared.models import INSPECTING, SERVER_PATH, UPLOAD, DatasetRecord, 
 from graft.shared.queue import enqueue_inspection
 from graft.shared.serializers import serialize_dataset
 from graft.shared.storage import PathNotAllowed, resolve_under_roots
+from graft.shared.thumbs import dataset_thumbs_dir
 
 log = logging.getLogger(__name__)
 bp = Blueprint("datasets", __name__, description="Datasets: upload an archive or name a server folder; reports.")
@@ -231,6 +232,7 @@ def delete_dataset(dataset_id: str) -> Response:
     folder = Path(dataset.path)
     if dataset.source == UPLOAD and folder.parent.resolve() == config().datasets_dir.resolve():
         shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(dataset_thumbs_dir(config().artifacts_dir, dataset.id), ignore_errors=True)
     return jsonify({"id": dataset_id, "deleted": True})
 
 

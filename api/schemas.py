@@ -146,6 +146,20 @@ class ResultsArgs(Schema):
     after = fields.String(validate=NO_NUL, metadata={"description": "the last path of the previous page"})
 
 
+class PredictionArgs(PageArgs):
+    """Filters of a model's stored out-of-sample predictions."""
+
+    true = fields.String(validate=NO_NUL, metadata={"description": "only images of this true class"})
+    predicted = fields.String(validate=NO_NUL, metadata={"description": "only images predicted as this class"})
+    errors_only = fields.Boolean(load_default=False, metadata={"description": "only misclassified images"})
+
+
+class ResultImageArgs(Schema):
+    """Which result row's thumbnail."""
+
+    path = fields.String(required=True, validate=NO_NUL, metadata={"description": "the row's path"})
+
+
 class DownloadArgs(Schema):
     """Which portable format to download."""
 
@@ -261,6 +275,8 @@ class DatasetSchema(DatasetSummary):
     num_files = _nullable(fields.Integer, required=True)
     path = fields.String(metadata={"description": "the folder a `path` dataset was made from (not for uploads)"})
     size_bytes = _nullable(fields.Integer, required=True)
+    thumbnails = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), metadata={
+        "description": "per class, names of a few thumbnails: GET /datasets/{id}/thumbnails/{name}"})
 
 
 class ResultRow(Schema):
@@ -279,6 +295,18 @@ def page_of(item: type[Schema], name: str) -> type[Schema]:
                              "next": _nullable(fields.String, required=True)}, name=name)
 
 
+class ValPrediction(Schema):
+    """One validation image: what the model said of it, out of sample."""
+
+    index = fields.Integer(required=True, metadata={"description": "its number in the validation split"})
+    file = fields.String(required=True, metadata={"description": "relative to the dataset's folder"})
+    true = fields.String(required=True)
+    predicted = fields.String(required=True)
+    confidence = fields.Float(required=True)
+    correct = fields.Boolean(required=True)
+    thumbnail = _nullable(fields.String, required=True, metadata={"description": "its thumbnail's URL"})
+
+
 JobPage = page_of(JobSchema, "JobPage")
 ModelPage = page_of(ModelSchema, "ModelPage")
 DatasetPage = page_of(DatasetSummary, "DatasetPage")
@@ -290,6 +318,13 @@ ResultsPage = Schema.from_dict({"job_id": fields.String(required=True),
 PredictNowAnswer = Schema.from_dict({"model_id": fields.String(required=True), "job_id": fields.String(required=True),
                                      "items": fields.List(fields.Nested(ResultRow), required=True),
                                      "summary": fields.Dict(required=True)}, name="PredictNowAnswer")
+ValPredictionPage = Schema.from_dict({
+    "model_id": fields.String(required=True),
+    "total": fields.Integer(required=True, metadata={"description": "images in the validation split"}),
+    "stored": fields.Integer(required=True, metadata={"description": "kept (every misclassified one first)"}),
+    "matching": fields.Integer(required=True, metadata={"description": "kept ones that pass the filters"}),
+    "items": fields.List(fields.Nested(ValPrediction), required=True),
+    "next": _nullable(fields.String, required=True)}, name="ValPredictionPage")
 UploadAnswer = Schema.from_dict({"id": fields.String(required=True), "added": fields.Integer(required=True)},
                                 name="UploadAnswer")
 Deleted = Schema.from_dict({"id": fields.String(required=True), "deleted": fields.Boolean(required=True)},

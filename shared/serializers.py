@@ -118,7 +118,8 @@ def serialize_dataset(dataset: DatasetRecord, full: bool = True) -> dict[str, An
     }
     if full:
         out.update(issues=issues, conversions=report.get("conversions", {}), layout=report.get("layout"),
-                   splits=report.get("splits"), num_files=report.get("num_files"), size_bytes=dataset.size_bytes)
+                   splits=report.get("splits"), num_files=report.get("num_files"), size_bytes=dataset.size_bytes,
+                   thumbnails=report.get("thumbnails", {}))
         if dataset.source == SERVER_PATH:  # the caller's own folder; an upload's folder is Graft's business
             out["path"] = dataset.path
     else:

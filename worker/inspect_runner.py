@@ -8,6 +8,7 @@ from graft.shared.config import Config, get_config
 from graft.shared.datasets import report_status
 from graft.shared.db import session_scope
 from graft.shared.models import DATASET_FAILED, INSPECTING, DatasetRecord
+from graft.shared.thumbs import dataset_thumbs_dir
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +17,7 @@ def run_inspection(dataset_id: str, config: Config | None = None) -> None:
     """Inspect dataset_id once; a dataset already inspected (a redelivered message) or deleted is left alone."""
     from graft.worker.core.dataset import DatasetError
     from graft.worker.core.inspection import inspect_dataset
+    from graft.worker.core.thumbnails import write_class_thumbnails
 
     config = config or get_config()
     with session_scope(config.database_url) as session:
@@ -27,6 +29,9 @@ def run_inspection(dataset_id: str, config: Config | None = None) -> None:
     error = None
     try:
         report = inspect_dataset(root, config.max_image_pixels, non_utf8=non_utf8, roots=config.train_roots)
+        # a few thumbnails per class for the dashboard, where the images are read anyway (bounded: PER_CLASS_THUMBS)
+        report["thumbnails"] = write_class_thumbnails(root, dataset_thumbs_dir(config.artifacts_dir, dataset_id),
+                                                      config.max_image_pixels, roots=config.train_roots)
     except DatasetError as exc:
         report, error = {"issues": []}, str(exc)
     except Exception as exc:  # noqa: BLE001 - any crash must end the inspection with a readable reason

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import astuple, dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -16,6 +17,7 @@ from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, PredictionResult, utcnow
 from graft.shared.serializers import as_utc
+from graft.shared.thumbs import RESULT_THUMB_CHUNKS, RESULT_THUMBS_PER_CHUNK, job_thumbs_dir
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
 from graft.worker.predict_common import input_folder, model_path, release_job_upload
 
@@ -72,6 +74,8 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
                                             params.get("runtime"), max_pixels=config.max_image_pixels)
             rows = predictor.predict_files([(name, folder / name) for name in names], params.get("top_k", 1),
                                            params.get("threshold"), roots, should_stop=beat.should_stop)
+            if index < RESULT_THUMB_CHUNKS and not params.get("interactive"):  # a synchronous answer waits for none
+                _thumbnails(config, job_id, folder, roots, rows)
         except Stopped:
             log.info("predict job %s: chunk %d stopped (job ended or chunk taken over)", job_id, index)
         except Exception as exc:  # noqa: BLE001 - any error: try the chunk again, or fail the job after the last try
@@ -86,6 +90,17 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
     release_job_upload(config, job_id)  # removes it only when this chunk was the last
     return {"chunk": index, "files": len(rows), "errors": sum(1 for r in rows if r["error"]),
             "runtime": predictor.runtime}
+
+
+def _thumbnails(config: Config, job_id: str, folder: Path, roots: list[Path], rows: list[dict[str, Any]]) -> None:
+    """The dashboard's result thumbnails (bounded; the upload goes away with the job); never fails the chunk."""
+    from graft.worker.core.thumbnails import write_file_thumbnails
+
+    ok = [(r["path"], folder / r["path"]) for r in rows if not r["error"]][:RESULT_THUMBS_PER_CHUNK]
+    try:
+        write_file_thumbnails(ok, job_thumbs_dir(config.artifacts_dir, job_id), config.max_image_pixels, roots)
+    except OSError as exc:  # a full disk: no thumbnails, same results
+        log.warning("predict job %s: no result thumbnails (%s)", job_id, exc)
 
 
 def _let_go(config: Config, held: Held) -> None:

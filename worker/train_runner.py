@@ -12,6 +12,7 @@ from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, TrainedModel, new_id
 from graft.shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots, tree_bytes
+from graft.shared.thumbs import write_predictions
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,10 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
                 error = f"the server's artifacts disk is full, no checkpoint or model could be written ({exc.strerror})"
             _finish(config, lease, lifecycle.FAILED, error, error=error)
             return
+    try:  # before the model's row exists: a model with a row has its out-of-sample predictions, unless the disk is full
+        write_predictions(model_dir(config.artifacts_dir, model_id), result.predictions, result.val_images)
+    except OSError as exc:
+        log.warning("job %s: out-of-sample predictions not stored (%s)", job_id, exc)
     metrics = {**result.metrics, "skipped_files": result.skipped_files}
     model = TrainedModel(
         id=model_id, job_id=job_id, backbone=spec.backbone, classes=result.classes, image_size=spec.image_size,

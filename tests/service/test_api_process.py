@@ -80,6 +80,12 @@ dataset = hit("POST", "/api/v1/datasets", data={"file": (zipped(), "set.zip")},
               content_type="multipart/form-data").get_json()
 hit("GET", "/api/v1/datasets")
 hit("GET", f"/api/v1/datasets/{dataset['id']}")
+hit("GET", f"/api/v1/datasets/{dataset['id']}/thumbnails/0.jpg")
+hit("GET", f"/api/v1/models/{model_id}/predictions")
+hit("GET", f"/api/v1/models/{model_id}/predictions/0/thumbnail")
+hit("GET", f"/api/v1/jobs/{job['id']}/results/thumbnail?path=x.jpg")
+hit("GET", "/").close()  # the dashboard and its files
+hit("GET", "/static/js/app.js").close()
 hit("DELETE", f"/api/v1/datasets/{dataset['id']}")
 hit("DELETE", f"/api/v1/models/{model_id}")
 hit("GET", "/api/v1/openapi.json")

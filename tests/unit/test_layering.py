@@ -59,6 +59,9 @@ def test_the_wheel_holds_only_graft(tmp_path: Path) -> None:
     assert {"graft/shared/migrations/env.py", "graft/shared/migrations/script.py.mako",
             "graft/shared/migrations/versions/0001_baseline.py"} <= shipped
     assert shipped <= set(names)
+    dashboard = {f"graft/api/{p.relative_to(ROOT / 'api').as_posix()}" for p in (ROOT / "api" / "static").rglob("*")
+                 if p.is_file()}  # the web page at / and its vendored libraries, with their licences
+    assert "graft/api/static/index.html" in dashboard and dashboard <= set(names), dashboard - set(names)
     top_level = next(n for n in names if n.endswith("top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["graft"]
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

@@ -15,12 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graft.shared.thumbs import THUMBS_DIR, keep_bounded
 from graft.worker.core.backbones import BACKBONES, Classifier, build_model
 from graft.worker.core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model_artifact
 from graft.worker.core.dataset import TrainingData, Split, load_dataset
 from graft.worker.core.features import ViewCache, build_cache, cached_epoch, cached_eval, map_bytes
 from graft.worker.core.metrics import classification_report
+from graft.worker.core.oos import val_predictions
 from graft.worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_lambdas, stop_reason
+from graft.worker.core.thumbnails import write_array_thumbnails
 from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ class TrainResult:
     classes: list[str]
     metrics: dict[str, Any]
     skipped_files: list[dict[str, str]] = field(default_factory=list)
+    predictions: list[dict[str, Any]] = field(default_factory=list)  # out-of-sample, bounded (oos.py)
+    val_images: int = 0
 
 
 def _set_trainable(model: Classifier, frozen: int) -> None:
@@ -238,4 +243,8 @@ def fit(
         "preprocessing": prep.to_dict(), "metrics": metrics, "params": asdict(spec),
     }
     path = save_model_artifact(model_dir, model, meta)
-    return TrainResult(model_path=path, classes=data.classes, metrics=metrics, skipped_files=data.skipped)
+    predictions = keep_bounded(val_predictions(model, data.val, cache, prep, spec, data.classes, best["epoch"],
+                                               best["pred"]))
+    write_array_thumbnails(data.val.images, [r["index"] for r in predictions], model_dir / THUMBS_DIR)
+    return TrainResult(model_path=path, classes=data.classes, metrics=metrics, skipped_files=data.skipped,
+                       predictions=predictions, val_images=len(data.val))

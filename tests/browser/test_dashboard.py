@@ -1,0 +1,202 @@
+"""The dashboard in headless Chromium, end to end, on a real `graft api` process and a real worker.
+
+One flow (test_end_to_end): sign in, upload a zip of hymenoptera (a subset: conftest.SUBSET), read its report,
+train, watch the curves grow, open a confusion-matrix cell and see its images, try an image, batch predict an
+uploaded zip and download its CSV. axe-core checks every page it visits. Screenshots: conftest.OUTPUT/screenshots.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
+
+from tests.browser.pages import console_errors, css, heading, serious_violations, shot, sign_in, wait
+from tests.helpers import HYMENOPTERA, TOKEN
+
+TRAIN = {"epochs": "3", "mode": "finetune", "time_budget_s": "120"}  # small: the flow must stay near a minute
+
+
+def _accessible(driver: WebDriver, page: str) -> None:
+    problems = serious_violations(driver)
+    assert not problems, f"{page}: axe-core found serious accessibility violations: {problems}"
+
+
+def test_a_wrong_token_is_refused_and_sign_out_forgets_the_token(dashboard: dict[str, Any], browser: WebDriver,
+                                                                   screenshots: Path) -> None:
+    browser.get(dashboard["url"] + "/")
+    heading(browser, "Sign in")
+    _accessible(browser, "sign in")
+    css(browser, "#token").send_keys("not-the-token" + Keys.ENTER)  # the keyboard alone submits
+    wait(browser, lambda d: "refused" in css(d, "form [role=alert]").text, what="no refusal shown")
+    assert browser.execute_script("return sessionStorage.getItem('graft.token')") is None
+    shot(browser, screenshots, "sign-in-refused")
+    css(browser, "#token").clear()
+    sign_in(browser, dashboard["url"], TOKEN)
+    assert browser.execute_script("return sessionStorage.getItem('graft.token')") == TOKEN
+    assert browser.execute_script("return localStorage.length") == 0  # never kept beyond the tab
+    css(browser, "nav button").click()  # Sign out
+    heading(browser, "Sign in")
+    assert browser.execute_script("return sessionStorage.getItem('graft.token')") is None
+    assert not console_errors(browser)
+
+
+def test_a_phone_width_and_the_keyboard_reach_every_page(dashboard: dict[str, Any], browser: WebDriver,
+                                                         screenshots: Path) -> None:
+    browser.set_window_size(390, 844)
+    sign_in(browser, dashboard["url"], TOKEN)
+    for name, title in (("Train", "Train a model"), ("Jobs", "Jobs"), ("Models", "Models"),
+                        ("Batch predict", "Batch predict"), ("Datasets", "Datasets")):
+        # keyboard only: each page focuses its heading; Shift+Tab walks back into the menu, Enter follows a link
+        for _ in range(12):
+            browser.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)
+            if browser.switch_to.active_element.text == name:
+                break
+        assert browser.switch_to.active_element.text == name, f"Shift+Tab never reached {name}"
+        browser.switch_to.active_element.send_keys(Keys.ENTER)
+        heading(browser, title)
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), \
+            f"{title}: the page scrolls sideways at phone width"
+        _accessible(browser, f"{title} at phone width")
+    shot(browser, screenshots, "phone-datasets")
+    browser.find_element(By.LINK_TEXT, "Train").send_keys(Keys.ENTER)
+    heading(browser, "Train a model")
+    epochs = css(browser, "#f-epochs")
+    epochs.clear()
+    epochs.send_keys("0" + Keys.ENTER)  # the API refuses it: its problem names the field, shown beside it
+    message = wait(browser, lambda d: d.find_element(By.XPATH, "//*[@id='f-epochs']/following-sibling::p[@class='error']"
+                                                   ).text, what="no error beside the field")
+    assert ">= 1" in message
+    shot(browser, screenshots, "phone-train-refused")
+    assert not console_errors(browser)
+
+
+def _upload_dataset(driver: WebDriver, archive: Path, screenshots: Path) -> str:
+    css(driver, "#dataset-archive").send_keys(str(archive))
+    heading(driver, "Dataset hymenoptera", timeout=60)
+    wait(driver, lambda d: "ready" in css(d, "main section p .badge").text, 90, "dataset never became ready")
+    rows = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.class-row"), what="no class rows")
+    assert [r.find_element(By.TAG_NAME, "th").text for r in rows] == ["ants", "bees"]
+    wait(driver, lambda d: all(i.get_attribute("src").startswith("blob:") for i in d.find_elements(By.CSS_SELECTOR, "tr.class-row img"))
+         and len(d.find_elements(By.CSS_SELECTOR, "tr.class-row img")) >= 2, what="class thumbnails not loaded")
+    _accessible(driver, "dataset report")
+    shot(driver, screenshots, "dataset-report")
+    return driver.current_url.rsplit("/", 1)[-1]
+
+
+def _train(driver: WebDriver, dataset_id: str, screenshots: Path) -> str:
+    css(driver, "a.button[href^='#/train']").click()
+    heading(driver, "Train a model")
+    wait(driver, lambda d: Select(css(d, "#f-dataset_id")).first_selected_option.get_attribute("value") == dataset_id)
+    Select(css(driver, "#f-backbone")).select_by_value("efficientnet_lite0")
+    Select(css(driver, "#f-mode")).select_by_value(TRAIN["mode"])
+    for name in ("epochs", "time_budget_s"):
+        field = css(driver, f"#f-{name}")
+        field.clear()
+        field.send_keys(TRAIN[name])
+    css(driver, "details summary").click()  # the advanced options are folded away until asked for
+    # one head epoch, then two fine-tuning ones (seconds each: the curve is seen part-drawn), on small images
+    for name, value in (("views", "1"), ("image_size", "96"), ("freeze_epochs", "1"), ("patience", "5")):
+        field = css(driver, f"#f-{name}")
+        field.clear()
+        field.send_keys(value)
+    _accessible(driver, "train form")
+    shot(driver, screenshots, "train-form")
+    css(driver, "form button[type=submit]").click()
+    heading(driver, "Job")
+    job_id = driver.current_url.rsplit("/", 1)[-1]
+    # the curves grow: record the epochs the page shows at each poll until the job ends
+    seen: list[int] = []
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        text = css(driver, "#curve-count").text
+        seen.append(int(text.split()[0]))
+        if "succeeded" in css(driver, "main section > p .badge").text:
+            break
+        time.sleep(0.3)
+    assert "succeeded" in css(driver, "main section > p .badge").text, css(driver, "main section").text
+    points = driver.execute_script("return Chart.getChart('loss-chart').data.labels.length")
+    assert points == seen[-1] >= 2, (points, seen)
+    assert any(0 < n < seen[-1] for n in seen), f"the curve was never seen part-drawn: {sorted(set(seen))}"
+    _accessible(driver, "job page")
+    shot(driver, screenshots, "job-page")
+    return job_id
+
+
+def _model(driver: WebDriver, screenshots: Path) -> str:
+    css(driver, "a.button[href^='#/models/']").click()
+    heading(driver, "Model")
+    cells = wait(driver, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button.cell") if b.is_enabled()])
+    off_diagonal = [b for b in cells if b.find_element(By.XPATH, "..").get_attribute("class") == "wrong"]
+    cell = (off_diagonal or cells)[0]
+    count = int(cell.text)
+    cell.send_keys(Keys.ENTER)  # keyboard: a cell is a button
+    wait(driver, lambda d: d.switch_to.active_element.get_attribute("id") == "cell-heading", what="focus not moved")
+    figures = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".gallery figure"))
+    assert len(figures) == count
+    wait(driver, lambda d: all(i.get_attribute("src").startswith("blob:") for i in d.find_elements(By.CSS_SELECTOR, ".gallery img")),
+         what="validation thumbnails not loaded")
+    caption = figures[0].find_element(By.TAG_NAME, "figcaption").text
+    assert "true:" in caption and "predicted:" in caption and "confidence:" in caption
+    # try an image: the synchronous predict endpoint's top-k, as bars
+    css(driver, "#try-files").send_keys(str(sorted((HYMENOPTERA / "val" / "bees").iterdir())[-1]))
+    bars = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".try .bar-row"), 60, "no top-k bars")
+    assert len(bars) == 2 and {b.find_element(By.CLASS_NAME, "bar-label").text for b in bars} == {"ants", "bees"}
+    _accessible(driver, "model page")
+    shot(driver, screenshots, "model-page")
+    return driver.current_url.rsplit("/", 1)[-1]
+
+
+def _batch_predict(driver: WebDriver, model_id: str, images: Path, screenshots: Path) -> None:
+    driver.get(driver.current_url.split("#")[0] + f"#/predict?model={model_id}")
+    heading(driver, "Batch predict")
+    css(driver, "#predict-folder").send_keys(str(images))
+    wait(driver, lambda d: css(d, "#predict-drop p:last-child").text == "6 file(s) chosen", what="folder not read")
+    _accessible(driver, "batch predict form")
+    css(driver, "form button[type=submit]").click()
+    wait(driver, lambda d: "succeeded" in css(d, "main section .badge").text, 90, "batch prediction did not succeed")
+    rows = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "table.results tbody tr"))
+    assert len(rows) == 6
+    Select(css(driver, "#result-filter")).select_by_value("label:bees")
+    shown = driver.find_elements(By.CSS_SELECTOR, "table.results tbody tr")
+    assert all(r.find_elements(By.TAG_NAME, "td")[2].text == "bees" for r in shown)
+    Select(css(driver, "#result-filter")).select_by_value("all")
+    wait(driver, lambda d: all(i.get_attribute("src").startswith("blob:") for i in d.find_elements(By.CSS_SELECTOR, "table.results img")),
+         what="result thumbnails not loaded")
+    _accessible(driver, "batch results")
+    shot(driver, screenshots, "batch-results")
+    [button] = [b for b in driver.find_elements(By.CSS_SELECTOR, "button") if b.text == "Download CSV"]
+    button.click()
+    csv_file = wait(driver, lambda d: next(iter(d.downloads.glob("predictions-*.csv")), None), 20, "no CSV downloaded")
+    with open(csv_file, newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 6 and {r["label"] for r in table} <= {"ants", "bees"}
+
+
+def test_end_to_end(dashboard: dict[str, Any], browser: WebDriver, hymenoptera_zip: Path, screenshots: Path,
+                    tmp_path: Path) -> None:
+    sign_in(browser, dashboard["url"], TOKEN)
+    _accessible(browser, "datasets")
+    dataset_id = _upload_dataset(browser, hymenoptera_zip, screenshots)
+    _train(browser, dataset_id, screenshots)
+    model_id = _model(browser, screenshots)
+    images = tmp_path / "to-classify"  # a folder: the page zips it (fflate) and uploads the zip
+    images.mkdir()
+    for cls in ("ants", "bees"):
+        for image in sorted((HYMENOPTERA / "val" / cls).iterdir())[-3:]:
+            shutil.copy(image, images / f"{cls}-{image.name}")
+    _batch_predict(browser, model_id, images, screenshots)
+    browser.get(f"{dashboard['url']}/#/datasets/{dataset_id}")
+    heading(browser, "Dataset hymenoptera")
+    [delete] = [b for b in browser.find_elements(By.CSS_SELECTOR, "button.danger") if b.is_displayed()]
+    delete.click()
+    wait(browser, lambda d: d.switch_to.alert).accept()  # "Delete dataset hymenoptera?"
+    heading(browser, "Datasets")
+    wait(browser, lambda d: "No datasets yet." in css(d, "main section").text, what="the dataset is still listed")
+    assert not console_errors(browser)
