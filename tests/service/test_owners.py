@@ -24,6 +24,8 @@ from graft.shared.db import session_scope
 from graft.shared.models import READY, DatasetRecord, Job, PredictionResult, TrainedModel, Upload, new_id
 from graft.shared.schema import upgrade
 from graft.shared.storage import model_dir
+from graft.shared.thumbs import (THUMBS_DIR, dataset_thumbs_dir, job_thumbs_dir, result_thumb_name,
+                                 write_predictions)
 from graft.shared.uploads import upload_dir
 from tests.helpers import POSTGRES_URL, ROOT, TOKEN, api_client, api_process
 
@@ -52,15 +54,24 @@ def _seed(env: dict[str, str], owner_id: str | None) -> dict[str, str]:
         weights = model_dir(artifacts, model_id) / "model.pt"
         weights.parent.mkdir(parents=True)
         weights.write_bytes(b"never loaded by the API")
+        # What a worker leaves for the dashboard: out-of-sample predictions and thumbnails (never decoded here).
+        write_predictions(weights.parent, [{"index": 0, "file": "a/1.jpg", "true": "a", "predicted": "b",
+                                            "confidence": 0.6}], 1)
+        (weights.parent / THUMBS_DIR).mkdir()
+        (weights.parent / THUMBS_DIR / "0.jpg").write_bytes(JPEG)
         session.add(TrainedModel(id=model_id, job_id=trained.id, backbone="resnet18", classes=["a", "b"],
                                  image_size=64, metrics={}, path=str(weights), owner_id=owner_id))
         dataset = DatasetRecord(id=new_id(), name="shapes", source="path", path=str(data), status=READY,
                                 classes={"a": 2, "b": 2}, num_images=4, report={"issues": []}, owner_id=owner_id)
         session.add_all([dataset, Upload(id=upload, owner_id=owner_id, size_bytes=len(JPEG))])
+        dataset_thumbs_dir(artifacts, dataset.id).mkdir(parents=True)
+        (dataset_thumbs_dir(artifacts, dataset.id) / "0.jpg").write_bytes(JPEG)
         predicted = lifecycle.create_job(session, "predict", {"model_id": model_id, "upload_id": upload, "top_k": 1},
                                          owner_id)
         predicted.status = lifecycle.SUCCEEDED
         session.add(PredictionResult(job_id=predicted.id, chunk=0, path="x.jpg", label="a", confidence=0.9))
+        job_thumbs_dir(artifacts, predicted.id).mkdir(parents=True)
+        (job_thumbs_dir(artifacts, predicted.id) / result_thumb_name("x.jpg")).write_bytes(JPEG)
         return {"queued": queued.id, "trained": trained.id, "predicted": predicted.id, "model": model_id,
                 "dataset": dataset.id, "upload": upload, "data": str(data)}
 
@@ -130,7 +141,11 @@ FOREIGN = [
     ("GET", "/api/v1/models/{model}/download?format=onnx", None),
     ("DELETE", "/api/v1/models/{model}", None),
     ("POST", "/api/v1/models/{model}/predict", FILES),
+    ("GET", "/api/v1/models/{model}/predictions", None),
+    ("GET", "/api/v1/models/{model}/predictions/0/thumbnail", None),
+    ("GET", "/api/v1/jobs/{predicted}/results/thumbnail?path=x.jpg", None),
     ("GET", "/api/v1/datasets/{dataset}", None),
+    ("GET", "/api/v1/datasets/{dataset}/thumbnails/0.jpg", None),
     ("DELETE", "/api/v1/datasets/{dataset}", None),
     ("POST", "/api/v1/uploads/{upload}", FILES),
     ("POST", "/api/v1/jobs/train", {"dataset_id": "{dataset}"}),
