@@ -10,8 +10,8 @@ from flask import Flask
 from graft.api import (
     datasets, errors, health, jobs, metrics, models, predict_jobs, predict_now, ratelimit, results, uploads,
 )
+from graft.api.admission import admit_body
 from graft.api.auth import require_token
-from graft.api.disk import refuse_uploads_when_disk_is_nearly_full
 from graft.api.openapi import make_api
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_factory
@@ -45,9 +45,9 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     failed_auth = ratelimit.guard(ratelimit.install(app, config), config)
     api.register_blueprint(health.bp)
     for module in (jobs, models, uploads, predict_jobs, results, predict_now, datasets):
-        # Token check on the app, not on the shared blueprint object: create_app can run more than once.
-        app.before_request_funcs.setdefault(module.bp.name, []).extend(
-            [require_token, refuse_uploads_when_disk_is_nearly_full])  # in this order: no disk news for strangers
+        # On the app, not on the shared blueprint object: create_app can run more than once. admit_body checks the
+        # token first (no disk news for strangers), then the body's size, before any view reads the body.
+        app.before_request_funcs.setdefault(module.bp.name, []).append(admit_body)
         failed_auth(module.bp)  # recorded in this app's limiter, by blueprint name
         api.register_blueprint(module.bp, url_prefix="/api/v1")
     app.before_request_funcs.setdefault(metrics.bp.name, []).append(require_token)
