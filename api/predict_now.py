@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, jsonify
 from sqlalchemy import select
 
 from graft.api.context import config, db
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
+from graft.api.forms import read_form
 from graft.api.openapi import Blueprint, multipart
 from graft.api.predict_jobs import get_model_or_404
 from graft.api.schemas import MAX_SYNC_FILES, JobSchema, PredictNowAnswer, PredictNowForm, PredictNowRequest
@@ -89,7 +90,7 @@ def predict_now(model_id: str) -> Response:
     if not 1 <= len(parts) <= MAX_SYNC_FILES:
         raise APIError(400, f"send 1 to {MAX_SYNC_FILES} images in multipart field 'file' (got {len(parts)})",
                        field="file")
-    params = validate(form_values(request.form.to_dict(), PredictNowRequest), PredictNowRequest)
+    params = validate(form_values(read_form().fields, PredictNowRequest), PredictNowRequest)
     if not Path(model.path).is_file():
         raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id")
     cfg = config()

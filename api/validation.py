@@ -7,6 +7,7 @@ from flask import request
 from marshmallow import Schema, ValidationError
 
 from graft.api.errors import APIError, validation_problem
+from graft.api.forms import read_form
 from graft.api.schemas import PredictRequest, TrainRequest
 from graft.shared.config import Config
 from graft.shared.webhooks import WebhookRefused, vet_url
@@ -60,7 +61,7 @@ FORM_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, 
 
 def form_bool(name: str, default: bool) -> bool:
     """A boolean multipart field of the request (absent: default), or a 400 naming it."""
-    raw = request.form.get(name)
+    raw = read_form().fields.get(name)
     if raw is None:
         return default
     if raw.strip().lower() not in FORM_BOOLS:
