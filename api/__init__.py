@@ -13,6 +13,7 @@ from graft.api import (
 from graft.api.admission import admit_body
 from graft.api.auth import require_token
 from graft.api.openapi import make_api
+from graft.api.strictjson import StrictJSONProvider
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_factory
 from graft.shared.queue import make_celery
@@ -36,6 +37,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_path=str(Path(config.artifacts_dir).absolute() / "flask-instance"))
     app.config["GRAFT"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_mb * 1024 * 1024
+    app.json = StrictJSONProvider(app)  # NaN, Infinity and integers beyond 64 bits in a body: a 400 naming the field
     app.json.sort_keys = False
     app.extensions["graft_sessions"] = session_factory(config.database_url)
     app.extensions["graft_celery"] = make_celery(config)

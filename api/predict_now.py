@@ -85,12 +85,12 @@ def _answer(job: Job, model_id: str) -> dict[str, Any]:
 @bp.problems(400, 401, 404, 409, 413, 500, 503, 507)
 def predict_now(model_id: str) -> Response:
     """Classify 1–32 images from multipart field 'file' on an interactive worker; 200, or 202 past the bound."""
+    params = validate(form_values(read_form().fields, PredictNowRequest), PredictNowRequest)
     model = get_model_or_404(model_id)
     parts = file_parts()
     if not 1 <= len(parts) <= MAX_SYNC_FILES:
         raise APIError(400, f"send 1 to {MAX_SYNC_FILES} images in multipart field 'file' (got {len(parts)})",
                        field="file")
-    params = validate(form_values(read_form().fields, PredictNowRequest), PredictNowRequest)
     if not Path(model.path).is_file():
         raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id")
     cfg = config()

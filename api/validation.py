@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 from flask import request
 from marshmallow import Schema, ValidationError
 
 from graft.api.errors import APIError, validation_problem
 from graft.api.forms import read_form
+from graft.api.strictjson import INT64
 from graft.api.schemas import PredictRequest, TrainRequest
 from graft.shared.config import Config
 from graft.shared.webhooks import WebhookRefused, vet_url
@@ -55,6 +58,7 @@ def check_callback(params: dict[str, Any], config: Config) -> None:
         raise APIError(400, f"callback_url: {exc}", field="callback_url") from None
 
 
+FORM_NUMBER_CHARS = 64  # a number in a form field is short; int() of a huge digit string is not free
 FORM_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 """How a multipart form (all strings) says a boolean."""
 
@@ -80,10 +84,13 @@ def form_values(form: dict[str, str], schema: type[Schema]) -> dict[str, Any]:
             value = None
         elif spec is not None and spec.type is bool and raw.strip().lower() in FORM_BOOLS:
             value = FORM_BOOLS[raw.strip().lower()]
-        elif spec is not None and spec.type in (int, float):
+        elif spec is not None and spec.type in (int, float) and len(raw) <= FORM_NUMBER_CHARS:
             try:
-                value = spec.type(raw)
+                number = spec.type(raw)
             except ValueError:
-                pass
+                number = None
+            # nan, inf and integers beyond 64 bits stay text, which the schema refuses naming the field
+            if number is not None and math.isfinite(number) and INT64[0] <= number <= INT64[1]:
+                value = number
         out[name] = value
     return out

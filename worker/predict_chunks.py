@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from graft.shared import chunks, lifecycle
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
+from graft.shared.files import listed_path
 from graft.shared.models import Job, PredictionResult, utcnow
 from graft.shared.serializers import as_utc
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
@@ -70,7 +71,7 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
             folder, roots = input_folder(config, params)
             predictor = default_cache().get(model_path(config, params["model_id"]), params.get("precision") or "fp32",
                                             params.get("runtime"), max_pixels=config.max_image_pixels)
-            rows = predictor.predict_files([(name, folder / name) for name in names], params.get("top_k", 1),
+            rows = predictor.predict_files([(name, listed_path(folder, name)) for name in names], params.get("top_k", 1),
                                            params.get("threshold"), roots, should_stop=beat.should_stop)
         except Stopped:
             log.info("predict job %s: chunk %d stopped (job ended or chunk taken over)", job_id, index)
