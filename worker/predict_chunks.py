@@ -176,6 +176,7 @@ def _finish(session: Session, job: Job) -> None:
     """The last chunk is in: check every file has its row, record the summary, end the job."""
     summary = result_summary(session, job.id)
     summary["ignored"] = (job.metrics or {}).get("ignored_files", 0)
+    summary["non_utf8_names"] = (job.metrics or {}).get("non_utf8_names", 0)  # rows named in their escaped form
     total = (job.progress or {}).get("files_total")
     progress = {**(job.progress or {}), "files_done": summary["files"], "fraction": 1.0, "eta_s": 0, "phase": "done"}
     if summary["files"] != total:
