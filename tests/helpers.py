@@ -186,7 +186,7 @@ def api_process(env: dict[str, str], timeout: float = 30, args: tuple[str, ...] 
         yield url, proc
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(30)  # gunicorn's graceful stop: kept-alive connections get up to 2 s
         if log:
             out.close()
 
