@@ -79,11 +79,12 @@ def _parse(open_file: OpenFile, opened: list[IO[bytes]]) -> Form:
         while not isinstance(event, (Epilogue, NeedData)):
             if isinstance(event, (Field, File)):
                 parts += 1
+                name = display_name(event.name)  # the headers may hold bytes that are not UTF-8
                 if parts > max_parts:
                     raise APIError(400, f"more than {max_parts} parts in the form (GRAFT_MAX_FORM_PARTS)",
-                                   field=event.name, limit=max_parts)
-                if isinstance(event, Field) and (event.name in form.fields or form.getlist(event.name)):
-                    raise APIError(400, f"field {event.name} is sent more than once", field=event.name)
+                                   field=name, limit=max_parts)
+                if isinstance(event, Field) and (name in form.fields or form.getlist(name)):
+                    raise APIError(400, f"field {name} is sent more than once", field=name)
                 current, value = event, bytearray()
                 sink = open_file(event.name, display_name(event.filename)) if isinstance(event, File) else None
                 if sink is not None:
@@ -92,8 +93,8 @@ def _parse(open_file: OpenFile, opened: list[IO[bytes]]) -> Form:
                 if sink is None:
                     value += event.data
                     if len(value) > FIELD_MAX:
-                        raise APIError(400, f"field {current.name} is longer than {FIELD_MAX} bytes",
-                                       field=current.name)
+                        name = display_name(current.name)
+                        raise APIError(400, f"field {name} is longer than {FIELD_MAX} bytes", field=name)
                 else:
                     sink.write(event.data)
                 if not event.more_data:
@@ -105,13 +106,14 @@ def _parse(open_file: OpenFile, opened: list[IO[bytes]]) -> Form:
 
 
 def _finish(form: Form, part: Field | File, value: bytearray, sink: IO[bytes] | None) -> None:
+    name = display_name(part.name)
     if isinstance(part, File) and sink is not None:
-        if part.name in form.fields:
-            raise APIError(400, f"field {part.name} is sent more than once", field=part.name)
+        if name in form.fields:
+            raise APIError(400, f"field {name} is sent more than once", field=name)
         sink.seek(0)
-        form.files.append(FileStorage(sink, display_name(part.filename), part.name, headers=part.headers))
+        form.files.append(FileStorage(sink, display_name(part.filename), name, headers=part.headers))
     else:
-        form.fields[part.name] = value.decode("utf-8", "replace")
+        form.fields[name] = value.decode("utf-8", "replace")
 
 
 def read_form(open_file: OpenFile = _spool) -> Form:
