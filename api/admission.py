@@ -25,15 +25,16 @@ def body_limit() -> int:
 
 
 def admit_body() -> None:
-    """Refuse the request before its body is read: 401 without a valid token, 413 past the body limit, 507 when
-    the disk is nearly full. A body sent without Content-Length (chunked) is cut off at the same limit as it streams.
+    """Refuse the request before its body is read: 401 without a valid token, 413 for an upload whose
+    Content-Length passes the limit, 507 when the disk is nearly full.
+
+    Any body, chunked or not, is cut off at body_limit() as a view reads it (werkzeug's 413); a view that never
+    reads its body (a GET, a cancel) never pays for it: gunicorn drains 64 KiB of it at most, then closes.
     """
     require_token()
     limit = body_limit()
-    # werkzeug stops a streamed body at this many bytes (413), Content-Length or not; Flask reads it per request.
-    request.max_content_length = limit
-    if request.content_length is not None and request.content_length > limit:
-        raise APIError(413, f"request body too large: {request.content_length} bytes, the limit is {limit} bytes"
-                            + (" (GRAFT_MAX_UPLOAD_MB)" if request.mimetype == UPLOAD else " for a request that is "
-                               "not an upload"), limit_bytes=limit)
+    request.max_content_length = limit  # Flask reads it per request; werkzeug stops the stream there
+    if request.mimetype == UPLOAD and request.content_length is not None and request.content_length > limit:
+        raise APIError(413, f"request body too large: {request.content_length} bytes, the limit is {limit} bytes "
+                            "(GRAFT_MAX_UPLOAD_MB)", limit_bytes=limit)
     refuse_uploads_when_disk_is_nearly_full()

@@ -23,6 +23,11 @@ PREDICT_SCHEMA: type[Schema] = PredictRequest
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 400."""
     body = request.get_json(silent=True)
+    limit = request.max_content_length
+    if limit is not None and len(request.get_data(cache=True)) >= limit:
+        # werkzeug stops reading a chunked body at the limit without a word: a body that fills it was cut short.
+        raise APIError(413, f"request body too large: the limit is {limit} bytes for a request that is not an upload",
+                       limit_bytes=limit)
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object (Content-Type: application/json)")
     return body

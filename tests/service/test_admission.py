@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from tests.helpers import TOKEN, api_process, private_env
 
@@ -122,3 +123,15 @@ def test_an_over_size_chunked_upload_is_cut_off_at_the_limit(server: tuple[str, 
     assert sent < 8 * MB + EARLY and after < EARLY, (sent, after)
     assert {name: _folder_bytes(base / name) for name in ("artifacts", "tmp")} == before
     assert not os.listdir(base / "tmp")
+
+
+def test_a_json_body_is_cut_off_at_one_mib(server: tuple[str, Path]) -> None:
+    """A request that is not an upload is read into memory: past 1 MiB it is a 413, chunked or not."""
+    url, _base = server
+    body = json.dumps({"data_dir": "/nowhere", "name": "x" * (2 * MB)}).encode()
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    sized = requests.post(f"{url}/api/v1/jobs/train", data=body, headers=headers, timeout=30)
+    chunked = requests.post(f"{url}/api/v1/jobs/train", data=iter([body[i:i + MB] for i in range(0, len(body), MB)]),
+                            headers=headers, timeout=30)
+    assert [sized.status_code, chunked.status_code] == [413, 413], (sized.text, chunked.text)
+    assert chunked.headers["Content-Type"] == "application/problem+json"
