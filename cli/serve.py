@@ -45,11 +45,13 @@ def _post_fork(_server: Any, _worker: Any) -> None:  # noqa: ANN401 - gunicorn's
     forget_inherited_connections()  # the master's pooled database connections are not the worker's to use
 
 
-def _worker_exit(_server: Any, _worker: Any) -> None:  # noqa: ANN401 - gunicorn's arbiter and worker
+def _worker_exit(_server: Any, worker: Any) -> None:  # noqa: ANN401 - gunicorn's arbiter and worker
     # A worker is a fork of the master: finalising the whole interpreter it inherited takes seconds and does nothing
-    # the worker needs (every request's session is closed, log lines are written as they come).
-    logging.shutdown()
-    os._exit(0)
+    # the worker needs (every request's session is closed, log lines are written as they come). Only a worker that
+    # booted and was told to stop: a failed boot keeps its exit code, which tells the master to give up.
+    if worker.booted and not worker.alive:
+        logging.shutdown()
+        os._exit(0)
 
 
 def server_options(config: Config, args: argparse.Namespace) -> dict[str, Any]:
