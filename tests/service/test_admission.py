@@ -80,21 +80,35 @@ def _stream(url: str, path: str, total: int, headers: dict[str, str], chunked: b
     return status, json.loads(rest), sent, after
 
 
-@pytest.fixture(scope="module")
-def server(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """A real `graft api` with its own artifacts folder and TMPDIR, 8 MB uploads at most."""
-    base = tmp_path_factory.mktemp("admission")
+def _server(service_env: dict[str, str], base: Path, **limits: str):  # noqa: ANN202
+    """A real `graft api` with its own artifacts folder and TMPDIR under base."""
     (base / "tmp").mkdir()
     env = private_env(service_env, base, "graft-admission", GRAFT_ARTIFACTS_DIR=str(base / "artifacts"),
-                      GRAFT_MAX_UPLOAD_MB="8", TMPDIR=str(base / "tmp"), GRAFT_MIN_FREE_MB="0")
-    with api_process(env) as (url, _proc):
+                      TMPDIR=str(base / "tmp"), GRAFT_MIN_FREE_MB="0", **limits)
+    return api_process(env)
+
+
+@pytest.fixture(scope="module")
+def open_server(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The default upload limit (2 GB): a 1 GB body is within it, so only the token check can stop it early."""
+    base = tmp_path_factory.mktemp("admission-open")
+    with _server(service_env, base) as (url, _proc):
+        yield url, base
+
+
+@pytest.fixture(scope="module")
+def server(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """8 MB uploads at most."""
+    base = tmp_path_factory.mktemp("admission")
+    with _server(service_env, base, GRAFT_MAX_UPLOAD_MB="8") as (url, _proc):
         yield url, base
 
 
 @pytest.mark.parametrize("path", ["/api/v1/uploads", "/api/v1/datasets", "/api/v1/jobs/predict"])
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_an_anonymous_gigabyte_is_refused_before_it_is_read(server: tuple[str, Path], path: str, chunked: bool) -> None:
-    url, base = server
+def test_an_anonymous_gigabyte_is_refused_before_it_is_read(open_server: tuple[str, Path], path: str,
+                                                            chunked: bool) -> None:
+    url, base = open_server
     before = {name: _folder_bytes(base / name) for name in ("artifacts", "tmp")}
     status, body, sent, after = _stream(url, path, GB, {}, chunked=chunked)
     print(f"{path} {'chunked' if chunked else 'Content-Length'}: 401 after {sent / MB:.1f} MB sent, "
