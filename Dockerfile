@@ -32,4 +32,5 @@ RUN if [ "$FETCH_RESNET18" = "1" ]; then \
 
 USER graft
 EXPOSE 8000
+# `graft api` serves with gunicorn gthread workers (cli/serve.py): the token is checked before a body is read.
 CMD ["graft", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -11,10 +11,10 @@ from graft.api import (
     dashboard, datasets, errors, gallery, health, jobs, metrics, models, predict_jobs, predict_now, ratelimit, results,
     uploads,
 )
+from graft.api.admission import admit_body
 from graft.api.auth import require_admin, require_token
-from graft.api.disk import refuse_uploads_when_disk_is_nearly_full
-from graft.api.quotas import refuse_uploads_over_quota
 from graft.api.openapi import make_api
+from graft.api.strictjson import StrictJSONProvider
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_factory
 from graft.shared.queue import make_celery
@@ -39,6 +39,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
                 static_folder=None)  # the dashboard blueprint serves api/static
     app.config["GRAFT"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_mb * 1024 * 1024
+    app.json = StrictJSONProvider(app)  # NaN, Infinity and integers beyond 64 bits in a body: a 400 naming the field
     app.json.sort_keys = False
     app.extensions["graft_sessions"] = session_factory(config.database_url)
     app.extensions["graft_celery"] = make_celery(config)
@@ -48,10 +49,10 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     failed_auth = ratelimit.guard(ratelimit.install(app, config), config)
     api.register_blueprint(health.bp)
     for module in (jobs, models, uploads, predict_jobs, results, predict_now, datasets, gallery):
-        # Token check on the app, not on the shared blueprint object: create_app can run more than once.
-        # In this order (no disk or quota news for strangers), and all before a view reads the body.
-        app.before_request_funcs.setdefault(module.bp.name, []).extend(
-            [require_token, refuse_uploads_when_disk_is_nearly_full, refuse_uploads_over_quota])
+        # On the app, not on the shared blueprint object: create_app can run more than once. admit_body checks the
+        # token first (no disk or quota news for strangers), then the body's size, quota and the disk, before any
+        # view reads the body.
+        app.before_request_funcs.setdefault(module.bp.name, []).append(admit_body)
         failed_auth(module.bp)  # recorded in this app's limiter, by blueprint name
         api.register_blueprint(module.bp, url_prefix="/api/v1")
     app.before_request_funcs.setdefault(metrics.bp.name, []).extend([require_token, require_admin])  # every user's

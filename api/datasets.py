@@ -18,10 +18,10 @@ from typing import IO, Any
 from flask import Response, jsonify, request, url_for
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.formparser import parse_form_data
 
 from graft.api.context import celery, config, db
 from graft.api.errors import APIError
+from graft.api.forms import read_form
 from graft.api.openapi import Blueprint, json_or_multipart
 from graft.api.owners import get_owned, owner_id, visible
 from graft.api.pagination import page
@@ -69,33 +69,27 @@ def _too_large(cfg: Config) -> APIError:
 
 def _receive(staging: Path, cfg: Config) -> tuple[Path, str, str | None]:
     """Stream multipart field 'file' into staging; returns (archive path, its file name, the "name" field)."""
-    limit = cfg.max_body_mb * MB
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(cfg)  # refused from the header alone: nothing is read
+    limit = cfg.max_body_mb * MB  # api.admission refused a larger Content-Length; this stops a chunked body
     target = staging / "upload.bin"
     opened: list[_CappedFile] = []
 
-    def factory(total_content_length: int | None = None, content_type: str | None = None,
-                filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
+    def open_file(_field: str, _filename: str) -> IO[bytes]:
         if opened:
             raise APIError(400, "send exactly one archive in multipart field 'file'", field="file")
         opened.append(_CappedFile(target, limit))
         return opened[0]
 
     try:
-        _, form, files = parse_form_data(request.environ, stream_factory=factory, max_form_memory_size=MB,
-                                         max_content_length=limit, silent=False)
+        form = read_form(open_file)
     except RequestEntityTooLarge:
         raise _too_large(cfg) from None
-    except ValueError as exc:
-        raise APIError(400, f"malformed multipart body: {exc}") from None
     finally:
         for handle in opened:
             handle.close()
-    part = files.get("file")
-    if part is None or not target.is_file():
+    parts = form.getlist("file")
+    if not parts or not target.is_file():
         raise APIError(400, "send the archive (zip or tar) as multipart/form-data field 'file'", field="file")
-    return target, part.filename or "dataset", validate(form.to_dict(), DatasetUploadFields)["name"]
+    return target, parts[0].filename or "dataset", validate(form.fields, DatasetUploadFields)["name"]
 
 
 def _dataset_root(tree: Path) -> Path:

@@ -9,6 +9,7 @@ from werkzeug.datastructures import FileStorage
 from graft.api.context import config, db
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
+from graft.api.forms import read_form
 from graft.api.openapi import Blueprint, json_or_multipart
 from graft.api.owners import get_owned, owner_id
 from graft.api.quotas import check_job_quota
@@ -30,7 +31,7 @@ def get_model_or_404(model_id: str) -> TrainedModel:
 
 def _predict_params() -> tuple[dict[str, Any], list[FileStorage]]:
     if request.mimetype == "multipart/form-data":
-        fields = {k: v for k, v in request.form.to_dict().items() if k != "extract_zip"}
+        fields = {k: v for k, v in read_form().fields.items() if k != "extract_zip"}
         return validate(form_values(fields, PredictRequest), PredictRequest), file_parts()
     return validate(json_body(), PredictRequest), []
 

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, jsonify
 from sqlalchemy import select
 
 from graft.api.context import config, db
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
+from graft.api.forms import read_form
 from graft.api.openapi import Blueprint, multipart
 from graft.api.owners import owner_id
 from graft.api.predict_jobs import get_model_or_404
@@ -86,13 +87,13 @@ def _answer(job: Job, model_id: str) -> dict[str, Any]:
 @bp.problems(400, 401, 404, 409, 413, 500, 503, 507)
 def predict_now(model_id: str) -> Response:
     """Classify 1–32 images from multipart field 'file' on an interactive worker; 200, or 202 past the bound."""
+    params = validate(form_values(read_form().fields, PredictNowRequest), PredictNowRequest)
     model = get_model_or_404(model_id)
     check_job_quota()  # before the body is read: a refused request stores nothing
     parts = file_parts()
     if not 1 <= len(parts) <= MAX_SYNC_FILES:
         raise APIError(400, f"send 1 to {MAX_SYNC_FILES} images in multipart field 'file' (got {len(parts)})",
                        field="file")
-    params = validate(form_values(request.form.to_dict(), PredictNowRequest), PredictNowRequest)
     if not Path(model.path).is_file():
         raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id")
     cfg = config()

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
 from graft.api.context import config, db
 from graft.api.errors import APIError
+from graft.api.forms import read_form
 from graft.api.openapi import Blueprint, multipart
 from graft.api.owners import may_see, owner_id
 from graft.api.schemas import UploadAnswer, UploadForm
 from graft.api.validation import form_bool
-from graft.shared.files import UploadError
+from graft.shared.archive import ArchiveError, ArchiveLimits
+from graft.shared.files import NameClaims, UploadError, safe_relative
 from graft.shared.models import Upload, new_id
 from graft.shared.uploads import extract_zip, release_upload, remove_upload, save_stream, upload_dir
 
@@ -28,24 +30,47 @@ ZIP_EXPANSION = 4  # an archive may unpack to this many times the request size l
 
 def file_parts() -> list[FileStorage]:
     """The non-empty parts of multipart field 'file'."""
-    return [part for part in request.files.getlist("file") if part.filename or part.content_length]
+    return [part for part in read_form().getlist("file") if part.filename or part.content_length]
+
+
+def _names(parts: list[FileStorage], unpack: bool) -> tuple[list[str], NameClaims]:
+    """Each part's file name, and the loose files' names claimed; a 400 naming 'file' for an unsafe name, one
+    sent twice, or one that is also another's folder (`a` and `a/b.jpg`), before anything is written."""
+    claims, names = NameClaims(), []
+    try:
+        for index, part in enumerate(parts):
+            name = part.filename or f"file-{index}"
+            if not (unpack and name.lower().endswith(".zip")):  # an unpacked zip's members are claimed as written
+                claims.claim(safe_relative(name))
+            names.append(name)
+    except UploadError as exc:
+        raise APIError(400, f"file: {exc}", field="file") from None
+    return names, claims
 
 
 def _store_parts(folder: Path, parts: list[FileStorage]) -> tuple[int, int]:
     """Save uploaded parts under folder (a part named *.zip is unpacked unless the form says extract_zip=false);
-    returns (files, bytes) written."""
+    returns (files, bytes) written.
+
+    The archive limits (GRAFT_ARCHIVE_MAX_MEMBERS, _BYTES, _RATIO) hold for the whole request, as for datasets.
+    """
     unpack = form_bool("extract_zip", True)
-    allowed = config().max_body_mb * 1024 * 1024 * ZIP_EXPANSION
+    cfg = config()
+    names, claims = _names(parts, unpack)  # loose files first: a zip member of the same name is then refused
+    allowed = min(cfg.max_body_mb * 1024 * 1024 * ZIP_EXPANSION, cfg.archive_max_bytes)
     budget = [allowed]
     written = 0
     try:
-        for part in parts:
-            name = part.filename or f"file-{written}"
+        for part, name in zip(parts, names):
             if unpack and name.lower().endswith(".zip"):
-                written += extract_zip(folder, part.stream, budget)
+                left = cfg.archive_max_members - written
+                limits = ArchiveLimits(left, cfg.archive_max_bytes, cfg.archive_max_ratio)
+                written += extract_zip(folder, part.stream, budget, limits, claims).files
             else:
                 save_stream(folder, name, part.stream, budget)
                 written += 1
+    except ArchiveError as exc:
+        raise APIError(400, f"file: {exc}", field="file", code=exc.code) from None
     except UploadError as exc:
         raise APIError(400, f"file: {exc}", field="file") from None
     return written, allowed - budget[0]

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 from flask import request
 from marshmallow import Schema, ValidationError
 
 from graft.api.errors import APIError, validation_problem
+from graft.api.forms import read_form
+from graft.api.strictjson import INT64
 from graft.api.schemas import PredictRequest, TrainRequest
 from graft.shared.config import Config
 from graft.shared.webhooks import WebhookRefused, vet_url
@@ -19,6 +23,11 @@ PREDICT_SCHEMA: type[Schema] = PredictRequest
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 400."""
     body = request.get_json(silent=True)
+    limit = request.max_content_length
+    if limit is not None and len(request.get_data(cache=True)) >= limit:
+        # werkzeug stops reading a chunked body at the limit without a word: a body that fills it was cut short.
+        raise APIError(413, f"request body too large: the limit is {limit} bytes for a request that is not an upload",
+                       limit_bytes=limit)
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object (Content-Type: application/json)")
     return body
@@ -54,13 +63,14 @@ def check_callback(params: dict[str, Any], config: Config) -> None:
         raise APIError(400, f"callback_url: {exc}", field="callback_url") from None
 
 
+FORM_NUMBER_CHARS = 64  # a number in a form field is short; int() of a huge digit string is not free
 FORM_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 """How a multipart form (all strings) says a boolean."""
 
 
 def form_bool(name: str, default: bool) -> bool:
     """A boolean multipart field of the request (absent: default), or a 400 naming it."""
-    raw = request.form.get(name)
+    raw = read_form().fields.get(name)
     if raw is None:
         return default
     if raw.strip().lower() not in FORM_BOOLS:
@@ -79,10 +89,13 @@ def form_values(form: dict[str, str], schema: type[Schema]) -> dict[str, Any]:
             value = None
         elif spec is not None and spec.type is bool and raw.strip().lower() in FORM_BOOLS:
             value = FORM_BOOLS[raw.strip().lower()]
-        elif spec is not None and spec.type in (int, float):
+        elif spec is not None and spec.type in (int, float) and len(raw) <= FORM_NUMBER_CHARS:
             try:
-                value = spec.type(raw)
+                number = spec.type(raw)
             except ValueError:
-                pass
+                number = None
+            # nan, inf and integers beyond 64 bits stay text, which the schema refuses naming the field
+            if number is not None and math.isfinite(number) and INT64[0] <= number <= INT64[1]:
+                value = number
         out[name] = value
     return out

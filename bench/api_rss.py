@@ -1,4 +1,5 @@
-"""The API process's memory: a real `graft api` (waitress, SQLite, Redis) after serving every kind of request.
+"""The API's memory: a real `graft api` (gunicorn, one gthread worker; SQLite, Redis) after serving every kind of
+request. The figures are the worker's, the process that runs the app (the master only watches it).
 
     .venv/bin/python bench/api_rss.py [--requests 200]
 
@@ -35,6 +36,16 @@ def _memory(pid: int) -> tuple[float, float]:
     """(RSS, peak RSS) of pid in MB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _worker(master: int) -> int:
+    """The gunicorn worker of `graft api` (its one child)."""
+    for _ in range(100):
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.1)
+    raise RuntimeError("graft api has no worker process")
 
 
 def _ml_libraries(pid: int) -> list[str]:
@@ -90,13 +101,14 @@ def main() -> int:
                     break
                 except requests.ConnectionError:
                     time.sleep(0.1)
-            started = _memory(proc.pid)
+            worker = _worker(proc.pid)
+            started = _memory(worker)
             t0 = time.monotonic()
             for _ in range(args.requests):
                 _round(url, base / "data")
             elapsed = time.monotonic() - t0
-            served = _memory(proc.pid)
-            libs = _ml_libraries(proc.pid)
+            served = _memory(worker)
+            libs = _ml_libraries(worker) + _ml_libraries(proc.pid)
         finally:
             proc.terminate()
             proc.wait(10)

@@ -1,19 +1,82 @@
-"""`graft api`: serve the HTTP API, closed by default (an open API only by an explicit opt-out, on loopback)."""
+"""`graft api`: serve the HTTP API under gunicorn, closed by default (an open API only by an explicit opt-out, on loopback).
+
+gunicorn's gthread workers hand the request body to the app as a stream: the token and size checks
+(`graft.api.admission.admit_body`) run before a byte of an upload is read, so a stranger's upload is refused
+without being stored anywhere (waitress, used before, buffered every body to disk first).
+"""
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import logging
+import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from graft.shared.config import Config, get_config
+from graft.shared.db import forget_inherited_connections
 from graft.shared.schema import SchemaOutOfDate
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+log = logging.getLogger(__name__)
+
+
+def serve(app: "Flask", options: dict[str, Any]) -> None:
+    """Run gunicorn (imported here: other `graft` commands do not pay for it) on app until it is stopped."""
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        """One Flask app built (and its schema checked) in the master, inherited by each forked worker."""
+
+        def load_config(self) -> None:
+            # Only the options given here: no gunicorn.conf.py or GUNICORN_CMD_ARGS picked up from the surroundings.
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> "Flask":
+            return app
+
+    Server().run()
+
+
+def _post_fork(_server: Any, _worker: Any) -> None:  # noqa: ANN401 - gunicorn's arbiter and worker
+    forget_inherited_connections()  # the master's pooled database connections are not the worker's to use
+
+
+def _worker_exit(_server: Any, worker: Any) -> None:  # noqa: ANN401 - gunicorn's arbiter and worker
+    # A worker is a fork of the master: finalising the whole interpreter it inherited takes seconds and does nothing
+    # the worker needs (every request's session is closed, log lines are written as they come). Only a worker that
+    # booted and was told to stop: a failed boot keeps its exit code, which tells the master to give up.
+    if worker.booted and not worker.alive:
+        logging.shutdown()
+        os._exit(0)
+
+
+def server_options(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """gunicorn's settings for `graft api`: gthread workers, no control socket, no request-line surprises."""
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    return {
+        "bind": [f"{host}:{args.port}"],
+        "worker_class": "gthread",
+        "workers": args.workers,
+        "threads": args.threads,
+        "post_fork": _post_fork,
+        "worker_exit": _worker_exit,
+        "proc_name": "graft-api",
+        "control_socket_disable": True,  # it would be one path ($HOME/.gunicorn) shared by every server on the host
+        "graceful_timeout": 20,  # SIGTERM: requests in flight get this long (the synchronous predict waits up to 30 s)
+        "timeout": 60,  # a worker whose main loop stops answering this long is replaced (threads may run longer)
+        "limit_request_line": 8190,  # gunicorn's largest: long ids and query strings get the app's JSON 4xx
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+    }
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    """Serve the Flask app under waitress."""
-    from waitress import serve
-
+    """Serve the Flask app under gunicorn (gthread workers)."""
     from graft.api import create_app
 
     config = get_config()
@@ -29,13 +92,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(f"graft api: {refusal}", file=sys.stderr)
         return 2
     if config.insecure_no_auth and not config.api_tokens:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "NO AUTHENTICATION: GRAFT_INSECURE_NO_AUTH is on and no token is set, so anyone who can reach "
             "http://%s:%d can train, predict and delete. For local development only.", args.host, args.port)
-    logging.getLogger("waitress").setLevel(logging.INFO)
-    # waitress buffers a whole body before the app runs: stop it a little past the app's own (JSON 413) limit.
-    body_limit = (config.max_body_mb + 16) * 1024 * 1024
-    serve(app, host=args.host, port=args.port, threads=args.threads, max_request_body_size=body_limit)
+    serve(app, server_options(config, args))
     return 0
 
 

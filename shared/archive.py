@@ -2,32 +2,28 @@
 
 Refused: absolute paths, `..` entries, symlinks, hard links, device files and FIFOs, encrypted zip members,
 more than max_members entries, more than max_bytes uncompressed, or a member (zip) or the whole stream
-(compressed tar) expanding more than max_ratio times. Names that are not valid UTF-8 are kept, decoded
-byte for byte (cp437 for zip, Latin-1 for tar), and listed so the caller can report them.
+(compressed tar) expanding more than max_ratio times. The structure itself (tar headers, a zip's central
+directory) is read in bounded memory by shared.archive_read first. Names that are not valid UTF-8 are kept
+in their lossless escaped form (shared.files.display_name) and listed so the caller can report them.
 """
 from __future__ import annotations
 
+import lzma
 import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Generator
 
-from graft.shared.files import COPY_BLOCK, UploadError, safe_relative
+from graft.shared.archive_read import RATIO_MIN_BYTES, STREAM_ERRORS, ArchiveError, check_zip_directory, open_tar
+from graft.shared.files import COPY_BLOCK, NameClaims, UploadError, display_name, safe_relative
 
-RATIO_MIN_BYTES = 1 << 20  # members smaller than this are never refused for their ratio
+__all__ = ["ArchiveError", "ArchiveLimits", "Extracted", "extract_archive", "extract_zip_stream", "archive_kind"]
 ZIP_UTF8_FLAG = 0x800
 HERE = PurePosixPath(".")  # a tar's own "./" entry
-
-
-class ArchiveError(UploadError):
-    """An archive refused before (or while) extracting; code names the rule it broke."""
-
-    def __init__(self, message: str, code: str = "bad_archive") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -87,29 +83,21 @@ def _check_totals(count: int, total: int, limits: ArchiveLimits) -> None:
 
 
 def _zip_name(info: zipfile.ZipInfo) -> tuple[str, bool]:
-    """The member's name and whether it was valid UTF-8 (names without the UTF-8 flag often are)."""
+    """The member's name and whether it was valid UTF-8 (names without the UTF-8 flag often are); a name that
+    is not is given in its escaped form, which names the original bytes."""
     if info.flag_bits & ZIP_UTF8_FLAG:
         return info.filename, True
+    raw = info.filename.encode("cp437")  # zipfile decoded the bytes as cp437: this is what the archive holds
     try:
-        return info.filename.encode("cp437").decode("utf-8"), True
+        return raw.decode("utf-8"), True
     except UnicodeDecodeError:
-        return info.filename, False
-
-
-def _zip_entries(stream: IO[bytes]) -> int | None:
-    """The entry count the end-of-central-directory record declares, read before the directory is parsed."""
-    end = getattr(zipfile, "_EndRecData", None)
-    record = end(stream) if end else None
-    return record[zipfile._ECD_ENTRIES_TOTAL] if record else None
+        return display_name(raw.decode("utf-8", "surrogateescape")), False
 
 
 def open_zip(stream: IO[bytes], limits: ArchiveLimits) -> zipfile.ZipFile:
-    """Open a zip, refusing one that declares too many entries before its directory is loaded."""
+    """Open a zip, refusing one whose real central directory is too large before zipfile loads it."""
     try:
-        entries = _zip_entries(stream)
-        if entries is not None:
-            _check_totals(entries, 0, limits)
-        stream.seek(0)
+        check_zip_directory(stream, limits.max_members)
         return zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise ArchiveError(f"not a readable zip archive: {exc}") from None
@@ -143,11 +131,8 @@ def plan_zip(archive: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[list[Memb
 
 
 def _tar_name(info: tarfile.TarInfo) -> tuple[str, bool]:
-    try:
-        info.name.encode("utf-8")
-        return info.name, True
-    except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8
-        return info.name.encode("utf-8", "surrogateescape").decode("latin-1"), False
+    shown = display_name(info.name)  # tarfile decodes with surrogateescape: lone surrogates are non-UTF-8 bytes
+    return shown, shown == info.name
 
 
 def _plan_tar_member(info: tarfile.TarInfo) -> tuple[Member, bool]:
@@ -167,7 +152,7 @@ def plan_tar(path: Path, limits: ArchiveLimits) -> tuple[list[Member], list[str]
     compressed = max(path.stat().st_size, 1)
     members, non_utf8, total = [], [], 0
     try:
-        with tarfile.open(path, "r|*") as archive:
+        with open_tar(path, limits.max_ratio) as archive:
             for info in archive:
                 archive.members.clear()  # streaming: do not keep every header in memory
                 member, utf8 = _plan_tar_member(info)
@@ -181,7 +166,7 @@ def plan_tar(path: Path, limits: ArchiveLimits) -> tuple[list[Member], list[str]
                 members.append(member)
     except ArchiveError:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+    except (*STREAM_ERRORS, ValueError) as exc:
         raise ArchiveError(f"not a readable tar archive: {exc}") from None
     return members, non_utf8
 
@@ -211,7 +196,7 @@ def _write(target: Path, root: Path, source: IO[bytes], declared: int, budget: l
 
 def _extract_members(
     root: Path, opened: Sources, limits: ArchiveLimits,
-    skip: Callable[[PurePosixPath], bool] | None, replace: bool = False,
+    skip: Callable[[PurePosixPath], bool] | None, replace: bool = False, claims: NameClaims | None = None,
 ) -> Extracted:
     result, budget = Extracted(), [limits.max_bytes]
     try:
@@ -223,14 +208,20 @@ def _extract_members(
             elif member.is_dir:
                 root.joinpath(*member.name.parts).mkdir(parents=True, exist_ok=True)
             else:
+                if claims is not None:
+                    try:
+                        claims.claim(member.name)
+                    except UploadError as exc:
+                        raise ArchiveError(f"member {exc}", "duplicate") from None
                 result.bytes += _write(root.joinpath(*member.name.parts), root, source, member.size, budget, replace)
                 result.files += 1
     except ArchiveError:
         raise
-    except (zipfile.BadZipFile, tarfile.TarError, NotImplementedError, RuntimeError, EOFError) as exc:
-        raise ArchiveError(f"cannot extract the archive: {type(exc).__name__}: {exc}") from None
     except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
         raise ArchiveError(f"a member is both a file and a folder: {exc.filename}", "duplicate") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, NotImplementedError,
+            RuntimeError) as exc:  # not OSError: a full disk is the caller's to answer (507)
+        raise ArchiveError(f"cannot extract the archive: {type(exc).__name__}: {exc}") from None
     finally:
         opened.close()  # closes the member and archive handles the generator holds, even after an error
     return result
@@ -245,8 +236,8 @@ def _zip_sources(archive: zipfile.ZipFile, members: list[Member]) -> Sources:
             yield member, source
 
 
-def _tar_sources(path: Path, members: list[Member]) -> Sources:
-    with tarfile.open(path, "r|*") as archive:
+def _tar_sources(path: Path, members: list[Member], limits: ArchiveLimits) -> Sources:
+    with open_tar(path, limits.max_ratio) as archive:
         for index, info in enumerate(archive):
             archive.members.clear()
             member = members[index] if index < len(members) else None
@@ -260,10 +251,12 @@ def archive_kind(path: Path) -> str:
     if zipfile.is_zipfile(path):
         return "zip"
     try:
-        with tarfile.open(path, "r|*") as archive:
+        with open_tar(path, ArchiveLimits().max_ratio) as archive:
             archive.next()
         return "tar"
-    except (tarfile.TarError, EOFError, OSError):
+    except ArchiveError:
+        return "tar"  # a tar that breaks a rule on its first member: refused with that rule's code
+    except STREAM_ERRORS:
         raise ArchiveError("not a zip or tar archive", "not_archive") from None
 
 
@@ -285,7 +278,7 @@ def extract_archive(
     else:
         members, non_utf8 = plan_tar(path, limits)
         _require_files(members)
-        result = _extract_members(root, _tar_sources(path, members), limits, skip)
+        result = _extract_members(root, _tar_sources(path, members, limits), limits, skip)
     result.non_utf8 = non_utf8
     return result
 
@@ -295,14 +288,16 @@ def _require_files(members: list[Member]) -> None:
         raise ArchiveError("the archive is empty (no files in it)", "empty")
 
 
-def extract_zip_stream(folder: Path, stream: IO[bytes], budget: list[int], max_members: int,
-                       limits: ArchiveLimits | None = None) -> int:
-    """Extract a zip from a seekable stream by the same rules, within budget[0] bytes (reduced here)."""
-    base = limits or ArchiveLimits()
-    limits = ArchiveLimits(max_members=max_members, max_bytes=max(budget[0], 0), max_ratio=base.max_ratio)
+def extract_zip_stream(folder: Path, stream: IO[bytes], budget: list[int], limits: ArchiveLimits,
+                       claims: NameClaims | None = None) -> Extracted:
+    """Extract a zip from a seekable stream by the same rules, within budget[0] bytes (reduced here) and
+    limits (max_bytes lowered to the budget); a member already in claims is refused, the others are added."""
+    limits = ArchiveLimits(limits.max_members, max(min(budget[0], limits.max_bytes), 0), limits.max_ratio)
     folder.mkdir(parents=True, exist_ok=True)
     with open_zip(stream, limits) as archive:
-        members, _ = plan_zip(archive, limits)
-        result = _extract_members(folder.resolve(), _zip_sources(archive, members), limits, None, replace=True)
+        members, non_utf8 = plan_zip(archive, limits)
+        result = _extract_members(folder.resolve(), _zip_sources(archive, members), limits, None, replace=True,
+                                  claims=claims)
     budget[0] -= result.bytes
-    return result.files
+    result.non_utf8 = non_utf8
+    return result

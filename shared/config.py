@@ -110,6 +110,7 @@ class Config:
     sweep_s: float = 0.0  # 0: a quarter of the lease
     requeue_s: int = 300  # a job queued this long with no event gets its message sent again (it may have been lost)
     max_body_mb: int = 2048
+    max_form_parts: int = 1000  # parts (files and fields) in one multipart request; more is a 400
     max_image_pixels: int = 50_000_000
     archive_max_members: int = 100_000
     archive_max_bytes: int = 10 * 1024**3
@@ -155,6 +156,7 @@ class Config:
             sweep_s=_int(env, "GRAFT_SWEEP_SECONDS", 0, 0),
             requeue_s=_int(env, "GRAFT_REQUEUE_SECONDS", cls.requeue_s, 1),
             max_body_mb=_int(env, "GRAFT_MAX_UPLOAD_MB", cls.max_body_mb, 1),
+            max_form_parts=_int(env, "GRAFT_MAX_FORM_PARTS", cls.max_form_parts, 1),
             max_image_pixels=_int(env, "GRAFT_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             archive_max_members=_int(env, "GRAFT_ARCHIVE_MAX_MEMBERS", cls.archive_max_members, 1),
             archive_max_bytes=_int(env, "GRAFT_ARCHIVE_MAX_BYTES", cls.archive_max_bytes, 1),

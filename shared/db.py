@@ -51,6 +51,13 @@ def get_engine(url: str) -> Engine:
         return engine
 
 
+def forget_inherited_connections() -> None:
+    """In a process just forked: drop the parent's pooled connections without closing them (the parent owns them)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+
+
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":

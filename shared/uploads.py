@@ -9,8 +9,8 @@ from typing import BinaryIO
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from graft.shared.archive import extract_zip_stream
-from graft.shared.files import COPY_BLOCK, UploadError, safe_relative
+from graft.shared.archive import ArchiveLimits, Extracted, extract_zip_stream
+from graft.shared.files import COPY_BLOCK, NameClaims, UploadError, safe_relative
 from graft.shared.lifecycle import FINISHED, QUEUED, RUNNING
 from graft.shared.models import Job, Upload
 
@@ -31,9 +31,15 @@ def upload_dir(artifacts_dir: Path, upload_id: str) -> Path:
 
 def save_stream(folder: Path, name: str, stream: BinaryIO, budget: list[int]) -> Path:
     """Copy stream to folder/name (name made safe); budget[0] is the bytes still allowed, reduced here."""
-    target = folder / safe_relative(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as out:
+    relative = safe_relative(name)
+    target = folder / relative
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = open(target, "wb")  # noqa: SIM115 - closed below
+    except (NotADirectoryError, IsADirectoryError, FileExistsError):
+        # An earlier request of this upload stored `a` and this one sends `a/b.jpg` (or the other way round).
+        raise UploadError(f"{str(relative)!r} clashes with a file or folder already in the upload") from None
+    with out:
         while block := stream.read(COPY_BLOCK):
             budget[0] -= len(block)
             if budget[0] < 0:
@@ -42,13 +48,15 @@ def save_stream(folder: Path, name: str, stream: BinaryIO, budget: list[int]) ->
     return target
 
 
-def extract_zip(folder: Path, stream: BinaryIO, budget: list[int], max_members: int = 1_000_000) -> int:
-    """Extract a zip archive into folder with safe names and a total size budget; returns the files written.
+def extract_zip(folder: Path, stream: BinaryIO, budget: list[int], limits: ArchiveLimits,
+                claims: NameClaims | None = None) -> Extracted:
+    """Extract a zip archive into folder with safe names, the archive limits and a total size budget.
 
-    The checks (no absolute or '..' names, links or device files; member count, size and ratio) are
-    shared.archive's, so uploads for prediction and datasets obey the same rules.
+    The checks (no absolute or '..' names, links or device files; member count, size and ratio; the central
+    directory read in bounded memory) are shared.archive's, so uploads for prediction and datasets obey the
+    same rules.
     """
-    return extract_zip_stream(folder, stream, budget, max_members)
+    return extract_zip_stream(folder, stream, budget, limits, claims)
 
 
 def remove_upload(folder: Path) -> None:

@@ -160,7 +160,72 @@ CASES: list[tuple[str, Callable[[], tuple[bytes, str]], int, str | None, str | N
                                         "set/dogs/Thumbs.db": b"\xd0\xcf", "set/dogs/sub/desktop.ini": b"[x]",
                                         ".git/HEAD": b"ref"}), "a.zip"),
      202, None, None),
-    ("non-utf8-zip", lambda: (zip_non_utf8(), "a.zip"), 202, "non_utf8_name", "cats/caf\u0398.png"),
+    ("non-utf8-zip", lambda: (zip_non_utf8(), "a.zip"), 202, "non_utf8_name", "cats/caf%E9.png"),
     ("non-utf8-tar", lambda: (tar_bytes({**good(), b"dogs/hund\xe9.png".decode("utf-8", "surrogateescape"): image(78)}),
-                              "a.tgz"), 202, "non_utf8_name", "dogs/hund\u00e9.png"),
+                              "a.tgz"), 202, "non_utf8_name", "dogs/hund%E9.png"),
+]
+
+
+def _gzip_stream(parts: Iterable[bytes]) -> bytes:
+    """parts gzipped one by one (a 200 MB body never exists at once)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return b"".join(packer.compress(part) for part in parts) + packer.flush()
+
+
+def _tar_block(name: str, kind: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(tarfile.USTAR_FORMAT if kind == tarfile.XHDTYPE else tarfile.GNU_FORMAT)
+
+
+def tar_huge_header(kind: bytes, size: int = 200 * MB) -> bytes:
+    """A gzipped tar whose first member is a pax (kind "x") or GNU long-name ("L") header of size bytes, then
+    a picture: about 200 KB that tarfile alone reads into 200 MB of memory."""
+    if kind == tarfile.XHDTYPE:  # one pax record "<length> path=aaa...\n" of exactly size bytes
+        prefix = f"{size} path=".encode()
+        body = [prefix] + [b"a" * MB] * ((size - len(prefix) - 1) // MB) + [b"a" * ((size - len(prefix) - 1) % MB), b"\n"]
+    else:
+        body = [b"a" * MB] * (size // MB) + [b"a" * (size % MB)]
+    pad = b"\0" * (-size % 512)
+    member = image(4)
+    return _gzip_stream([_tar_block("././@Header", kind, size), *body, pad, _tar_block("cats/c.png", tarfile.REGTYPE,
+                         len(member)), member, b"\0" * (-len(member) % 512), b"\0" * 1024])
+
+
+def tar_header_chain(count: int = 12) -> bytes:
+    """A tar with count small pax headers in a row before one member (tarfile recurses once per header)."""
+    record = b"20 comment=xxxxxxxx\n"
+    blocks = [_tar_block("././@PaxHeader", tarfile.XHDTYPE, len(record)) + record + b"\0" * (512 - len(record))]
+    member = image(4)
+    return _gzip_stream([*blocks * count, _tar_block("cats/c.png", tarfile.REGTYPE, len(member)), member,
+                         b"\0" * (-len(member) % 512), b"\0" * 1024])
+
+
+def zip_lying_count(entries: int = 65_000) -> bytes:
+    """A zip holding entries empty members whose end record declares 1 (zipfile reads them all regardless)."""
+    local, central = bytearray(), bytearray()
+    for i in range(entries):
+        name = str(i).encode()
+        central += struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0,
+                               0, 0, 0, len(local)) + name
+        local += struct.pack("<4s5HL2L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0) + name
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(central), len(local), 0)
+    return bytes(local + central + end)
+
+
+def zip_bzip2_bomb() -> bytes:
+    """A zip whose member is bzip2-compressed (zipfile inflates each read of it without a bound)."""
+    return zip_bytes({**good(), "cats/b.png": b"\0" * 2 * MB}, zipfile.ZIP_BZIP2)
+
+
+# Archives whose structure alone would make tarfile or zipfile allocate without a bound: (id, builder taking
+# the header size in MB and returning (body, filename), error code). Refused by graft.shared.archive_read.
+STRUCTURE_CASES: list[tuple[str, Callable[[int], tuple[bytes, str]], str]] = [
+    ("huge-pax-header", lambda mb: (tar_huge_header(tarfile.XHDTYPE, mb * MB), "a.tgz"), "header_too_large"),
+    ("huge-long-name", lambda mb: (tar_huge_header(tarfile.GNUTYPE_LONGNAME, mb * MB), "a.tgz"), "header_too_large"),
+    ("header-chain", lambda _mb: (tar_header_chain(), "a.tgz"), "header_too_large"),
+    ("sparse-member", lambda _mb: (tar_bytes(good(), [special("cats/s.png", tarfile.GNUTYPE_SPARSE)]), "a.tgz"),
+     "special_file"),
+    ("zip-lying-count", lambda _mb: (zip_lying_count(), "a.zip"), "too_many_members"),
+    ("zip-bzip2", lambda _mb: (zip_bzip2_bomb(), "a.zip"), "unsupported_compression"),
 ]

@@ -186,9 +186,27 @@ def api_process(env: dict[str, str], timeout: float = 30, args: tuple[str, ...] 
         yield url, proc
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(30)  # gunicorn's graceful stop: kept-alive connections get up to 2 s
         if log:
             out.close()
+
+
+def serving_pids(proc: subprocess.Popen, timeout: float = 10) -> list[int]:
+    """The gunicorn worker processes of a `graft api` process (its children): the ones that run the app."""
+    deadline = time.monotonic() + timeout
+    while True:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if children or time.monotonic() > deadline:
+            return [int(pid) for pid in children]
+        time.sleep(0.1)
+
+
+def peak_rss_kb(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM, kB): it only grows, so a difference is growth of the peak."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 class Receiver:

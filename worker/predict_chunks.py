@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from graft.shared import chunks, lifecycle
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
+from graft.shared.files import listed_path
 from graft.shared.models import Job, PredictionResult, utcnow
 from graft.shared.serializers import as_utc
 from graft.shared.thumbs import RESULT_THUMB_CHUNKS, RESULT_THUMBS_PER_CHUNK, job_thumbs_dir
@@ -72,7 +73,7 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
             folder, roots = input_folder(config, params)
             predictor = default_cache().get(model_path(config, params["model_id"]), params.get("precision") or "fp32",
                                             params.get("runtime"), max_pixels=config.max_image_pixels)
-            rows = predictor.predict_files([(name, folder / name) for name in names], params.get("top_k", 1),
+            rows = predictor.predict_files([(name, listed_path(folder, name)) for name in names], params.get("top_k", 1),
                                            params.get("threshold"), roots, should_stop=beat.should_stop)
             if index < RESULT_THUMB_CHUNKS and not params.get("interactive"):  # a synchronous answer waits for none
                 _thumbnails(config, job_id, folder, roots, rows)
@@ -190,6 +191,7 @@ def _finish(session: Session, job: Job) -> None:
     """The last chunk is in: check every file has its row, record the summary, end the job."""
     summary = result_summary(session, job.id)
     summary["ignored"] = (job.metrics or {}).get("ignored_files", 0)
+    summary["non_utf8_names"] = (job.metrics or {}).get("non_utf8_names", 0)  # rows named in their escaped form
     total = (job.progress or {}).get("files_total")
     progress = {**(job.progress or {}), "files_done": summary["files"], "fraction": 1.0, "eta_s": 0, "phase": "done"}
     if summary["files"] != total:

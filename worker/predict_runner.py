@@ -82,7 +82,8 @@ def _list(config: Config, held: Held, params: dict[str, Any]) -> list[int] | Non
                 "chunks": len(names)}
     with session_scope(config.database_url) as session:
         # The rows go in only while we still hold the job: a lister that lost its lease writes nothing.
-        if not lifecycle.update_held(session, *held, progress=progress, metrics={"ignored_files": listing.ignored}):
+        if not lifecycle.update_held(session, *held, progress=progress, metrics={"ignored_files": listing.ignored,
+                                                                          "non_utf8_names": listing.non_utf8}):
             session.rollback()
             log.warning("predict job %s: no longer ours, listing dropped", job_id)
             return None

@@ -268,6 +268,42 @@ def test_multipart_and_zip_uploads(client, model: dict, messy: dict[str, Path]) 
     assert response.status_code == 400 and response.get_json()["field"] == "file"
 
 
+def test_non_utf8_names_are_classified_and_shown_escaped(client, model: dict, messy: dict[str, Path],  # noqa: ANN001
+                                                         data_root: Path) -> None:
+    """A server folder, a zip member and a multipart file name holding bytes that are not UTF-8: each file is
+    classified, its row named in the lossless escaped form (%XX, and % as %25), and the job succeeds."""
+    picture = messy["deep/er/still-good.jpg"].read_bytes()
+    folder = data_root / "latin1"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9 100%.jpg"), "wb") as raw:  # a name os.fsdecode cannot
+        raw.write(picture)                                                            # turn into UTF-8
+    (folder / "plain.jpg").write_bytes(picture)
+    job = wait_for_job(client, _submit(client, model_id=model["id"], input_dir=str(folder))["id"])
+    assert job["status"] == "succeeded", job["error"]
+    rows = {r["path"]: r for r in _all_results(client, job["id"])}
+    assert sorted(rows) == ["caf%E9 100%25.jpg", "plain.jpg"], rows
+    assert all(r["label"] in CLASSES and not r["error"] for r in rows.values()), rows
+    assert job["metrics"]["summary"]["non_utf8_names"] == 1
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("pics/cafX.jpg", picture)
+    zipped = archive.getvalue().replace(b"pics/cafX.jpg", b"pics/caf\xe9.jpg")  # Latin-1 bytes, no UTF-8 flag
+    boundary = "graftb"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model_id\"\r\n\r\n{model['id']}\r\n".encode()
+            + f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.zip"\r\n\r\n'.encode()
+            + zipped + f"\r\n--{boundary}\r\n".encode()
+            + b'Content-Disposition: form-data; name="file"; filename="na\xefve.jpg"\r\n\r\n' + picture
+            + f"\r\n--{boundary}--\r\n".encode())
+    response = client.post("/api/v1/jobs/predict", data=body,
+                           content_type=f"multipart/form-data; boundary={boundary}")
+    assert response.status_code == 202, response.get_json()
+    job = wait_for_job(client, response.get_json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    rows = {r["path"]: r for r in _all_results(client, job["id"])}
+    assert sorted(rows) == ["na%EFve.jpg", "pics/caf%E9.jpg"] and all(r["label"] in CLASSES for r in rows.values())
+
+
 def test_synchronous_predict(client, model: dict, messy: dict[str, Path]) -> None:  # noqa: ANN001
     url = f"/api/v1/models/{model['id']}/predict"
     files = [(io.BytesIO(messy[n].read_bytes()), n) for n in ("odd/gray.jpg", "broken/empty.jpg", "odd/cmyk.jpg")]

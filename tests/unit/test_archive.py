@@ -1,7 +1,9 @@
 """Safe archive extraction (graft.shared.archive) and safe file names, driven directly: no app, no services."""
 from __future__ import annotations
 
+import bz2
 import tarfile
+import tracemalloc
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -9,8 +11,9 @@ from typing import Callable
 import pytest
 
 from graft.shared.archive import ArchiveError, ArchiveLimits, Extracted, extract_archive
-from graft.shared.files import UploadError, is_junk_path, safe_relative
-from tests.archives import CASES, JUNK, MB
+from graft.shared.archive_read import open_tar_stream
+from graft.shared.files import UploadError, display_name, is_junk_path, original_name, safe_relative
+from tests.archives import CASES, JUNK, MB, STRUCTURE_CASES
 
 LIMITS = ArchiveLimits(max_members=50, max_bytes=4 * MB, max_ratio=100)  # the service tier's small_app limits
 REFUSED = [case for case in CASES if case[2] == 400]  # refused by the archive rules themselves
@@ -93,3 +96,40 @@ def test_safe_relative_normalises_good_names(name: str, expected: str) -> None:
     """Backslashes become slashes; '.' and empty parts are dropped."""
     assert safe_relative(name) == PurePosixPath(expected)
     assert str(safe_relative(name)) == expected
+
+
+@pytest.mark.parametrize(("build", "code"), [(c[1], c[2]) for c in STRUCTURE_CASES],
+                         ids=[c[0] for c in STRUCTURE_CASES])
+def test_archive_structure_is_read_in_bounded_memory(tmp_path: Path, build: Callable[[int], tuple[bytes, str]],
+                                                     code: str) -> None:
+    """Oversized headers, header chains, sparse maps and a lying zip directory are refused before they are
+    loaded: the Python heap grows by a few MB at most (tarfile alone reads the 32 MB headers whole; zipfile
+    builds 65,000 members)."""
+    archive = _write(tmp_path, lambda: build(32))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArchiveError) as refused:
+            _extract(archive)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.code == code, str(refused.value)
+    assert peak < 8 * MB, f"{peak / MB:.1f} MB allocated while refusing"
+    assert not (tmp_path / "tree").exists() or not any((tmp_path / "tree").iterdir())
+
+
+def test_a_compressed_stream_is_cut_off_past_the_ratio(tmp_path: Path) -> None:
+    """The decompressed tar stream itself is bounded (max_ratio times the file), whatever its headers say."""
+    bomb = tmp_path / "bomb.tar.bz2"
+    bomb.write_bytes(bz2.compress(b"\0" * 16 * MB))
+    with pytest.raises(ArchiveError) as refused, open_tar_stream(bomb, 100) as stream:
+        while stream.read(MB):
+            pass
+    assert refused.value.code == "ratio"
+
+
+def test_non_utf8_names_are_shown_losslessly() -> None:
+    raw = b"dogs/hund\xe9 100%.png"
+    shown = display_name(raw.decode("utf-8", "surrogateescape"))
+    assert shown == "dogs/hund%E9 100%25.png" and original_name(shown).encode("utf-8", "surrogateescape") == raw
+    assert display_name("caf\u00e9 100%.png") == "caf\u00e9 100%.png"  # valid UTF-8 is shown as it is

@@ -1,7 +1,6 @@
 """The dashboard's page and the image endpoints (api/gallery.py) on an app over SQLite: token, ids, filters, bounds."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from flask import Flask

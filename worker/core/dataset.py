@@ -11,7 +11,7 @@ from typing import Callable, Sequence, overload
 
 import numpy as np
 
-from graft.shared.files import is_junk_name
+from graft.shared.files import display_name, is_junk_name
 from graft.worker.core.images import ImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class _Guard:
             real = None
         if real is not None and any(real.is_relative_to(root) for root in self.roots):
             return True
-        self.outside.append(path.relative_to(self.base).as_posix() + ("/" if path.is_dir() else ""))
+        self.outside.append(display_name(path.relative_to(self.base).as_posix()) + ("/" if path.is_dir() else ""))
         return False
 
 
@@ -178,7 +178,7 @@ def _decode_split(
     try:
         for (label, path), img in zip(jobs, pool.map(decode, [p for _, p in jobs])):
             tick()
-            relative = str(path.relative_to(root))
+            relative = display_name(str(path.relative_to(root)))  # reported in a job's metrics: text, not bytes
             if isinstance(img, str):
                 skipped.append({"path": relative, "reason": img})
                 continue

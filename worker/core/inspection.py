@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from graft.shared.files import is_junk_name
+from graft.shared.files import display_name, is_junk_name
 from graft.worker.core.dataset import find_files
 
 IMBALANCE_RATIO = 10.0  # above this largest/smallest class ratio: a warning, and training weights classes
@@ -195,8 +195,12 @@ def inspect_dataset(
     conversions = {name: 0 for name in CONVERSIONS}
     problems: dict[str, dict[str, str]] = defaultdict(dict)
     by_hash: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    escaped: set[str] = set()
     for (split, cls, path), check in zip(entries, checks):
-        rel = path.relative_to(root).as_posix()
+        raw = path.relative_to(root).as_posix()
+        rel = display_name(raw)  # a name that is not UTF-8 is read all the same, and reported escaped
+        if rel != raw:
+            escaped.add(rel)
         if check.status != "ok":
             problems[check.status][rel] = check.detail
             continue
@@ -219,10 +223,10 @@ def inspect_dataset(
     if outside:
         issues.append(_issue("warning", "outside_roots", f"{len(outside)} file(s) or folder(s) lead outside the data "
                              "roots through a symlink; they are not read", sorted(outside)))
-    renamed = sorted(non_utf8)
+    renamed = sorted(set(non_utf8) | escaped)
     if renamed:
-        issues.append(_issue("warning", "non_utf8_name", f"{len(renamed)} name(s) in the archive were not valid "
-                             "UTF-8; they were decoded byte for byte", renamed))
+        issues.append(_issue("warning", "non_utf8_name", f"{len(renamed)} file name(s) were not valid UTF-8; they "
+                             "are shown with each such byte as %XX (and % as %25)", renamed))
     issues.sort(key=lambda i: i["level"] != "error")  # errors first: a failing job quotes the first ones
     return {
         "layout": layout, "classes": counts, "num_images": sum(counts.values()), "num_files": len(entries),

@@ -19,7 +19,7 @@ import torchvision.transforms.v2.functional as TF
 
 from graft.worker.core.backbones import Classifier
 from graft.worker.core.checkpoint import load_model_artifact
-from graft.shared.files import is_junk_name
+from graft.shared.files import display_name, is_junk_name
 from graft.shared.params import PRECISIONS  # bf16 (eager PyTorch only): ~2x faster, top-1 may differ on near-ties
 from graft.worker.core.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from graft.worker.core.runtimes import DEFAULT_RUNTIME, RUNTIMES, TORCH, Normalized, Runner, RuntimeUnavailable, make_runner
@@ -38,10 +38,12 @@ class Stopped(Exception):
 
 @dataclass
 class Listing:
-    """The files of an input folder as (relative posix path, absolute path), and how many were ignored."""
+    """The files of an input folder as (relative posix path, absolute path), how many were ignored, and how many
+    names were not UTF-8 (listed in their escaped form, shared.files.display_name)."""
 
     files: list[tuple[str, Path]]
     ignored: int = 0
+    non_utf8: int = 0
 
 
 def list_input_files(root: Path, recursive: bool = True) -> Listing:
@@ -52,7 +54,7 @@ def list_input_files(root: Path, recursive: bool = True) -> Listing:
     """
     root = Path(root)
     files: list[tuple[str, Path]] = []
-    ignored = 0
+    ignored = non_utf8 = 0
     for folder, dirs, names in os.walk(root, followlinks=False):
         here = Path(folder)
         kept = [d for d in dirs if not is_junk_name(d) and not (here / d).is_symlink()]
@@ -63,9 +65,14 @@ def list_input_files(root: Path, recursive: bool = True) -> Listing:
                 ignored += 1
                 continue
             path = here / name
-            files.append((path.relative_to(root).as_posix(), path))
+            relative = path.relative_to(root).as_posix()
+            shown = display_name(relative)  # a name that is not UTF-8 is classified all the same, shown escaped
+            non_utf8 += shown != relative
+            files.append((shown, path))
     files.sort(key=lambda item: item[0])
-    return Listing(files, ignored)
+    unique = [item for i, item in enumerate(files) if i == 0 or item[0] != files[i - 1][0]]
+    # An escaped name that is also another file's real name: the second one is left out, not written twice.
+    return Listing(unique, ignored + len(files) - len(unique), non_utf8)
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
