@@ -15,7 +15,7 @@ from graft.shared import chunks, lifecycle
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, PredictionResult, utcnow
-from graft.shared.serializers import as_utc
+from graft.shared.serializers import as_utc, stored_result
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
 from graft.worker.predict_common import input_folder, model_path, release_job_upload
 
@@ -71,7 +71,9 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
             predictor = default_cache().get(model_path(config, params["model_id"]), params.get("precision") or "fp32",
                                             params.get("runtime"), max_pixels=config.max_image_pixels)
             rows = predictor.predict_files([(name, folder / name) for name in names], params.get("top_k", 1),
-                                           params.get("threshold"), roots, should_stop=beat.should_stop)
+                                           params.get("threshold"), roots, should_stop=beat.should_stop,
+                                           target_precision=params.get("target_precision"),
+                                           reject_ood=params.get("reject_ood", True))
         except Stopped:
             log.info("predict job %s: chunk %d stopped (job ended or chunk taken over)", job_id, index)
         except Exception as exc:  # noqa: BLE001 - any error: try the chunk again, or fail the job after the last try
@@ -128,7 +130,8 @@ def _store(config: Config, held: Held, rows: list[dict[str, Any]]) -> bool:
         session.execute(delete(PredictionResult).where(*where))  # an earlier attempt's rows, if any got in
         if rows:
             session.execute(insert(PredictionResult), [
-                {**row, "job_id": held.job_id, "chunk": held.index, "worker": held.worker} for row in rows])
+                {**stored_result(row), "job_id": held.job_id, "chunk": held.index, "worker": held.worker}
+                for row in rows])
         try:
             if chunks.remaining(session, held.job_id) == 0:
                 _finish(session, job)

@@ -22,6 +22,7 @@ from graft.worker.core.features import ViewCache, build_cache, cached_epoch, cac
 from graft.worker.core.metrics import classification_report
 from graft.worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_lambdas, stop_reason
 from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
+from graft.worker.core.trust import fit_trust
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +234,15 @@ def fit(
         "mode": mode, "stopped_early": stopped, "seconds": round(time.monotonic() - started, 2), **report,
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
     }
+    # Calibration, the OOD scorer and the label audit (worker.core.trust): the trunk is unchanged when the best
+    # epoch was a head-only one, and then the cached features are the final model's.
+    trust_meta, trust_tensors, trust_metrics = fit_trust(
+        model, data.train, data.val, data.classes, cache, best["epoch"] <= spec.frozen_phase(), prep,
+        spec.batch_size * 2, spec.seed)
+    metrics.update(trust_metrics)
     meta = {
         "backbone": spec.backbone, "classes": data.classes, "image_size": spec.image_size,
-        "preprocessing": prep.to_dict(), "metrics": metrics, "params": asdict(spec),
+        "preprocessing": prep.to_dict(), "metrics": metrics, "params": asdict(spec), **trust_meta,
     }
-    path = save_model_artifact(model_dir, model, meta)
+    path = save_model_artifact(model_dir, model, meta, trust_tensors)
     return TrainResult(model_path=path, classes=data.classes, metrics=metrics, skipped_files=data.skipped)
