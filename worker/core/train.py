@@ -22,6 +22,7 @@ from graft.worker.core.features import ViewCache, build_cache, cached_epoch, cac
 from graft.worker.core.metrics import classification_report
 from graft.worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_lambdas, stop_reason
 from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
+from graft.worker.core.audit import mislabel_issue
 from graft.worker.core.trust import fit_trust
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class TrainResult:
     classes: list[str]
     metrics: dict[str, Any]
     skipped_files: list[dict[str, str]] = field(default_factory=list)
+
+    def mislabel_issue(self, job_id: str | None = None) -> dict[str, Any] | None:
+        """The label audit as the dataset report's suspected_mislabel warning (None without suspects)."""
+        return mislabel_issue(self.metrics.get("label_audit"), job_id)
 
 
 def _set_trainable(model: Classifier, frozen: int) -> None:
