@@ -78,8 +78,12 @@ def fit_trust(model: Classifier, train: Split, val: Split, classes: Sequence[str
     calibration = calibrate(val_logits, np.asarray(val.labels), classes)
     scorer = fit_knn(torch.cat([train_f, val_f]).float().numpy(), seed=seed)
     audit_f = torch.cat([cache.train_pooled[0], cache.val_pooled]) if cache is not None else torch.cat([train_f, val_f])
-    audit = audit_labels(audit_f.float().numpy(), list(train.labels) + list(val.labels),
-                         list(train.paths) + list(val.paths), classes, seed)
+    try:
+        audit = audit_labels(audit_f.float().numpy(), list(train.labels) + list(val.labels),
+                             list(train.paths) + list(val.paths), classes, seed)
+    except Exception:  # noqa: BLE001 - the audit is advice: its failure must not fail a trained model
+        log.exception("label audit failed; the model is kept without it")
+        audit = None
     meta = {"calibration": calibration, "ood": scorer.meta()}
     summary = {k: calibration[k] for k in ("temperature", "ece_before", "ece_after", "images")}
     metrics = {"calibration": summary, "ood": scorer.meta(), "label_audit": audit}
