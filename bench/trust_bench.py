@@ -41,7 +41,7 @@ def end_to_end(data: Path, work: Path, rate: float = 0.05, seed: int = 0) -> dic
         path.rename(target)
         flipped.add(target.relative_to(copy).as_posix())
     spec = TrainSpec(backbone="efficientnet_lite0", mode="linear", epochs=6, views=1, seed=0)
-    audit = fit(copy, spec, work / "job", work / "model").metrics["label_audit"]
+    audit = fit(copy, spec, work / "flipped-job", work / "flipped-model").metrics["label_audit"]
     found = {s["path"] for s in audit["suspects"]}
     hits = len(found & flipped)
     return {"flipped": len(flipped), "listed": len(found), "found": hits, "recall": hits / len(flipped),

@@ -168,3 +168,28 @@ def test_trained_model_carries_calibration_ood_and_audit(shapes: Path, tmp_path:
     assert rows[1]["label"] == "circles" and rows[1]["reason"] is None
     kept = predictor.predict_files(files, reject_ood=False)
     assert kept[0]["label"] in ("circles", "squares") and kept[0]["ood_score"] == rows[0]["ood_score"]
+
+
+def test_audit_lands_in_the_dataset_report(tmp_path: Path) -> None:
+    from graft.shared.config import Config
+    from graft.shared.db import session_scope
+    from graft.shared.models import DatasetRecord
+    from graft.shared.schema import upgrade
+    from graft.worker.label_audit import record_label_audit
+
+    url = f"sqlite:///{tmp_path / 'graft.db'}"
+    upgrade(url)
+    old = {"level": "warning", "code": "suspected_mislabel", "files": ["a/old.jpg"], "count": 1}
+    kept = {"level": "warning", "code": "class_small", "files": [], "count": 0}
+    with session_scope(url) as session:
+        session.add(DatasetRecord(id="d1", name="d", source="upload", path="/x", report={"issues": [kept, old]}))
+    audit = {"count": 2, "suspects": [{"path": "b/2.jpg", "label": "b", "suggested": "a", "confidence": 0.99},
+                                      {"path": "a/1.jpg", "label": "a", "suggested": "b", "confidence": 0.8}]}
+    record_label_audit(Config(database_url=url), "d1", mislabel_issue(audit, "job9"), "job9")
+    with session_scope(url) as session:
+        issues = session.get(DatasetRecord, "d1").report["issues"]
+    assert issues[0] == kept and len(issues) == 2
+    assert issues[1]["files"] == ["b/2.jpg", "a/1.jpg"] and issues[1]["job_id"] == "job9"
+    record_label_audit(Config(database_url=url), "d1", None, "job10")  # a later audit with no suspects
+    with session_scope(url) as session:
+        assert session.get(DatasetRecord, "d1").report["issues"] == [kept]
