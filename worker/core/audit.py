@@ -53,8 +53,8 @@ def audit_labels(features: np.ndarray, labels: Sequence[int], paths: Sequence[st
         warnings.simplefilter("ignore")  # convergence and cleanlab's small-class chatter say nothing about labels
         probs = out_of_fold_probabilities(x, y, len(classes), folds, seed)
         # n_jobs=1: cleanlab's default multiprocessing cannot start inside a Celery pool child (daemonic)
-        ranked = find_label_issues(y, probs, filter_by="prune_by_noise_rate", return_indices_ranked_by="self_confidence",
-                                   n_jobs=1)
+        ranked = find_label_issues(y, probs, filter_by="prune_by_noise_rate",
+                                   return_indices_ranked_by="self_confidence", n_jobs=1)
     suspects = []
     for i in ranked:
         other = int(probs[i].argmax())

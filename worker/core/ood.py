@@ -58,9 +58,9 @@ class KNNScorer:
 def fit_knn(features: np.ndarray, k: int = K, quantile: float = QUANTILE, max_bank: int = MAX_BANK,
             seed: int = 0) -> KNNScorer:
     """A scorer on these training features; threshold = quantile of their leave-one-out scores."""
+    if len(features) > max_bank:  # subsample first: never a unit-norm copy of every feature
+        features = features[np.sort(np.random.default_rng(seed).choice(len(features), max_bank, replace=False))]
     bank = _unit(features)
-    if len(bank) > max_bank:
-        bank = bank[np.sort(np.random.default_rng(seed).choice(len(bank), max_bank, replace=False))]
     k = max(1, min(k, len(bank) - 1))
     scorer = KNNScorer(bank, k, 0.0, quantile)
     # A row's nearest neighbour in the bank is itself (similarity 1): asking for the (k+1)-th leaves it out.

@@ -201,8 +201,8 @@ class Predictor:
               options: Options) -> list[Row]:
         good = [i for i, img in enumerate(decoded) if not isinstance(img, str)]
         rows: list[Row] = [
-            {"path": name, "label": None, "confidence": None, "top_k": [], "error": img if isinstance(img, str) else None,
-             "ood_score": None, "reason": None}
+            {"path": name, "label": None, "confidence": None, "top_k": [], "ood_score": None, "reason": None,
+             "error": img if isinstance(img, str) else None}
             for name, img in zip(names, decoded)
         ]
         if not good:

@@ -43,7 +43,8 @@ def _pooled(model: Classifier, split: Split, prep: Preprocessing, batch: int) ->
     model.eval()
     if len(split) == 0:
         return torch.zeros(0, model.head.in_features)
-    return torch.cat([model.features(eval_batch(split.images[i : i + batch], prep)) for i in range(0, len(split), batch)])
+    return torch.cat([model.features(eval_batch(split.images[i : i + batch], prep))
+                      for i in range(0, len(split), batch)])
 
 
 @torch.no_grad()
