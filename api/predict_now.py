@@ -111,7 +111,8 @@ def predict_now(model_id: str) -> Response:
     session = db()
     job = lifecycle.create_job(session, "predict", {
         "model_id": model.id, "upload_id": upload_id, "top_k": min(params["top_k"], len(model.classes)),
-        "threshold": params["threshold"], "precision": params["precision"], "runtime": params["runtime"],
+        "threshold": params["threshold"], "target_precision": params["target_precision"],
+        "reject_ood": params["reject_ood"], "precision": params["precision"], "runtime": params["runtime"],
         "recursive": True, "chunk_size": MAX_SYNC_FILES, "interactive": True, "names": names,
     }, owner_id())
     session.commit()

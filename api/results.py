@@ -22,7 +22,7 @@ from graft.shared.serializers import result_row
 bp = Blueprint("results", __name__, description="Results of a finished predict job, as JSON pages or CSV.")
 
 CSV_BATCH = 1000
-CSV_COLUMNS = ["path", "label", "confidence", "error"]
+CSV_COLUMNS = ["path", "label", "confidence", "error", "ood_score", "reason"]
 
 
 def _finished_predict_job(job_id: str) -> Job:
@@ -71,9 +71,10 @@ def _csv_rows(session: Session, job_id: str, with_top_k: bool) -> Iterator[str]:
         after = None
         while True:
             rows = session.scalars(_results_query(job_id, after, CSV_BATCH)).all()
-            for r in rows:
-                line = [r.path, r.label or "", "" if r.confidence is None else r.confidence, r.error or ""]
-                writer.writerow(line + ([_json(r.top_k or [])] if with_top_k else []))
+            for r in map(result_row, rows):
+                line = [r["path"], r["label"] or "", _blank(r["confidence"]), r["error"] or "", _blank(r["ood_score"]),
+                        r["reason"] or ""]
+                writer.writerow(line + ([_json(r["top_k"])] if with_top_k else []))
             yield buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()
@@ -83,6 +84,10 @@ def _csv_rows(session: Session, job_id: str, with_top_k: bool) -> Iterator[str]:
             session.expunge_all()
     finally:
         session.close()
+
+
+def _blank(value: float | None) -> Any:
+    return "" if value is None else value
 
 
 def _json(value: Any) -> str:

@@ -98,7 +98,7 @@ TrainRequest = params_schema("TrainRequest", TRAIN_PARAMS)
 PredictRequest = params_schema("PredictRequest", PREDICT_PARAMS)
 PredictForm = params_schema("PredictForm", PREDICT_PARAMS, file=FILES, extract_zip=EXTRACT_ZIP)
 MAX_SYNC_FILES = 32  # the most images POST /models/<id>/predict classifies in one request
-SYNC_PARAMS = _one(("top_k", "threshold", "precision", "runtime"), PREDICT_PARAMS)
+SYNC_PARAMS = _one(("top_k", "threshold", "target_precision", "reject_ood", "precision", "runtime"), PREDICT_PARAMS)
 PredictNowRequest = params_schema("PredictNowRequest", SYNC_PARAMS)
 PredictNowForm = params_schema("PredictNowForm", SYNC_PARAMS, file=fields.List(
     Upload(), required=True, validate=validate.Length(1, MAX_SYNC_FILES), metadata={"description": "the images"}))
@@ -287,6 +287,11 @@ class ResultRow(Schema):
     confidence = _nullable(fields.Float, required=True)
     top_k = fields.List(fields.Dict(), required=True)
     error = _nullable(fields.String, required=True)
+    ood_score = _nullable(fields.Float, required=True, metadata={
+        "description": "distance of the image's features from the training images' (kNN cosine); null for "
+                       "error rows and models trained before it existed"})
+    reason = _nullable(fields.String, required=True, metadata={
+        "description": "why the label is unknown: unlike the training images, or below a threshold"})
 
 
 def page_of(item: type[Schema], name: str) -> type[Schema]:

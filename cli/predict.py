@@ -56,6 +56,10 @@ def run_predict(client: Client, args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"model_id": args.model_id, "top_k": args.top_k, "recursive": not args.no_recursive}
     if args.threshold is not None:
         params["threshold"] = args.threshold
+    if args.target_precision is not None:
+        params["target_precision"] = args.target_precision
+    if args.keep_ood:
+        params["reject_ood"] = False
     if args.chunk_size:
         params["chunk_size"] = args.chunk_size
     if args.precision:
@@ -95,6 +99,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
     p.add_argument("-o", "--output", default="predictions.csv", help="results file: .csv or .json")
     p.add_argument("--top-k", dest="top_k", type=int, default=1, help="also list the k best labels")
     p.add_argument("--threshold", type=float, help="top confidence below this gives the label 'unknown'")
+    p.add_argument("--target-precision", dest="target_precision", type=float,
+                   help="per class, 'unknown' below the confidence that reached this precision in validation")
+    p.add_argument("--keep-ood", dest="keep_ood", action="store_true",
+                   help="keep the label of images unlike the training images (their ood_score is still reported)")
     p.add_argument("--server-dir", dest="server_dir", help="classify this folder on the server instead of DIR")
     p.add_argument("--no-recursive", dest="no_recursive", action="store_true", help="ignore subfolders")
     p.add_argument("--chunk-size", dest="chunk_size", type=int, help="files per worker task")

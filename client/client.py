@@ -175,7 +175,8 @@ class Client:
         return self.predict(model_id, upload_id=upload.id, recursive=recursive, **params)
 
     def results(self, job_id: str, page_size: int = 1000) -> Iterator[JSON]:
-        """A succeeded predict job's rows ({"path", "label", "confidence", "top_k", "error"}), sorted by path."""
+        """A succeeded predict job's rows ({"path", "label", "confidence", "top_k", "error", "ood_score",
+        "reason"}), sorted by path."""
         return self.http.pages(f"{API}/jobs/{job_id}/results", {"limit": page_size})
 
     def results_csv(self, job_id: str, out: IO[bytes]) -> None:

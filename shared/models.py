@@ -174,6 +174,7 @@ class PredictionResult(Base):
     path: Mapped[str] = mapped_column(Text)
     label: Mapped[str | None] = mapped_column(String(255), default=None)
     confidence: Mapped[float | None] = mapped_column(Float, default=None)
+    # The ranked labels; since the OOD score, {"ranked": [...], "ood_score", "reason"} (serializers.stored_result).
     top_k: Mapped[list[Any]] = mapped_column(default=list)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)  # which worker classified it

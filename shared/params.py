@@ -86,6 +86,11 @@ PREDICT_PARAMS: tuple[Param, ...] = (
     Param("top_k", int, 1, minimum=1, maximum=1000, help="classes reported per image"),
     Param("threshold", float, None, minimum=0.0, maximum=1.0, nullable=True,
           help="below this top-1 probability an image is reported as unknown"),
+    Param("target_precision", float, None, minimum=0.5, maximum=1.0, nullable=True,
+          help="per class, report as unknown the images below the confidence at which that class reached this "
+               "precision on the model's validation split"),
+    Param("reject_ood", bool, True,
+          help="label images unlike the training images (ood_score above the model's threshold) unknown"),
     Param("recursive", bool, True, help="also classify images in subfolders"),
     Param("chunk_size", int, 256, minimum=1, maximum=100_000, help="images per chunk of a batch job"),
     Param("precision", str, "fp32", choices=PRECISIONS, help="inference precision"),

@@ -128,9 +128,22 @@ def serialize_dataset(dataset: DatasetRecord, full: bool = True) -> dict[str, An
     return out
 
 
+def stored_result(row: dict[str, Any]) -> dict[str, Any]:
+    """A predictor's row as prediction_results columns: ood_score and reason ride in the top_k JSON column.
+
+    That column then holds {"ranked": [...], "ood_score": ..., "reason": ...} instead of the bare list (no migration).
+    """
+    out = {k: v for k, v in row.items() if k not in ("ood_score", "reason")}
+    out["top_k"] = {"ranked": row.get("top_k") or [], "ood_score": row.get("ood_score"), "reason": row.get("reason")}
+    return out
+
+
 def result_row(result: PredictionResult) -> dict[str, Any]:
-    """One predict result row as the API shows it."""
+    """One predict result row as the API shows it (rows stored before ood_score existed have it null)."""
+    stored = result.top_k or []
+    extra = stored if isinstance(stored, dict) else {"ranked": stored}
     return {
         "path": result.path, "label": result.label, "confidence": result.confidence,
-        "top_k": result.top_k or [], "error": result.error,
+        "top_k": extra.get("ranked") or [], "error": result.error,
+        "ood_score": extra.get("ood_score"), "reason": extra.get("reason"),
     }

@@ -17,7 +17,7 @@ from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.files import listed_path
 from graft.shared.models import Job, PredictionResult, utcnow
-from graft.shared.serializers import as_utc
+from graft.shared.serializers import as_utc, stored_result
 from graft.shared.thumbs import RESULT_THUMB_CHUNKS, RESULT_THUMBS_PER_CHUNK, job_thumbs_dir
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
 from graft.worker.predict_common import input_folder, model_path, release_job_upload
@@ -74,7 +74,9 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
             predictor = default_cache().get(model_path(config, params["model_id"]), params.get("precision") or "fp32",
                                             params.get("runtime"), max_pixels=config.max_image_pixels)
             rows = predictor.predict_files([(name, listed_path(folder, name)) for name in names], params.get("top_k", 1),
-                                           params.get("threshold"), roots, should_stop=beat.should_stop)
+                                           params.get("threshold"), roots, should_stop=beat.should_stop,
+                                           target_precision=params.get("target_precision"),
+                                           reject_ood=params.get("reject_ood", True))
             if index < RESULT_THUMB_CHUNKS and not params.get("interactive"):  # a synchronous answer waits for none
                 _thumbnails(config, job_id, folder, roots, rows)
         except Stopped:
@@ -144,7 +146,8 @@ def _store(config: Config, held: Held, rows: list[dict[str, Any]]) -> bool:
         session.execute(delete(PredictionResult).where(*where))  # an earlier attempt's rows, if any got in
         if rows:
             session.execute(insert(PredictionResult), [
-                {**row, "job_id": held.job_id, "chunk": held.index, "worker": held.worker} for row in rows])
+                {**stored_result(row), "job_id": held.job_id, "chunk": held.index, "worker": held.worker}
+                for row in rows])
         try:
             if chunks.remaining(session, held.job_id) == 0:
                 _finish(session, job)

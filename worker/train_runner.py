@@ -13,6 +13,7 @@ from graft.shared.db import session_scope, with_db_retry
 from graft.shared.models import Job, TrainedModel, new_id
 from graft.shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots, tree_bytes
 from graft.shared.thumbs import write_predictions
+from graft.worker.label_audit import record_label_audit
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
         try:
             # An uploaded dataset (dataset_id) lives under the datasets folder: one of the train roots.
             data_dir = resolve_under_roots(params.pop("data_dir"), config.train_roots)
-            params.pop("dataset_id", None)
+            dataset_id = params.pop("dataset_id", None)
             params.pop("callback_url", None)  # a job option (sent by the webhook sender), not a hyper-parameter
             spec = TrainSpec(**params)
             result = fit(
@@ -154,8 +155,11 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
     metrics = {**result.metrics, "skipped_files": result.skipped_files}
     model = TrainedModel(
         id=model_id, job_id=job_id, backbone=spec.backbone, classes=result.classes, image_size=spec.image_size,
-        metrics={k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch")},
+        metrics={k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch", "calibration",
+                                                "ood") if k in result.metrics},
         path=str(result.model_path), size_bytes=tree_bytes(model_dir(config.artifacts_dir, model_id)),
     )
     progress = {"phase": "done", "epoch": spec.epochs, "epochs": spec.epochs, "fraction": 1.0, "eta_s": 0}
-    _finish(config, lease, lifecycle.SUCCEEDED, f"model {model_id}", model=model, metrics=metrics, progress=progress)
+    if _finish(config, lease, lifecycle.SUCCEEDED, f"model {model_id}", model=model, metrics=metrics,
+               progress=progress):
+        record_label_audit(config, dataset_id, result.mislabel_issue(job_id), job_id)

@@ -249,3 +249,14 @@ def test_hymenoptera_zip_report_matches_the_folder_and_trains(client, worker, tm
     job = wait_for_job(client, client.post("/api/v1/jobs/train", json=body).get_json()["id"], timeout=600)
     assert job["status"] == "succeeded", job["error"]
     assert job["metrics"]["best_val_acc"] > 0.7 and job["metrics"]["val_images"] == 153
+    # The job's label audit is also the dataset's suspected_mislabel warning: the same files, most suspicious first,
+    # named as the rest of the report names them (train/ants/x.jpg).
+    audit = job["metrics"]["label_audit"]
+    issues = {i["code"]: i for i in client.get(f"/api/v1/datasets/{dataset['id']}").get_json()["issues"]}
+    assert audit["images"] == dataset["num_images"]
+    if audit["suspects"]:
+        issue = issues["suspected_mislabel"]
+        assert issue["level"] == "warning" and issue["files"] == [s["path"] for s in audit["suspects"]]
+        assert all(f.split("/")[0] in ("train", "val") and f.split("/")[1] in ("ants", "bees") for f in issue["files"])
+    else:
+        assert "suspected_mislabel" not in issues

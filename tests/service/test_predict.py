@@ -122,8 +122,12 @@ def test_nested_folder_every_file_one_row(client, model: dict, messy: dict[str, 
             assert row["error"] and row["label"] is None and row["confidence"] is None and row["top_k"] == []
         else:
             assert row["error"] is None, (path, row)
-            assert row["label"] in CLASSES and 0 < row["confidence"] <= 1
-            assert [t["label"] for t in row["top_k"]][0] == row["label"] and len(row["top_k"]) == 2
+            assert 0 < row["confidence"] <= 1 and row["ood_score"] >= 0 and len(row["top_k"]) == 2
+            if row["label"] == "unknown":  # unlike the shapes it was trained on (reject_ood is on by default)
+                assert row["reason"].startswith("unlike the training images"), row
+            else:
+                assert row["label"] in CLASSES and row["reason"] is None
+                assert [t["label"] for t in row["top_k"]][0] == row["label"]
     assert "empty" in by_path["broken/empty.jpg"]["error"]
     assert "outside the configured data roots" in by_path["odd/link-out.jpg"]["error"]
     summary = job["metrics"]["summary"]
@@ -136,12 +140,15 @@ def test_results_csv_sorted_with_columns(client, model: dict, messy: dict[str, P
     response = client.get(f"/api/v1/jobs/{job['id']}/results?format=csv")
     assert response.status_code == 200 and response.mimetype == "text/csv"
     table = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
-    assert table[0] == ["path", "label", "confidence", "error"]
+    assert table[0] == ["path", "label", "confidence", "error", "ood_score", "reason"]
     assert [r[0] for r in table[1:]] == sorted(messy)
-    for path, label, confidence, error in table[1:]:
-        assert (label == "" and confidence == "" and error) if path in BAD else (label in CLASSES and float(confidence) > 0 and error == "")
+    for path, label, confidence, error, ood_score, reason in table[1:]:
+        assert (label == "" and confidence == "" and error and ood_score == "") if path in BAD else \
+            (label in [*CLASSES, "unknown"] and float(confidence) > 0 and error == "" and float(ood_score) >= 0)
+        assert (reason != "") == (label == "unknown")
     json_rows = {r["path"]: r for r in _all_results(client, job["id"])}
-    assert all(json_rows[p]["confidence"] == float(c) for p, _, c, _ in table[1:] if c)
+    assert all(json_rows[p]["confidence"] == float(c) and json_rows[p]["ood_score"] == float(o)
+               for p, _, c, _, o, _ in table[1:] if c)
 
 
 def test_chunks_run_on_two_workers(client, model: dict, second_worker: WorkerProcess, data_root: Path) -> None:  # noqa: ANN001
@@ -176,9 +183,11 @@ def test_batch_equals_one_at_a_time(client, model: dict, messy: dict[str, Path],
     prep = meta["preprocessing"]
     job = wait_for_job(client, _submit(client, model_id=model["id"], input_dir=str(data_root / "messy"))["id"])
     rows = {r["path"]: r for r in _all_results(client, job["id"])}
+    temperature = meta["calibration"]["temperature"]  # the job's confidences are calibrated
     for name, path in files:
-        probs = net(eval_batch([decode_image(path, prep.resize)], prep)).softmax(1)[0].detach()
-        assert rows[name]["label"] == meta["classes"][int(probs.argmax())]
+        probs = (net(eval_batch([decode_image(path, prep.resize)], prep)) / temperature).softmax(1)[0].detach()
+        assert rows[name]["top_k"][0]["label"] == meta["classes"][int(probs.argmax())]
+        assert rows[name]["label"] in (rows[name]["top_k"][0]["label"], "unknown")
         assert abs(rows[name]["confidence"] - float(probs.max())) < 1e-4
 
 
@@ -192,13 +201,14 @@ def test_top_k_clamped_and_threshold_recorded(client, model: dict, data_root: Pa
     assert all(r["label"] == "unknown" for r in rows)  # no top confidence reaches 1.0
     assert job["metrics"]["summary"]["unknown"] == 6
     table = list(csv.reader(io.StringIO(client.get(f"/api/v1/jobs/{job['id']}/results?format=csv").get_data(as_text=True))))
-    assert table[0] == ["path", "label", "confidence", "error", "top_k"]
-    assert [t["label"] for t in json.loads(table[1][4])] == [t["label"] for t in rows[0]["top_k"]]
+    assert table[0] == ["path", "label", "confidence", "error", "ood_score", "reason", "top_k"]
+    assert [t["label"] for t in json.loads(table[1][6])] == [t["label"] for t in rows[0]["top_k"]]
 
 
 def test_bf16_precision_is_opt_in(client, model: dict, data_root: Path) -> None:  # noqa: ANN001
     root = make_shapes_dataset(data_root / "bf16", per_class=2, size=64)
-    job = wait_for_job(client, _submit(client, model_id=model["id"], input_dir=str(root), precision="bf16")["id"])
+    job = wait_for_job(client, _submit(client, model_id=model["id"], input_dir=str(root), precision="bf16",
+                                           reject_ood=False)["id"])
     assert job["status"] == "succeeded" and job["params"]["precision"] == "bf16"
     rows = _all_results(client, job["id"])
     assert len(rows) == 6 and all(r["label"] in CLASSES and r["error"] is None for r in rows)
@@ -240,7 +250,7 @@ def test_results_only_for_finished_predict_jobs(client, model: dict) -> None:  #
 def test_multipart_and_zip_uploads(client, model: dict, messy: dict[str, Path]) -> None:  # noqa: ANN001
     names = ["a/one.jpg", "ñandú/蜂.jpg", "notes.jpg"]
     sources = [messy["deep/er/still-good.jpg"], messy["odd/ñandú-蜂 photo.jpg"], messy["broken/notes.jpg"]]
-    data = {"model_id": model["id"], "top_k": "2", "threshold": "", "file": [
+    data = {"model_id": model["id"], "top_k": "2", "threshold": "", "reject_ood": "false", "file": [
         (io.BytesIO(p.read_bytes()), n) for n, p in zip(names, sources)]}
     response = client.post("/api/v1/jobs/predict", data=data, content_type="multipart/form-data")
     assert response.status_code == 202, response.get_json()
@@ -307,7 +317,8 @@ def test_non_utf8_names_are_classified_and_shown_escaped(client, model: dict, me
 def test_synchronous_predict(client, model: dict, messy: dict[str, Path]) -> None:  # noqa: ANN001
     url = f"/api/v1/models/{model['id']}/predict"
     files = [(io.BytesIO(messy[n].read_bytes()), n) for n in ("odd/gray.jpg", "broken/empty.jpg", "odd/cmyk.jpg")]
-    response = client.post(url, data={"file": files, "top_k": "5"}, content_type="multipart/form-data")
+    response = client.post(url, data={"file": files, "top_k": "5", "reject_ood": "false"},
+                           content_type="multipart/form-data")
     assert response.status_code == 200, response.get_json()
     items = response.get_json()["items"]
     assert [i["path"] for i in items] == ["odd/gray.jpg", "broken/empty.jpg", "odd/cmyk.jpg"]
@@ -397,7 +408,7 @@ def test_cli_predict_uploads_and_writes_csv_and_json(http_app: str, model: dict,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     table = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
-    assert table[0] == ["path", "label", "confidence", "error", "top_k"]
+    assert table[0] == ["path", "label", "confidence", "error", "ood_score", "reason", "top_k"]
     assert [r[0] for r in table[1:]] == sorted(messy)  # the symlink is read here and uploaded as a plain file
     assert "(errors)" in done.stdout and "files classified" in done.stdout
     out_json = tmp_path / "out.json"
@@ -479,7 +490,7 @@ def test_runtime_falls_back_to_torch_without_openvino(model: dict, messy: dict[s
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
     predictor = Predictor.from_artifact(model["path"], runtime="openvino")
     assert predictor.runtime == "torch"
-    rows = predictor.predict_files([("gray.jpg", messy["odd/gray.jpg"])])
+    rows = predictor.predict_files([("gray.jpg", messy["odd/gray.jpg"])], reject_ood=False)
     assert rows[0]["label"] in CLASSES and rows[0]["error"] is None
 
 

@@ -37,9 +37,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def save_model_artifact(folder: Path, model: Classifier, meta: dict[str, Any]) -> Path:
-    """Write model.pt (weights + meta) and model.json (meta, human-readable) into folder."""
-    payload = {"format": ARTIFACT_FORMAT, "state_dict": model.state_dict(), **meta}
+def save_model_artifact(folder: Path, model: Classifier, meta: dict[str, Any],
+                        tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write model.pt (weights + meta + extra tensors) and model.json (meta, human-readable) into folder."""
+    payload = {"format": ARTIFACT_FORMAT, "state_dict": model.state_dict(), **meta, **(tensors or {})}
     atomic_torch_save(payload, folder / MODEL_NAME)
     atomic_write_json(folder / META_NAME, meta)
     return folder / MODEL_NAME

@@ -31,14 +31,15 @@ MAX_BATCH = 4096
 
 
 class Probabilities(nn.Module):
-    """softmax(Normalized(model)(x)) for x a uint8 NHWC RGB batch: Graft's own arithmetic, then its softmax."""
+    """softmax(Normalized(model)(x) / T) for x a uint8 NHWC RGB batch: Graft's own arithmetic, its calibration
+    temperature T (worker.core.calibration), then its softmax."""
 
-    def __init__(self, model: nn.Module, prep: Preprocessing) -> None:
+    def __init__(self, model: nn.Module, prep: Preprocessing, temperature: float = 1.0) -> None:
         super().__init__()
-        self.net = Normalized(model, prep.mean, prep.std)
+        self.net, self.temperature = Normalized(model, prep.mean, prep.std), float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x).float(), dim=1)
+        return torch.softmax(self.net(x).float() / self.temperature, dim=1)
 
 
 def _example(crop: int) -> torch.Tensor:
@@ -193,7 +194,8 @@ def readme(fmt: str, model_id: str | None) -> str:
         f"# {name} ({fmt})\n\n"
         f"- {FORMAT_NOTES[fmt]}\n"
         "  Input: uint8 RGB images, NHWC `(N, crop, crop, 3)`; output: softmax probabilities `(N, classes)`.\n"
-        "  Normalisation (mean/std) and the softmax are inside the model.\n"
+        "  Normalisation (mean/std), the calibration temperature and the softmax are inside the model. Graft's\n"
+        "  `ood_score` and `unknown` label are not: they need the training features kept on the server.\n"
         "- `labels.json`: the class names, in the order of the output columns.\n"
         "- `preprocessing.json`: how Graft decodes, resizes and centre-crops an image (follow it exactly to get\n"
         "  Graft's probabilities; other resizers give slightly different numbers).\n"
@@ -212,7 +214,7 @@ def build_export(artifact: Path, fmt: str, metrics: dict[str, Any] | None = None
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     model, meta = load_model_artifact(Path(artifact))
     prep: Preprocessing = meta["preprocessing"]
-    net = Probabilities(model, prep).eval()
+    net = Probabilities(model, prep, (meta.get("calibration") or {}).get("temperature", 1.0)).eval()
     documents = {
         "labels.json": json.dumps(meta["classes"], indent=2),
         "preprocessing.json": json.dumps(preprocessing_doc(prep, len(meta["classes"])), indent=2),

@@ -24,11 +24,11 @@ from graft.shared.params import PRECISIONS  # bf16 (eager PyTorch only): ~2x fas
 from graft.worker.core.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from graft.worker.core.runtimes import DEFAULT_RUNTIME, RUNTIMES, TORCH, Normalized, Runner, RuntimeUnavailable, make_runner
 from graft.worker.core.transforms import Preprocessing
+from graft.worker.core.trust import UNKNOWN, Options, Trust
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
-UNKNOWN = "unknown"
 Row = dict[str, Any]
 
 
@@ -137,8 +137,9 @@ class Predictor:
 
     def __init__(self, runner: Runner, classes: Sequence[str], prep: Preprocessing,
                  batch_size: int = BATCH_SIZE, decode_threads: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, trust: Trust | None = None) -> None:
         self.runner, self.classes, self.prep = runner, list(classes), prep
+        self.trust = trust or Trust()  # calibration, per-class thresholds, OOD scorer (worker.core.trust)
         self.batch_size = max(1, batch_size)
         self.decode_threads = decode_threads or max(1, min(4, os.cpu_count() or 1))
         self.max_pixels = max_pixels
@@ -163,19 +164,21 @@ class Predictor:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         model, meta = load_model_artifact(Path(path))
         prep: Preprocessing = meta["preprocessing"]
+        trust = Trust.from_meta(meta)
         model = model.to(memory_format=torch.channels_last).eval()
         runner: Runner | None = None
         if precision == "fp32" and runtime != TORCH:
             try:
-                runner = make_runner(runtime, Normalized(model, prep.mean, prep.std), prep.crop)
+                runner = make_runner(runtime, Normalized(trust.network(model), prep.mean, prep.std), prep.crop)
             except RuntimeUnavailable as exc:
                 log.warning("runtime %s unavailable for %s, using torch fp32: %s", runtime, path, exc)
         if runner is None:
-            runner = cls._torch_runner(model, prep, precision, optimize)
-        return cls(runner, meta["classes"], prep, **kwargs)
+            runner = cls._torch_runner(model, prep, precision, optimize, trust)
+        return cls(runner, meta["classes"], prep, trust=trust, **kwargs)
 
     @staticmethod
-    def _torch_runner(model: Classifier, prep: Preprocessing, precision: str, optimize: bool) -> Runner:
+    def _torch_runner(model: Classifier, prep: Preprocessing, precision: str, optimize: bool,
+                      trust: Trust | None = None) -> Runner:
         if optimize:
             model = optimize_for_cpu(model)
         dtype = torch.float32
@@ -185,41 +188,53 @@ class Predictor:
                 model = model.to(dtype)
             else:
                 log.info("bf16 asked for but this CPU has no native bf16: running fp32")
-        return make_runner(TORCH, Normalized(model, prep.mean, prep.std, dtype), prep.crop)
+        net = trust.network(model) if trust is not None else model
+        return make_runner(TORCH, Normalized(net, prep.mean, prep.std, dtype), prep.crop)
+
+    def outputs(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Float32 logits and pooled features (None without an OOD scorer) for images decoded to the resize size."""
+        logits, features = self.trust.split(self.runner(crop_batch(images, self.prep)), len(self.classes))
+        return logits.astype(np.float32, copy=False), features
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Float32 logits for images already decoded to the model's resize size."""
-        return self.runner(crop_batch(images, self.prep))
+        return self.outputs(images)[0]
 
     def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Softmax class probabilities for images already decoded to the model's resize size."""
-        return torch.softmax(torch.from_numpy(self.logits(images)).float(), dim=1)
+        """Calibrated (temperature-scaled) class probabilities for images already decoded to the resize size."""
+        return torch.from_numpy(self.trust.probabilities(self.logits(images))).float()
 
     def _rows(self, names: Sequence[str], decoded: Sequence[np.ndarray | str], top_k: int,
-              threshold: float | None) -> list[Row]:
+              options: Options) -> list[Row]:
         good = [i for i, img in enumerate(decoded) if not isinstance(img, str)]
         rows: list[Row] = [
-            {"path": name, "label": None, "confidence": None, "top_k": [], "error": img if isinstance(img, str) else None}
+            {"path": name, "label": None, "confidence": None, "top_k": [], "ood_score": None, "reason": None,
+             "error": img if isinstance(img, str) else None}
             for name, img in zip(names, decoded)
         ]
         if not good:
             return rows
-        probs = self.probabilities([decoded[i] for i in good])
+        logits, features = self.outputs([decoded[i] for i in good])
+        probs = torch.from_numpy(self.trust.probabilities(logits))
         values, indices = probs.topk(top_k, dim=1)
-        for row_index, vals, idxs in zip(good, values.tolist(), indices.tolist()):
+        scores = self.trust.ood_scores(features, len(good))
+        for row_index, vals, idxs, score in zip(good, values.tolist(), indices.tolist(), scores):
             ranked = [{"label": self.classes[j], "confidence": round(v, 6)} for v, j in zip(vals, idxs)]
-            confidence = ranked[0]["confidence"]
-            below = threshold is not None and confidence < threshold
-            rows[row_index].update(label=UNKNOWN if below else ranked[0]["label"], confidence=confidence, top_k=ranked)
+            rows[row_index].update(confidence=ranked[0]["confidence"], top_k=ranked,
+                                   **self.trust.judge(ranked, score, options))
         return rows
 
     def predict_files(self, files: Sequence[tuple[str, Path]], top_k: int = 1, threshold: float | None = None,
-                      roots: Sequence[Path] | None = None, should_stop: Callable[[], bool] | None = None) -> list[Row]:
+                      roots: Sequence[Path] | None = None, should_stop: Callable[[], bool] | None = None,
+                      target_precision: float | None = None, reject_ood: bool = True) -> list[Row]:
         """One row per (name, path), in order; the next batch decodes on a thread pool while this one runs.
 
         With roots set, a file whose real path lies outside them is not read (error row). should_stop is asked
-        before each batch; when it says yes, Stopped is raised.
+        before each batch; when it says yes, Stopped is raised. Each row has ood_score and, when its label is
+        `unknown`, a reason: unlike the training images (unless reject_ood is false), or below threshold or the
+        class's threshold for target_precision (worker.core.trust).
         """
+        options = Options(threshold, target_precision, reject_ood)
         top_k = max(1, min(top_k, len(self.classes)))
         batches = [files[i : i + self.batch_size] for i in range(0, len(files), self.batch_size)]
         rows: list[Row] = []
@@ -235,7 +250,7 @@ class Predictor:
                     raise Stopped(f"stopped before batch {index + 1} of {len(batches)}")
                 decoded = [future.result() for future in pending]
                 pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
-                rows.extend(self._rows([name for name, _ in batch], decoded, top_k, threshold))
+                rows.extend(self._rows([name for name, _ in batch], decoded, top_k, options))
         return rows
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from graft.shared.thumbs import THUMBS_DIR, keep_bounded
+from graft.worker.core.audit import mislabel_issue
 from graft.worker.core.backbones import BACKBONES, Classifier, build_model
 from graft.worker.core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model_artifact
 from graft.worker.core.dataset import TrainingData, Split, load_dataset
@@ -25,6 +26,7 @@ from graft.worker.core.oos import val_predictions
 from graft.worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_lambdas, stop_reason
 from graft.worker.core.thumbnails import write_array_thumbnails
 from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
+from graft.worker.core.trust import fit_trust
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ class TrainResult:
     skipped_files: list[dict[str, str]] = field(default_factory=list)
     predictions: list[dict[str, Any]] = field(default_factory=list)  # out-of-sample, bounded (oos.py)
     val_images: int = 0
+
+    def mislabel_issue(self, job_id: str | None = None) -> dict[str, Any] | None:
+        """The label audit as the dataset report's suspected_mislabel warning (None without suspects)."""
+        return mislabel_issue(self.metrics.get("label_audit"), job_id)
 
 
 def _set_trainable(model: Classifier, frozen: int) -> None:
@@ -238,11 +244,17 @@ def fit(
         "mode": mode, "stopped_early": stopped, "seconds": round(time.monotonic() - started, 2), **report,
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
     }
+    # Calibration, the OOD scorer and the label audit (worker.core.trust): the trunk is unchanged when the best
+    # epoch was a head-only one, and then the cached features are the final model's.
+    trust_meta, trust_tensors, trust_metrics = fit_trust(
+        model, data.train, data.val, data.classes, cache, best["epoch"] <= spec.frozen_phase(), prep,
+        spec.batch_size * 2, spec.seed)
+    metrics.update(trust_metrics)
     meta = {
         "backbone": spec.backbone, "classes": data.classes, "image_size": spec.image_size,
-        "preprocessing": prep.to_dict(), "metrics": metrics, "params": asdict(spec),
+        "preprocessing": prep.to_dict(), "metrics": metrics, "params": asdict(spec), **trust_meta,
     }
-    path = save_model_artifact(model_dir, model, meta)
+    path = save_model_artifact(model_dir, model, meta, trust_tensors)
     predictions = keep_bounded(val_predictions(model, data.val, cache, prep, spec, data.classes, best["epoch"],
                                                best["pred"]))
     write_array_thumbnails(data.val.images, [r["index"] for r in predictions], model_dir / THUMBS_DIR)

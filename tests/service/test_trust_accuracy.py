@@ -1,0 +1,43 @@
+"""Real-data targets of calibration, ood_score and the label audit (issue 14, points 3-5) on hymenoptera.
+
+One model and one set of features (tests/trust_real.py) serve every test here; figures: bench/trust_bench.py.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from tests.helpers import HYMENOPTERA
+from tests.trust_real import Scored, audit_flipped, train_and_score, worst_margin
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason=f"hymenoptera not found at {HYMENOPTERA}")]
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> Scored:
+    return train_and_score(HYMENOPTERA, tmp_path_factory.mktemp("trust"))
+
+
+def test_calibration_lowers_the_expected_calibration_error(scored: Scored) -> None:
+    calibration = scored.metrics["calibration"]
+    assert calibration["ece_after"] <= calibration["ece_before"], calibration
+    assert calibration["ece_after"] < 0.1, calibration
+
+
+def test_unfamiliar_images_are_unknown_and_ants_and_bees_are_not(scored: Scored) -> None:
+    flagged_ood = np.mean([r["label"] == "unknown" for r in scored.ood_rows])
+    flagged_val = np.mean([r["label"] == "unknown" for r in scored.val_rows])
+    assert flagged_ood >= 0.99 and flagged_val <= 0.02, (flagged_ood, flagged_val)
+    assert all(r["reason"].startswith("unlike the training images") for r in scored.ood_rows if r["label"] == "unknown")
+
+
+def test_ood_score_beats_top_softmax_at_every_threshold(scored: Scored) -> None:
+    margin = worst_margin(scored.val_ood, scored.ood_ood, -scored.val_msp, -scored.ood_msp)
+    assert margin >= 0, margin
+
+
+def test_label_audit_finds_flipped_labels(scored: Scored) -> None:
+    found = audit_flipped(scored, 0.05, seed=0)
+    assert found["recall"] >= 0.8 and found["precision"] >= 0.8, found

@@ -1,0 +1,156 @@
+"""What a model knows about its own reliability, fitted at the end of training and applied to every prediction:
+the calibration temperature, per-class precision curves (target_precision), the kNN out-of-distribution scorer
+(ood_score, label `unknown`), and the label audit of its training images. Pure: no Flask, Celery or SQLAlchemy.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from graft.worker.core.audit import audit_labels
+from graft.worker.core.backbones import Classifier
+from graft.worker.core.calibration import calibrate, class_thresholds, softmax
+from graft.worker.core.dataset import Split
+from graft.worker.core.features import ViewCache
+from graft.worker.core.ood import KNNScorer, fit_knn
+from graft.worker.core.transforms import Preprocessing, eval_batch
+
+log = logging.getLogger(__name__)
+
+BANK_KEY = "ood_bank"  # the model.pt entry holding the scorer's training features (a tensor, not in model.json)
+UNKNOWN = "unknown"
+
+
+class WithFeatures(nn.Module):
+    """model(x) and its pooled features side by side: (N, classes + D), one output every runtime can return."""
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.model.features(x)
+        return torch.cat([self.model.classify(feats), feats], dim=1)
+
+
+@torch.no_grad()
+def _pooled(model: Classifier, split: Split, prep: Preprocessing, batch: int) -> torch.Tensor:
+    model.eval()
+    if len(split) == 0:
+        return torch.zeros(0, model.head.in_features)
+    return torch.cat([model.features(eval_batch(split.images[i : i + batch], prep))
+                      for i in range(0, len(split), batch)])
+
+
+@torch.no_grad()
+def final_features(model: Classifier, train: Split, val: Split, cache: ViewCache | None, trunk_unchanged: bool,
+                   prep: Preprocessing, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-view pooled features of train and val under the final model, reusing the cache where it is valid."""
+    model.eval()
+    if cache is not None and trunk_unchanged:
+        return cache.train_pooled[0], cache.val_pooled
+    if cache is not None and cache.train_maps is not None:  # only the stages after split_at changed: run those
+
+        def rest(maps: torch.Tensor) -> torch.Tensor:
+            return torch.cat([model.pool(model.run_stages(maps[i : i + batch].permute(0, 3, 1, 2), cache.split_at))
+                              for i in range(0, len(maps), batch)])
+
+        return rest(cache.train_maps[0]), rest(cache.val_maps)
+    return _pooled(model, train, prep, batch), _pooled(model, val, prep, batch)
+
+
+def fit_trust(model: Classifier, train: Split, val: Split, classes: Sequence[str], cache: ViewCache | None,
+              trunk_unchanged: bool, prep: Preprocessing, batch: int, seed: int,
+              ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(meta to store in the model, tensors to store beside it, training-job metrics) after training.
+
+    Calibration uses the validation split's logits (out of sample); the OOD bank uses train and val features of
+    the final model; the audit uses the frozen ImageNet trunk's features when cached (not fitted to the labels it
+    audits), else the final model's.
+    """
+    train_f, val_f = final_features(model, train, val, cache, trunk_unchanged, prep, batch)
+    with torch.no_grad():
+        val_logits = model.eval().classify(val_f).float().numpy()
+    calibration = calibrate(val_logits, np.asarray(val.labels), classes)
+    scorer = fit_knn(torch.cat([train_f, val_f]).float().numpy(), seed=seed)
+    audit_f = torch.cat([cache.train_pooled[0], cache.val_pooled]) if cache is not None else torch.cat([train_f, val_f])
+    try:
+        audit = audit_labels(audit_f.float().numpy(), list(train.labels) + list(val.labels),
+                             list(train.paths) + list(val.paths), classes, seed)
+    except Exception:  # noqa: BLE001 - the audit is advice: its failure must not fail a trained model
+        log.exception("label audit failed; the model is kept without it")
+        audit = None
+    meta = {"calibration": calibration, "ood": scorer.meta()}
+    summary = {k: calibration[k] for k in ("temperature", "ece_before", "ece_after", "images")}
+    metrics = {"calibration": summary, "ood": scorer.meta(), "label_audit": audit}
+    return meta, {BANK_KEY: torch.from_numpy(scorer.bank).to(torch.float16)}, metrics
+
+
+@dataclass
+class Options:
+    """A predict job's trust options."""
+
+    threshold: float | None = None
+    target_precision: float | None = None
+    reject_ood: bool = True
+
+
+@dataclass
+class Trust:
+    """Applied by the Predictor: temperature-scaled probabilities, per-class thresholds, OOD rejection."""
+
+    temperature: float = 1.0
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)
+    scorer: KNNScorer | None = None
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "Trust":
+        """From a loaded artifact's meta; a model trained before calibration existed gets the identity."""
+        calibration = meta.get("calibration") or {}
+        scorer = None
+        if meta.get("ood") and meta.get(BANK_KEY) is not None:
+            scorer = KNNScorer.from_meta(meta["ood"], meta[BANK_KEY].float().numpy())
+        return cls(float(calibration.get("temperature", 1.0)), calibration.get("curves", {}), scorer)
+
+    def network(self, model: Classifier) -> nn.Module:
+        """The module a runtime runs: the model, with its pooled features appended when there is a scorer."""
+        return WithFeatures(model) if self.scorer is not None else model
+
+    def split(self, outputs: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """A runner's outputs as (logits, features or None)."""
+        if self.scorer is None:
+            return outputs, None
+        return outputs[:, :num_classes], outputs[:, num_classes:]
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities."""
+        return softmax(logits, self.temperature)
+
+    def ood_scores(self, features: np.ndarray | None, rows: int) -> list[float | None]:
+        """Each row's ood_score (None for every row without a scorer)."""
+        if self.scorer is None or features is None:
+            return [None] * rows
+        return [round(float(s), 5) for s in self.scorer.score(features)]
+
+    def judge(self, ranked: list[dict[str, Any]], ood_score: float | None, options: Options) -> dict[str, Any]:
+        """label, ood_score and reason for one row whose classes are ranked (calibrated probabilities)."""
+        label, confidence = ranked[0]["label"], ranked[0]["confidence"]
+        if ood_score is not None and self.scorer is not None:
+            if options.reject_ood and ood_score > self.scorer.threshold:
+                return {"label": UNKNOWN, "ood_score": ood_score,
+                        "reason": f"unlike the training images: ood_score {ood_score:.4f} > {self.scorer.threshold:.4f}"}
+        bar, why = None, ""
+        if options.threshold is not None:
+            bar, why = options.threshold, f"threshold {options.threshold:g}"
+        if options.target_precision is not None and label in self.curves:
+            own = class_thresholds({label: self.curves[label]}, options.target_precision)[label]
+            if bar is None or own > bar:
+                bar, why = own, f"{label!r} threshold {own:.4f} for precision {options.target_precision:g}"
+        if bar is not None and confidence < bar:
+            return {"label": UNKNOWN, "ood_score": ood_score, "reason": f"confidence {confidence:.4f} below the {why}"}
+        return {"label": label, "ood_score": ood_score, "reason": None}
