@@ -43,6 +43,11 @@ class ImageStore(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return len(self._kept)
 
+    def release(self) -> None:
+        """Drop the decoded pixels held in memory (each image is decoded again if used later)."""
+        self._kept = [None if path is not None else img for img, path in zip(self._kept, self._paths)]
+        self.nbytes = sum(img.nbytes for img in self._kept if img is not None)
+
     @overload
     def __getitem__(self, index: int) -> np.ndarray: ...
     @overload

@@ -48,19 +48,23 @@ def map_bytes(model: Classifier, split_at: int, size: int) -> int:
 
 def build_cache(
     model: Classifier, train: Split, val: Split, prep: Preprocessing, views: int, split_at: int, keep_maps: bool,
-    batch_size: int, seed: int, tick: Callable[[int], None], trunk: TrunkRunner | None = None,
+    batch_size: int, seed: int, tick: Callable[[int], None], trunk: Callable[[], TrunkRunner] | None = None,
     store: CacheStore | None = None, key: str | None = None, stats: dict[str, Any] | None = None,
 ) -> ViewCache:
     """Run the frozen trunk (eval mode) over 1 + views views of train and the plain view of val.
 
-    trunk defaults to eager PyTorch. With store and key (trunk.trunk_id), views an earlier job computed for the
-    same file content are read from the store, and the others are written to it. stats, when given, receives
-    the runtime and how many views were computed and reused.
+    trunk builds the runner, only if a view must be computed (default: eager PyTorch). With store and key
+    (trunk.trunk_id), views an earlier job computed for the same file content are read from the store, and the
+    others are written to it. stats, when given, receives the runtime and how many views were computed and reused.
     """
-    trunk = trunk or TorchTrunk(TrunkGraph(model.eval(), split_at, prep))
+    model.eval()
+    trunk = trunk or (lambda: TorchTrunk(TrunkGraph(model, split_at, prep)))
+    with torch.no_grad():
+        probe = model.run_stages(torch.zeros(1, 3, prep.crop, prep.crop), 0, split_at)
+    shapes = ((probe.shape[2], probe.shape[3], probe.shape[1]), model.head.in_features)
     items = [(train, i, v) for v in range(1 + views) for i in range(len(train))] + [(val, i, 0) for i in range(len(val))]
     keys = [_key(key, split, i, v, seed) for split, i, v in items] if store is not None and key else None
-    out = trunk_pass(trunk, prep, items, keep_maps, batch_size, seed, tick, store, keys, stats)
+    out = trunk_pass(trunk, shapes, prep, items, keep_maps, batch_size, seed, tick, store, keys, stats)
     pooled, maps = torch.from_numpy(out.pooled), None if out.maps is None else torch.from_numpy(out.maps)
     n = len(train) * (1 + views)
     return ViewCache(

@@ -62,17 +62,17 @@ def _crops(items: Sequence[Item], batch: Sequence[int], prep: Preprocessing, see
 
 
 def trunk_pass(
-    trunk: TrunkRunner, prep: Preprocessing, items: Sequence[Item], keep_maps: bool, batch_size: int, seed: int,
-    tick: Callable[[int], None], store: CacheStore | None = None, keys: Sequence[str] | None = None,
-    stats: dict[str, Any] | None = None,
+    make_trunk: Callable[[], TrunkRunner], shapes: tuple[tuple[int, int, int], int], prep: Preprocessing,
+    items: Sequence[Item], keep_maps: bool, batch_size: int, seed: int, tick: Callable[[int], None],
+    store: CacheStore | None = None, keys: Sequence[str] | None = None, stats: dict[str, Any] | None = None,
 ) -> PassOutput:
     """Trunk outputs for every item: from store (by keys) where present, computed (and stored) otherwise.
 
+    shapes is (map shape (H, W, C), pooled size). The trunk is built (make_trunk) only when a view is missing.
     tick(n) is called after each batch and may raise to stop the pass (pending work is dropped).
     """
     started = time.monotonic()
-    probe_maps, probe_pooled = trunk(np.zeros((1, prep.crop, prep.crop, 3), np.uint8))
-    map_shape, dim = probe_maps.shape[1:], probe_pooled.shape[1]
+    map_shape, dim = shapes
     map_size = int(np.prod(map_shape))
     pooled = np.empty((len(items), dim), np.float32)
     maps = np.empty((len(items), *map_shape), np.float32) if keep_maps else None
@@ -89,6 +89,7 @@ def trunk_pass(
     if len(items) > len(todo):
         tick(len(items) - len(todo))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    trunk = make_trunk() if batches else None
     crop_pool = ThreadPoolExecutor(1, thread_name_prefix="crops")
     write_pool = ThreadPoolExecutor(1, thread_name_prefix="cache-write")
     try:
@@ -97,7 +98,7 @@ def trunk_pass(
             x = ahead.popleft().result()
             if index + LOOKAHEAD < len(batches):
                 ahead.append(crop_pool.submit(_crops, items, batches[index + LOOKAHEAD], prep, seed))
-            m, p = trunk(x)
+            m, p = trunk(x)  # type: ignore[misc]
             pooled[batch] = p
             if maps is not None:
                 maps[batch] = m
@@ -113,9 +114,9 @@ def trunk_pass(
     if use_store:
         store.evict()  # type: ignore[union-attr]
     if stats is not None:
-        stats.update(runtime=trunk.name, views_computed=len(todo), views_reused=len(items) - len(todo),
+        stats.update(runtime=trunk.name if trunk else None, views_computed=len(todo), views_reused=len(items) - len(todo),
                      seconds=round(time.monotonic() - started, 2))
-    log.info("trunk pass (%s): %d views computed, %d reused, %.1f s", trunk.name, len(todo), len(items) - len(todo),
+    log.info("trunk pass (%s): %d views computed, %d reused, %.1f s", trunk.name if trunk else "-", len(todo), len(items) - len(todo),
              time.monotonic() - started)
     return PassOutput(pooled, maps)
 

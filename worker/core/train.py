@@ -148,9 +148,9 @@ def _prepare_cache(
 
     model.eval()
     key = trunk_id(model, split_at, prep)
-    trunk = make_trunk(model, split_at, prep, caching.runtime, caching.ir_dir, key)
     return build_cache(model, data.train, data.val, prep, spec.views, split_at, keep_maps, spec.batch_size, spec.seed,
-                       tick, trunk, caching.store, key, caching.stats)
+                       tick, lambda: make_trunk(model, split_at, prep, caching.runtime, caching.ir_dir, key),
+                       caching.store, key, caching.stats)
 
 
 def _epoch(
@@ -231,6 +231,9 @@ def fit(
     cached = time.monotonic()
     cache = _prepare_cache(model, data, prep, spec, on_progress, should_stop, caching) if start_epoch < spec.epochs else None
     timings = {"loading_s": round(loading_s, 2), "caching_s": round(time.monotonic() - cached, 2)}
+    if cache is not None and (mode == "linear" or cache.train_maps is not None):
+        data.train.images.release()  # every epoch now reads the cache: ~100 MB fewer during fine-tuning
+        data.val.images.release()
     for epoch in range(start_epoch, spec.epochs):
         stopped = stop_reason(spec, epoch, history, best["epoch"], time.monotonic() - started)
         if stopped:
