@@ -135,3 +135,19 @@ def test_the_worker_main_process_loads_no_ml_stack() -> None:
             "print(sorted(m for m in ('torch', 'openvino', 'diskcache', 'cv2') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("seconds_per_call", "chosen"), [
+    (lambda n: 0.02, 8),  # a fixed cost per call: the largest batch wins
+    (lambda n: 0.004 * n * n, 2),  # a cost growing faster than the batch: the smallest wins
+])
+def test_prediction_batch_size_is_measured(seconds_per_call, chosen: int) -> None:  # noqa: ANN001
+    """The batch size with the most images per second is the one chosen."""
+    import time
+
+    from graft.worker.core.batching import choose_batch_size
+
+    def run(batch: np.ndarray) -> None:
+        time.sleep(seconds_per_call(len(batch)))
+
+    assert choose_batch_size(run, 8, candidates=(2, 4, 8))[0] == chosen
