@@ -90,7 +90,7 @@ class CacheStore:
         """Store array under key (replacing any value); evict least recently used entries past the size limit."""
         try:
             self._cache.set(key, to_bytes(array), retry=True)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - a full disk (OSError, or SQLite's own error) costs speed only
             log.warning("array cache: cannot write %s (%s); continuing without it", key, exc)
             return
         with self._lock:

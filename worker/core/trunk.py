@@ -140,7 +140,7 @@ def _model_from_disk(ov: object, core: object, graph: TrunkGraph, crop: int, key
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)  # readers see the whole IR or none
         _prune(ir_dir, KEEP_IR)
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - a full or read-only disk: convert again next time
         log.warning("cannot keep the trunk IR in %s (%s)", ir_dir, exc)
     return model
 
