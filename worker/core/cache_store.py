@@ -74,8 +74,11 @@ class CacheStore:
             value = None if raw is None else from_bytes(raw)
         except Exception as exc:  # noqa: BLE001 - a damaged entry is a miss, and is removed
             log.warning("array cache: unreadable entry %s dropped (%s)", key, exc)
-            self._cache.delete(key, retry=True)
             value = None
+            try:
+                self._cache.delete(key, retry=True)
+            except Exception:  # noqa: BLE001, S110 - an index that cannot even delete: every read is a miss anyway
+                pass
         with self._lock:
             if value is None:
                 self.misses += 1
@@ -98,7 +101,11 @@ class CacheStore:
 
     def evict(self) -> int:
         """Remove least recently used entries until the cache fits its size limit; the number removed."""
-        return self._cache.cull(retry=True)
+        try:
+            return self._cache.cull(retry=True)
+        except Exception as exc:  # noqa: BLE001 - eviction is retried by the next write or pass
+            log.warning("array cache: eviction failed (%s)", exc)
+            return 0
 
     def volume(self) -> int:
         """Bytes the cache takes on disk (index and files)."""
