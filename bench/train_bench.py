@@ -229,34 +229,34 @@ def main() -> None:
     print(f"data: {args.data}   cores: {os.cpu_count()}   load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     common = (args.data, "--threads", threads, "--baseline-epochs", str(args.baseline_epochs))
     cache = tempfile.mkdtemp(prefix="graft-bench-cache-")
-    tutorial = _spawn(*common, "--child", "tutorial")
-    plain = _spawn(*common, "--child", "plain")
-    first = _spawn(*common, "--child", "graft", "--cache", cache)
-    second = _spawn(*common, "--child", "graft", "--cache", cache)
-    reference = None if args.skip_reference else _spawn(*common, "--child", "graft", "--runtime", "torch")
-    figures = {"tutorial": tutorial, "plain": plain, "graft_first": first, "graft_second": second,
-               "graft_torch_trunk": reference, "speedup_vs_tutorial": tutorial["projected_seconds"] / first["seconds"],
-               "speedup_vs_plain": plain["projected_seconds"] / first["seconds"],
-               "second_job_speedup": first["seconds"] / second["seconds"]}
-    print(f"\ntutorial recipe (resnet18, {tutorial['weights']}): {tutorial['seconds_per_epoch']:.1f} s/epoch, "
+    figures: dict = {}
+    tutorial = figures["tutorial"] = _spawn(*common, "--child", "tutorial")
+    print(f"tutorial recipe (resnet18, {tutorial['weights']}): {tutorial['seconds_per_epoch']:.1f} s/epoch, "
           f"projected {TUTORIAL_EPOCHS} epochs = {tutorial['projected_seconds']:.0f} s; "
           f"val acc after {tutorial['epochs_run']} epochs best {tutorial['best_val_acc']:.3f} "
           f"final {tutorial['final_val_acc']:.3f}; peak RSS {tutorial['peak_rss_mb']:.0f} MB, "
-          f"load {tutorial['load_average']:.1f}")
+          f"load {tutorial['load_average']:.1f}", flush=True)
+    plain = figures["plain"] = _spawn(*common, "--child", "plain")
     per = ", ".join(f"{k} {v:.1f} s/epoch" for k, v in plain["seconds_per_epoch"].items())
     print(f"plain loop (lite0, Graft's schedule, trunk every epoch): {per}, projected {plain['projected_epochs']} "
           f"epochs = {plain['projected_seconds']:.0f} s; peak RSS {plain['peak_rss_mb']:.0f} MB, "
-          f"load {plain['load_average']:.1f}")
-    print(_graft_line("graft default, first job (empty cache)", first))
-    print(_graft_line("graft default, second job (same data, warm cache)", second))
-    if reference:
+          f"load {plain['load_average']:.1f}", flush=True)
+    first = figures["graft_first"] = _spawn(*common, "--child", "graft", "--cache", cache)
+    print(_graft_line("graft default, first job (empty cache)", first), flush=True)
+    second = figures["graft_second"] = _spawn(*common, "--child", "graft", "--cache", cache)
+    print(_graft_line("graft default, second job (same data, warm cache)", second), flush=True)
+    figures.update(speedup_vs_tutorial=tutorial["projected_seconds"] / first["seconds"],
+                   speedup_vs_plain=plain["projected_seconds"] / first["seconds"],
+                   second_job_speedup=first["seconds"] / second["seconds"])
+    print(f"speed-up vs the projected tutorial run: {figures['speedup_vs_tutorial']:.1f}x; "
+          f"vs the projected plain loop: {figures['speedup_vs_plain']:.1f}x; "
+          f"second job vs first: {figures['second_job_speedup']:.1f}x", flush=True)
+    if not args.skip_reference:
+        reference = figures["graft_torch_trunk"] = _spawn(*common, "--child", "graft", "--runtime", "torch")
         print(_graft_line("graft default, caching pass on eager torch (reference)", reference))
         same = (first["best_val_acc"] >= reference["best_val_acc"], first["final_val_acc"] >= reference["final_val_acc"])
         print(f"accuracy vs the torch reference: best {'equal or better' if same[0] else 'WORSE'}, "
-              f"final {'equal or better' if same[1] else 'WORSE'}")
-    print(f"speed-up vs the projected tutorial run: {figures['speedup_vs_tutorial']:.1f}x; "
-          f"vs the projected plain loop: {figures['speedup_vs_plain']:.1f}x; "
-          f"second job vs first: {figures['second_job_speedup']:.1f}x")
+              f"final {'equal or better' if same[1] else 'WORSE'}", flush=True)
     if args.resnet_modes:
         weights = Path(tempfile.mkdtemp()) / "resnet18-random.pth"
         _random_resnet18(weights)
