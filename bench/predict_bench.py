@@ -1,10 +1,12 @@
 """Predict throughput: a real predict job (Redis, `graft worker`, SQLite) against a plain single-process torchvision loop.
 
-    .venv/bin/python bench/predict_bench.py [--n 512] [--images DIR] [--backbone resnet18] [--image-size 224]
+    .venv/bin/python bench/predict_bench.py [--n 512] [--images DIR] [--backbone efficientnet_lite0] [--image-size 224]
                                             [--runtime openvino[,torch]] [--precision fp32[,bf16]]
 
-Prints images/s for the job (end to end, warm model cache), for the worker's core in process, and for the plain loop,
-the job/plain ratio, the worker's peak RSS, and the top-1 agreement of each runtime with eager PyTorch fp32: on the
+Prints images/s for the job (end to end, warm model cache), for the worker's core in process, for the model alone
+(the ceiling: crops ready in memory, the measured batch size) and for the plain loop, the ratios, the share of CPU
+time in each phase of the core (decode, crop, inference, each timed alone), the load average, the worker's peak
+RSS, and the top-1 agreement of each runtime with eager PyTorch fp32: on the
 bench model and images, and on real photos (--agree-images, default the hymenoptera set when present) with the
 ImageNet-trained EfficientNet-Lite0 and its 1000 classes, where near-ties are common and disagreements show.
 Needs Redis at GRAFT_REDIS_URL (default redis://127.0.0.1:6379/0).
@@ -198,6 +200,25 @@ def run_core(model_path: Path, paths: list[Path], variant: Variant) -> tuple[flo
     return speed, fast.runtime, _agreement(rows, _eager(model_path).predict_files(files))
 
 
+def run_phases(model_path: Path, paths: list[Path], variant: Variant) -> dict[str, float]:
+    """Seconds per image of each phase alone (decode on one thread, crop, inference at the chosen batch size)."""
+    from graft.worker.core.images import decode_image
+    from graft.worker.core.predict import Predictor, crop_batch
+
+    predictor = Predictor.from_artifact(model_path, precision=variant[0], runtime=variant[1])
+    prep, n = predictor.prep, len(paths)
+    t0 = time.perf_counter()
+    decoded = [decode_image(p, prep.resize) for p in paths]
+    t1 = time.perf_counter()
+    crops = crop_batch(decoded, prep)
+    t2 = time.perf_counter()
+    for i in range(0, n, predictor.batch_size):
+        predictor.runner(crops[i : i + predictor.batch_size])
+    t3 = time.perf_counter()
+    return {"decode": (t1 - t0) / n, "crop": (t2 - t1) / n, "inference": (t3 - t2) / n,
+            "batch_size": predictor.batch_size}
+
+
 def imagenet_agreement(folder: Path, base: Path, variants: list[Variant]) -> dict[Variant, tuple[float, float, int]]:
     """Per variant: top-1 agreement with eager fp32 and the largest confidence difference, for the ImageNet-trained
     EfficientNet-Lite0 (all 1000 classes) on every JPEG below folder; {} when its weights are not installed."""
@@ -254,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--images", type=Path, help="use JPEGs from this folder instead of generated ones")
-    parser.add_argument("--backbone", default="resnet18", choices=["resnet18", "efficientnet_lite0"])
+    parser.add_argument("--backbone", default="efficientnet_lite0", choices=["resnet18", "efficientnet_lite0"])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1, help="`graft worker` processes for the job")
@@ -293,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_job:
             job_speeds, rss = run_job(env, model_path, data, args.n, args.chunk_size, args.workers, variants)
         core = {v: run_core(model_path, paths, v) for v in variants}
+        load_core = os.getloadavg()[0]
+        phases = {v: run_phases(model_path, paths, v) for v in variants}
         plain_speed = None if args.skip_plain else run_plain(model_path, paths)
         imagenet = imagenet_agreement(args.agree_images, base, variants) if args.agree_images else {}
         print(f"load average after: {os.getloadavg()[0]:.2f}")
@@ -304,7 +327,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"predict job, {name}, end to end ({args.workers} worker):".ljust(52)
                       + f"{job_speeds[v]:7.1f} images/s{ratio}")
             ratio = f"  = {core[v][0] / plain_speed:.2f}x plain" if plain_speed else ""
-            print(f"worker core, {name}, in process:".ljust(52) + f"{core[v][0]:7.1f} images/s{ratio}")
+            print(f"worker core, {name}, in process:".ljust(52) + f"{core[v][0]:7.1f} images/s{ratio}"
+                  f"  (load {load_core:.1f})")
+            ph = phases[v]
+            model_only = 1 / ph["inference"]
+            print(f"model only, {name}, batch {ph['batch_size']} (measured):".ljust(52) + f"{model_only:7.1f} images/s"
+                  f"  core = {core[v][0] / model_only:.0%} of it")
+            cpu = {k: ph[k] for k in ("decode", "crop", "inference")}
+            print("  CPU time per image by phase, each alone: " + ", ".join(
+                f"{k} {1000 * t:.1f} ms ({t / sum(cpu.values()):.0%})" for k, t in cpu.items()))
         if plain_speed:
             print("plain torchvision loop (batch 1, PIL, eager fp32):".ljust(52) + f"{plain_speed:7.1f} images/s")
         if rss is not None:

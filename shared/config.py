@@ -131,6 +131,8 @@ class Config:
     # Per-user quotas (0: unlimited); `graft users set NAME --max-jobs/--max-storage-mb` overrides them per user.
     quota_active_jobs: int = 0  # queued + running jobs a user may have; one more is refused with 429
     quota_storage_mb: int = 0  # uploaded datasets + uploads + models a user may store; more is refused with 507
+    cache_dir: Path | None = None  # a worker's cache of decoded images and trunk outputs (None: <artifacts>/cache)
+    cache_mb: int = 2048  # most disk that cache may take (least recently used entries go first); 0: no cache
     log_format: str = "text"  # or "json": one JSON object per line (time, level, logger, message, job_id)
 
     @classmethod
@@ -176,6 +178,9 @@ class Config:
             min_free_mb=_int(env, "GRAFT_MIN_FREE_MB", cls.min_free_mb, 0),
             quota_active_jobs=_int(env, "GRAFT_QUOTA_ACTIVE_JOBS", cls.quota_active_jobs, 0),
             quota_storage_mb=_int(env, "GRAFT_QUOTA_STORAGE_MB", cls.quota_storage_mb, 0),
+            cache_dir=Path(env["GRAFT_CACHE_DIR"]).expanduser().absolute() if env.get("GRAFT_CACHE_DIR", "").strip()
+            else None,
+            cache_mb=_int(env, "GRAFT_CACHE_MB", cls.cache_mb, 0),
             log_format=_choice(env, "GRAFT_LOG_FORMAT", ("text", "json")),
         )
 
@@ -190,13 +195,18 @@ class Config:
         return Path(self.artifacts_dir) / "datasets"
 
     @property
+    def worker_cache_dir(self) -> Path:
+        """Where a worker keeps decoded images and frozen-trunk outputs between jobs (GRAFT_CACHE_DIR)."""
+        return Path(self.cache_dir) if self.cache_dir is not None else Path(self.artifacts_dir) / "cache"
+
+    @property
     def train_roots(self) -> tuple[Path, ...]:
         """Folders a training job may read: the data roots and the uploaded datasets."""
         return (*self.data_roots, Path(self.datasets_dir).resolve())
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed (paths given as str are converted)."""
-        for key in ("artifacts_dir", "resnet18_weights"):
+        for key in ("artifacts_dir", "resnet18_weights", "cache_dir"):
             if isinstance(changes.get(key), str):
                 changes[key] = Path(changes[key])
         if "data_roots" in changes:

@@ -112,7 +112,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
     """Run (or resume) one training job and record how it ended; a no-op when it is not ours to run."""
     from graft.worker.core.backbones import WeightsNotFound
     from graft.worker.core.dataset import DatasetError
-    from graft.worker.core.train import Cancelled, TrainSpec, fit
+    from graft.worker.core.train import Caching, Cancelled, TrainSpec, fit
 
     config = config or get_config()
     job = _claim(config, job_id, worker)
@@ -127,10 +127,11 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
             dataset_id = params.pop("dataset_id", None)
             params.pop("callback_url", None)  # a job option (sent by the webhook sender), not a hyper-parameter
             spec = TrainSpec(**params)
+            caching = Caching.on_disk(config.worker_cache_dir, config.cache_mb)
             result = fit(
                 data_dir, spec, job_dir(config.artifacts_dir, job_id), model_dir(config.artifacts_dir, model_id),
                 on_progress=lease.progress, should_stop=lease.should_stop, resnet18_weights=config.resnet18_weights,
-                max_pixels=config.max_image_pixels, roots=config.train_roots,
+                max_pixels=config.max_image_pixels, roots=config.train_roots, caching=caching,
             )
         except Cancelled:
             if lease.cancelled:

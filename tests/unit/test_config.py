@@ -62,6 +62,10 @@ def test_var_dir_moves_database_and_artifacts(in_tmp: Path) -> None:
         ("GRAFT_QUOTA_ACTIVE_JOBS", "4", "quota_active_jobs", 4),
         ("GRAFT_QUOTA_ACTIVE_JOBS", "", "quota_active_jobs", 0),
         ("GRAFT_QUOTA_STORAGE_MB", "20000", "quota_storage_mb", 20000),
+        ("GRAFT_CACHE_MB", "0", "cache_mb", 0),
+        ("GRAFT_CACHE_MB", "", "cache_mb", 2048),
+        ("GRAFT_CACHE_DIR", "", "cache_dir", None),
+        ("GRAFT_CACHE_DIR", "/srv/graft-cache", "cache_dir", Path("/srv/graft-cache")),
     ],
 )
 def test_each_variable(in_tmp: Path, name: str, value: str, field: str, expected: object) -> None:
@@ -102,6 +106,8 @@ def test_home_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         ("GRAFT_VISIBILITY_TIMEOUT", "59"),
         ("GRAFT_VISIBILITY_TIMEOUT", "soon"),
         ("GRAFT_WEBHOOK_BACKOFF_SECONDS", "0"),
+        ("GRAFT_CACHE_MB", "-1"),
+        ("GRAFT_CACHE_MB", "2G"),
         ("GRAFT_WEBHOOK_ALLOW", "10.0.0.0/8, not a host!"),
         ("GRAFT_QUOTA_ACTIVE_JOBS", "-1"),
         ("GRAFT_QUOTA_STORAGE_MB", "a lot"),
@@ -141,3 +147,9 @@ def test_secrets_can_come_from_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="GRAFT_WEBHOOK_SECRET_FILE: cannot read"):
         Config.from_env({"GRAFT_WEBHOOK_SECRET_FILE": str(tmp_path / "missing")})
     assert not Config.from_env({}).insecure_no_auth and Config.from_env({"GRAFT_INSECURE_NO_AUTH": "1"}).insecure_no_auth
+
+
+def test_the_worker_cache_defaults_under_the_artifacts(in_tmp: Path) -> None:
+    """GRAFT_CACHE_DIR unset: the worker cache lives in <artifacts>/cache; set: there."""
+    assert Config.from_env({}).worker_cache_dir == Config.from_env({}).artifacts_dir / "cache"
+    assert Config.from_env({"GRAFT_CACHE_DIR": str(in_tmp / "c")}).worker_cache_dir == in_tmp / "c"

@@ -12,6 +12,7 @@ from typing import Callable, Sequence, overload
 import numpy as np
 
 from graft.shared.files import display_name, is_junk_name
+from graft.worker.core.cache_store import CacheStore, decode_cached
 from graft.worker.core.images import ImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ class ImageStore(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return len(self._kept)
 
+    def release(self) -> None:
+        """Drop the decoded pixels held in memory (each image is decoded again if used later)."""
+        self._kept = [None if path is not None else img for img, path in zip(self._kept, self._paths)]
+        self.nbytes = sum(img.nbytes for img in self._kept if img is not None)
+
     @overload
     def __getitem__(self, index: int) -> np.ndarray: ...
     @overload
@@ -60,6 +66,7 @@ class Split:
     images: ImageStore = field(default_factory=ImageStore)
     labels: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)  # content digests (cache_store.content_digest), for cache keys
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -163,28 +170,30 @@ def stratified_split(
 def _decode_split(
     files: dict[str, list[Path]], classes: list[str], short_side: int, root: Path,
     skipped: list[dict[str, str]], max_pixels: int | None, tick: Callable[[], None], budget: int,
+    store: CacheStore | None = None,
 ) -> Split:
     split = Split(images=ImageStore(short_side, max_pixels, budget))
     jobs = [(label, path) for label, name in enumerate(classes) for path in files.get(name, [])]
 
-    def decode(path: Path) -> np.ndarray | str:
+    def decode(path: Path) -> tuple[np.ndarray, str] | str:
         try:
-            return decode_image(path, short_side, max_pixels)
+            return decode_cached(path, short_side, max_pixels, store)
         except ImageError as exc:
             return str(exc)
 
     # OpenCV releases the GIL while decoding, so threads decode on every core.
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
-        for (label, path), img in zip(jobs, pool.map(decode, [p for _, p in jobs])):
+        for (label, path), got in zip(jobs, pool.map(decode, [p for _, p in jobs])):
             tick()
             relative = display_name(str(path.relative_to(root)))  # reported in a job's metrics: text, not bytes
-            if isinstance(img, str):
-                skipped.append({"path": relative, "reason": img})
+            if isinstance(got, str):
+                skipped.append({"path": relative, "reason": got})
                 continue
-            split.images.append(img, path)
+            split.images.append(got[0], path)
             split.labels.append(label)
             split.paths.append(relative)
+            split.digests.append(got[1])
     finally:
         pool.shutdown(cancel_futures=True)  # a cancel (raised by tick) must not wait for the whole folder
     return split
@@ -193,9 +202,12 @@ def _decode_split(
 def load_dataset(
     data_dir: str | Path, val_split: float, seed: int, short_side: int,
     max_pixels: int | None = None, on_file: Callable[[int, int], None] | None = None,
-    cache_mb: int = DEFAULT_CACHE_MB, roots: Sequence[Path] | None = None,
+    cache_mb: int = DEFAULT_CACHE_MB, roots: Sequence[Path] | None = None, store: CacheStore | None = None,
 ) -> TrainingData:
-    """Scan, split and decode a dataset; unreadable files, and with roots those outside them, are skipped and listed."""
+    """Scan, split and decode a dataset; unreadable files, and with roots those outside them, are skipped and listed.
+
+    With store, decoded images are looked up by content there first (and put there when decoded).
+    """
     root = Path(data_dir)
     outside: list[str] = []
     classes, train_files, val_files = find_files(root, roots, outside)
@@ -214,8 +226,9 @@ def load_dataset(
 
     skipped: list[dict[str, str]] = [{"path": path, "reason": OUTSIDE_ROOTS} for path in outside]
     budget = cache_mb * 2**20
-    train = _decode_split(train_files, classes, short_side, root, skipped, max_pixels, tick, budget)
-    val = _decode_split(val_files, classes, short_side, root, skipped, max_pixels, tick, budget - train.images.nbytes)
+    train = _decode_split(train_files, classes, short_side, root, skipped, max_pixels, tick, budget, store)
+    val = _decode_split(val_files, classes, short_side, root, skipped, max_pixels, tick, budget - train.images.nbytes,
+                        store)
     counts = np.bincount(train.labels, minlength=len(classes)) if len(train) else np.zeros(len(classes), int)
     empty = [name for name, n in zip(classes, counts) if n == 0]
     if empty:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from graft.worker.core.backbones import Classifier
+from graft.worker.core.cache_store import CacheStore
 from graft.worker.core.dataset import Split
-from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
+from graft.worker.core.pipeline import FEATURE_FORMAT, trunk_pass
+from graft.worker.core.transforms import Preprocessing
+from graft.worker.core.trunk import TorchTrunk, TrunkGraph, TrunkRunner
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +46,38 @@ def map_bytes(model: Classifier, split_at: int, size: int) -> int:
     return probe.numel() * probe.element_size()
 
 
-@torch.no_grad()
-def _run_view(
-    model: Classifier, split: Split, prep: Preprocessing, split_at: int, keep_maps: bool, batch_size: int,
-    gen: torch.Generator | None, tick: Callable[[int], None],
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    pooled, maps = [], []
-    for start in range(0, len(split), batch_size):
-        images = split.images[start : start + batch_size]
-        x = eval_batch(images, prep) if gen is None else train_batch(images, prep, gen)
-        h = model.run_stages(x, 0, split_at)
-        if keep_maps:
-            maps.append(h.permute(0, 2, 3, 1).contiguous())  # stored NHWC: rows index out channels-last
-        pooled.append(model.pool(model.run_stages(h, split_at)))
-        tick(len(images))
-    return torch.cat(pooled), (torch.cat(maps) if keep_maps else None)
-
-
 def build_cache(
     model: Classifier, train: Split, val: Split, prep: Preprocessing, views: int, split_at: int, keep_maps: bool,
-    batch_size: int, seed: int, tick: Callable[[int], None],
+    batch_size: int, seed: int, tick: Callable[[int], None], trunk: Callable[[], TrunkRunner] | None = None,
+    store: CacheStore | None = None, key: str | None = None, stats: dict[str, Any] | None = None,
 ) -> ViewCache:
-    """Run the frozen stages (eval mode, no autograd) over 1 + views views of train and the plain view of val."""
+    """Run the frozen trunk (eval mode) over 1 + views views of train and the plain view of val.
+
+    trunk builds the runner, only if a view must be computed (default: eager PyTorch). With store and key
+    (trunk.trunk_id), views an earlier job computed for the same file content are read from the store, and the
+    others are written to it. stats, when given, receives the runtime and how many views were computed and reused.
+    """
     model.eval()
-    gen = torch.Generator().manual_seed(seed + 1)  # its own stream: a resumed job rebuilds the same views
-    pooled, maps = [], []
-    for view in range(1 + views):
-        p, m = _run_view(model, train, prep, split_at, keep_maps, batch_size, None if view == 0 else gen, tick)
-        pooled.append(p)
-        maps.append(m)
-    val_pooled, val_maps = _run_view(model, val, prep, split_at, keep_maps, batch_size, None, tick)
+    trunk = trunk or (lambda: TorchTrunk(TrunkGraph(model, split_at, prep)))
+    with torch.no_grad():
+        probe = model.run_stages(torch.zeros(1, 3, prep.crop, prep.crop), 0, split_at)
+    shapes = ((probe.shape[2], probe.shape[3], probe.shape[1]), model.head.in_features)
+    items = [(train, i, v) for v in range(1 + views) for i in range(len(train))] + [(val, i, 0) for i in range(len(val))]
+    keys = [_key(key, split, i, v, seed) for split, i, v in items] if store is not None and key else None
+    out = trunk_pass(trunk, shapes, prep, items, keep_maps, batch_size, seed, tick, store, keys, stats)
+    pooled, maps = torch.from_numpy(out.pooled), None if out.maps is None else torch.from_numpy(out.maps)
+    n = len(train) * (1 + views)
     return ViewCache(
-        split_at=split_at, train_pooled=torch.stack(pooled), val_pooled=val_pooled,
-        train_maps=torch.stack(maps) if keep_maps else None, val_maps=val_maps,
+        split_at=split_at, train_pooled=pooled[:n].unflatten(0, (1 + views, len(train))), val_pooled=pooled[n:],
+        train_maps=None if maps is None else maps[:n].unflatten(0, (1 + views, len(train))),
+        val_maps=None if maps is None else maps[n:],
     )
+
+
+def _key(trunk_key: str, split: Split, index: int, view: int, seed: int) -> str:
+    """The store key of one view: the file's content, the trunk, and for an augmented view its seed and number."""
+    tag = "plain" if view == 0 else f"aug{seed}.{view}"
+    return f"{FEATURE_FORMAT}:{trunk_key}:{split.digests[index]}:{tag}"
 
 
 def cached_epoch(

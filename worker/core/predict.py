@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from graft.worker.core.backbones import Classifier
+from graft.worker.core.batching import choose_batch_size
 from graft.worker.core.checkpoint import load_model_artifact
 from graft.shared.files import display_name, is_junk_name
 from graft.shared.params import PRECISIONS  # bf16 (eager PyTorch only): ~2x faster, top-1 may differ on near-ties
@@ -28,7 +30,8 @@ from graft.worker.core.trust import UNKNOWN, Options, Trust
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 32
+BATCH_SIZE = 32  # without a measurement (a Predictor built by hand); from_artifact measures (worker.core.batching)
+LOOKAHEAD = 2  # batches decoded ahead of the one being classified
 Row = dict[str, Any]
 
 
@@ -93,6 +96,13 @@ def _decode(path: Path, short_side: int, max_pixels: int | None, roots: Sequence
         return f"cannot decode: {type(exc).__name__}"
 
 
+def _decode_crop(path: Path, short_side: int, crop: int, max_pixels: int | None,
+                 roots: Sequence[Path] | None) -> np.ndarray | str:
+    """_decode, then the centre crop, on the decode thread: the inference thread only stacks ready crops."""
+    img = _decode(path, short_side, max_pixels, roots)
+    return img if isinstance(img, str) else np.ascontiguousarray(center_crop(img, crop))
+
+
 def bf16_native() -> bool:
     """True when oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
     try:
@@ -136,11 +146,11 @@ class Predictor:
     """A loaded model with its classes and eval transform, ready to classify files or decoded images."""
 
     def __init__(self, runner: Runner, classes: Sequence[str], prep: Preprocessing,
-                 batch_size: int = BATCH_SIZE, decode_threads: int | None = None,
+                 batch_size: int | None = BATCH_SIZE, decode_threads: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, trust: Trust | None = None) -> None:
         self.runner, self.classes, self.prep = runner, list(classes), prep
         self.trust = trust or Trust()  # calibration, per-class thresholds, OOD scorer (worker.core.trust)
-        self.batch_size = max(1, batch_size)
+        self.batch_size = max(1, batch_size or BATCH_SIZE)
         self.decode_threads = decode_threads or max(1, min(4, os.cpu_count() or 1))
         self.max_pixels = max_pixels
 
@@ -174,6 +184,8 @@ class Predictor:
                 log.warning("runtime %s unavailable for %s, using torch fp32: %s", runtime, path, exc)
         if runner is None:
             runner = cls._torch_runner(model, prep, precision, optimize, trust)
+        if kwargs.get("batch_size") is None:
+            kwargs["batch_size"] = choose_batch_size(runner, prep.crop)[0]
         return cls(runner, meta["classes"], prep, trust=trust, **kwargs)
 
     @staticmethod
@@ -227,7 +239,7 @@ class Predictor:
     def predict_files(self, files: Sequence[tuple[str, Path]], top_k: int = 1, threshold: float | None = None,
                       roots: Sequence[Path] | None = None, should_stop: Callable[[], bool] | None = None,
                       target_precision: float | None = None, reject_ood: bool = True) -> list[Row]:
-        """One row per (name, path), in order; the next batch decodes on a thread pool while this one runs.
+        """One row per (name, path), in order; the next batches decode and crop on a thread pool while this one runs.
 
         With roots set, a file whose real path lies outside them is not read (error row). should_stop is asked
         before each batch; when it says yes, Stopped is raised. Each row has ood_score and, when its label is
@@ -239,18 +251,23 @@ class Predictor:
         batches = [files[i : i + self.batch_size] for i in range(0, len(files), self.batch_size)]
         rows: list[Row] = []
         short = self.prep.resize
-        with ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode") as pool:
+        pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        try:
 
             def submit(batch: Iterable[tuple[str, Path]]) -> list[Future]:
-                return [pool.submit(_decode, path, short, self.max_pixels, roots) for _, path in batch]
+                return [pool.submit(_decode_crop, path, short, self.prep.crop, self.max_pixels, roots)
+                        for _, path in batch]
 
-            pending = submit(batches[0]) if batches else []
+            pending = deque(submit(b) for b in batches[:LOOKAHEAD])
             for index, batch in enumerate(batches):
                 if should_stop is not None and should_stop():
                     raise Stopped(f"stopped before batch {index + 1} of {len(batches)}")
-                decoded = [future.result() for future in pending]
-                pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
-                rows.extend(self._rows([name for name, _ in batch], decoded, top_k, options))
+                decoded = [future.result() for future in pending.popleft()]
+                if index + LOOKAHEAD < len(batches):
+                    pending.append(submit(batches[index + LOOKAHEAD]))
+                rows.extend(self._rows([name for name, _ in batch], decoded, top_k, options))  # crops: crop again = same
+        finally:
+            pool.shutdown(cancel_futures=True)  # a stop does not wait for the batches decoded ahead
         return rows
 
 

@@ -67,16 +67,19 @@ def _crop_box(h: int, w: int, scale: tuple[float, float], gen: torch.Generator) 
     return (h - side) // 2, (w - side) // 2, side, side
 
 
+def augment(img: np.ndarray, prep: Preprocessing, gen: torch.Generator,
+            scale: tuple[float, float] = (0.25, 1.0)) -> torch.Tensor:
+    """One random resized crop to prep.crop with a random horizontal flip: uint8 (3, crop, crop)."""
+    t = _to_chw(img)
+    top, left, ch, cw = _crop_box(t.shape[1], t.shape[2], scale, gen)
+    t = TF.resized_crop(t, top, left, ch, cw, [prep.crop, prep.crop], antialias=True)
+    if bool(torch.rand(1, generator=gen) < 0.5):
+        t = TF.horizontal_flip(t)
+    return t
+
+
 def train_batch(
     images: Sequence[np.ndarray], prep: Preprocessing, gen: torch.Generator, scale: tuple[float, float] = (0.25, 1.0)
 ) -> torch.Tensor:
     """Random resized crop to prep.crop and horizontal flip, normalised, channels-last."""
-    out = []
-    for img in images:
-        t = _to_chw(img)
-        top, left, ch, cw = _crop_box(t.shape[1], t.shape[2], scale, gen)
-        t = TF.resized_crop(t, top, left, ch, cw, [prep.crop, prep.crop], antialias=True)
-        if bool(torch.rand(1, generator=gen) < 0.5):
-            t = TF.horizontal_flip(t)
-        out.append(t)
-    return _normalize(torch.stack(out), prep)
+    return _normalize(torch.stack([augment(img, prep, gen, scale) for img in images]), prep)
