@@ -22,8 +22,7 @@ import torch
 
 from graft.worker.core.cache_store import CacheStore
 from graft.worker.core.dataset import Split
-from graft.worker.core.predict import center_crop  # the same pixels as transforms.eval_batch's crop
-from graft.worker.core.transforms import Preprocessing, augment
+from graft.worker.core.transforms import Preprocessing, augment, center_crop  # center_crop: eval_batch's pixels
 from graft.worker.core.trunk import TrunkRunner
 
 log = logging.getLogger(__name__)

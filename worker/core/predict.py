@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 
 from graft.worker.core.backbones import Classifier
 from graft.worker.core.batching import choose_batch_size
@@ -25,7 +24,7 @@ from graft.shared.files import display_name, is_junk_name
 from graft.shared.params import PRECISIONS  # bf16 (eager PyTorch only): ~2x faster, top-1 may differ on near-ties
 from graft.worker.core.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from graft.worker.core.runtimes import DEFAULT_RUNTIME, RUNTIMES, TORCH, Normalized, Runner, RuntimeUnavailable, make_runner
-from graft.worker.core.transforms import Preprocessing
+from graft.worker.core.transforms import Preprocessing, center_crop
 from graft.worker.core.trust import UNKNOWN, Options, Trust
 
 log = logging.getLogger(__name__)
@@ -125,16 +124,6 @@ def optimize_for_cpu(model: Classifier) -> Classifier:
         except Exception as exc:  # noqa: BLE001 - tracing limits only cost speed, never correctness
             log.info("stage %d not fused (%s): kept as is", index, type(exc).__name__)
     return fused.to(memory_format=torch.channels_last)
-
-
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    """The centre size x size of an HWC image: the same pixels as torchvision's center_crop (it pads when smaller)."""
-    h, w = img.shape[:2]
-    if h < size or w < size:
-        chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-        return TF.center_crop(chw, [size, size]).permute(1, 2, 0).numpy()
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return img[top : top + size, left : left + size]
 
 
 def crop_batch(images: Sequence[np.ndarray], prep: Preprocessing) -> np.ndarray:

@@ -83,3 +83,13 @@ def train_batch(
 ) -> torch.Tensor:
     """Random resized crop to prep.crop and horizontal flip, normalised, channels-last."""
     return _normalize(torch.stack([augment(img, prep, gen, scale) for img in images]), prep)
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The centre size x size of an HWC image: the same pixels as torchvision's center_crop (it pads when smaller)."""
+    h, w = img.shape[:2]
+    if h < size or w < size:
+        chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        return TF.center_crop(chw, [size, size]).permute(1, 2, 0).numpy()
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img[top : top + size, left : left + size]
