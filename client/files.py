@@ -25,12 +25,25 @@ def is_junk_name(name: str) -> bool:
     return name.startswith(".") or name in JUNK_NAMES
 
 
+def shown_name(name: str) -> str:
+    """name as UTF-8 text: unchanged when it is UTF-8, else each byte that is not becomes %XX and "%" becomes %25.
+
+    The server's rule (graft.shared.files.display_name), repeated here because the client imports no other Graft
+    room: a local file whose name is not UTF-8 is sent under the name the server shows for such files, instead of
+    making the upload fail (multipart file names are text).
+    """
+    if not any(0xDC80 <= ord(c) <= 0xDCFF for c in name):
+        return name
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else "%25" if c == "%" else c for c in name)
+
+
 def local_files(root: Path, recursive: bool = True) -> list[tuple[str, Path]]:
-    """(relative posix path, path) for every file below root, skipping hidden files and OS litter like the server."""
+    """(relative posix name, path) for every file below root, skipping hidden files and OS litter like the server;
+    names that are not UTF-8 in their escaped form (shown_name)."""
     found = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not is_junk_name(d)) if recursive else []
-        found += [((Path(folder) / n).relative_to(root).as_posix(), Path(folder) / n) for n in names
+        found += [(shown_name((Path(folder) / n).relative_to(root).as_posix()), Path(folder) / n) for n in names
                   if not is_junk_name(n)]
     return sorted(found)
 

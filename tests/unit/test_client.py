@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -12,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from graft.client import Client, NotFound, Unavailable
-from graft.client.files import JUNK_NAMES, MultipartBody, is_junk_name, upload_parts
+from graft.client.files import JUNK_NAMES, MultipartBody, is_junk_name, local_files, upload_parts, zip_folder
 from graft.shared import files as server_files
 
 
@@ -125,3 +127,17 @@ def test_the_multipart_body_streams_and_rewinds_for_a_retry(tmp_path: Path) -> N
     assert body.seek(0) == 0 and body.tell() == 0
     assert b"".join(iter(lambda: body.read(4096), b"")) == first
     body.close()
+
+
+@pytest.mark.parametrize("raw", [b"caf\xe9.jpg", b"100%\xff.png", b"plain.jpg", "naïve.jpg".encode()])
+def test_local_names_that_are_not_utf8_are_sent_as_the_server_shows_them(tmp_path: Path, raw: bytes) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / os.fsdecode(raw)).write_bytes(b"x")
+    [(name, path)] = local_files(folder)
+    assert name == server_files.display_name(os.fsdecode(raw))  # the client's copy of the rule matches the server's
+    name.encode("utf-8")  # text a multipart header and a zip can carry
+    assert server_files.original_name(name) == os.fsdecode(raw) and path.is_file()
+    zip_folder([(name, path)], tmp_path / "out.zip")  # raised UnicodeEncodeError before the names were escaped
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert archive.namelist() == [name]

@@ -1,12 +1,16 @@
 """The training core: modes, frozen-trunk caching, early stopping, time budget, resume from checkpoint."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from graft.cli.sampledata import make_shapes_dataset
+from graft.shared.files import original_name
 from graft.worker.core.backbones import BACKBONES, build_model
 from graft.worker.core.dataset import load_dataset
 from graft.worker.core.features import build_cache, cached_eval
@@ -118,3 +122,16 @@ def test_decoded_image_cache_is_bounded(shapes: Path) -> None:
     for a, b in zip(full.train.images, bounded.train.images):  # decoded again on use, identical
         assert (a == b).all()
     assert [x.shape for x in bounded.val.images[0:2]] == [x.shape for x in full.val.images[0:2]]
+
+
+def test_a_class_folder_named_in_bytes_that_are_not_utf8_trains_under_its_escaped_name(shapes: Path,
+                                                                                        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    raw = os.fsdecode(b"caf\xe9")  # Latin-1 "café": not UTF-8, so os gives it back surrogate-escaped
+    shutil.copytree(shapes / "circles", data / raw)
+    shutil.copytree(shapes / "squares", data / "squares")
+    result = fit(data, TrainSpec(**{**TINY, "mode": "linear", "epochs": 1}), tmp_path / "job", tmp_path / "model")
+    assert result.classes == ["caf%E9", "squares"]
+    json.dumps(result.metrics).encode("utf-8")  # stored as JSON text: no surrogate left anywhere
+    assert original_name(result.classes[0]) == raw

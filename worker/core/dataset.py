@@ -110,7 +110,9 @@ class _Guard:
 
 
 def _class_dirs(folder: Path, guard: _Guard) -> dict[str, Path]:
-    return {p.name: p for p in sorted(folder.iterdir())
+    # A class is named by its folder's display name: a folder whose name is not UTF-8 still becomes a class, named
+    # in text (stored in JSON and the database) that gives its bytes back (shared.files.original_name).
+    return {display_name(p.name): p for p in sorted(folder.iterdir())
             if p.is_dir() and not is_junk_name(p.name) and guard.allows(p)}
 
 
