@@ -147,8 +147,9 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
             return
     metrics = {**result.metrics, "skipped_files": result.skipped_files}
     model = TrainedModel(
-        id=model_id, job_id=job_id, backbone=spec.backbone, classes=result.classes, image_size=spec.image_size,
-        metrics={k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch")},
+        id=model_id, job_id=job_id, backbone=result.backbone, classes=result.classes, image_size=result.image_size,
+        metrics={k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch", "selected",
+                                                "estimate", "estimated_acc", "refit")},
         path=str(result.model_path),
     )
     progress = {"phase": "done", "epoch": spec.epochs, "epochs": spec.epochs, "fraction": 1.0, "eta_s": 0}

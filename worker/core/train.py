@@ -20,6 +20,8 @@ from graft.worker.core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_
 from graft.worker.core.dataset import TrainingData, Split, load_dataset
 from graft.worker.core.features import ViewCache, build_cache, cached_epoch, cached_eval, map_bytes
 from graft.worker.core.metrics import classification_report
+from graft.worker.core.refit import choose_and_refit
+from graft.worker.core.selection import resolve_backbone
 from graft.worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_lambdas, stop_reason
 from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
 
@@ -40,6 +42,8 @@ class TrainResult:
     classes: list[str]
     metrics: dict[str, Any]
     skipped_files: list[dict[str, str]] = field(default_factory=list)
+    backbone: str = ""  # the backbone actually trained (a job's "auto" resolved)
+    image_size: int = 0
 
 
 def _set_trainable(model: Classifier, frozen: int) -> None:
@@ -162,9 +166,8 @@ def fit(
     With roots, files whose real path leaves them (symlinks) are skipped and listed, never read.
     """
     torch.manual_seed(spec.seed)
-    info = BACKBONES.get(spec.backbone)
-    if info is None:
-        raise ValueError(f"unknown backbone {spec.backbone!r}")
+    spec, backbone_choice = resolve_backbone(spec, data_dir, roots)
+    info = BACKBONES[spec.backbone]
     mode = spec.resolved_mode()
     prep = Preprocessing.for_size(spec.image_size, info.mean, info.std)
     started = time.monotonic()
@@ -226,16 +229,27 @@ def fit(
             "best_val_acc": best["val_acc"], "eta_s": round(mean_s * (spec.epochs - epoch - 1), 1),
         })
     model.load_state_dict(best["state"])
-    report = classification_report(data.val.labels, best["pred"], data.classes)
+
+    def fresh() -> tuple[Classifier, torch.optim.Optimizer, Any]:
+        torch.manual_seed(spec.seed)
+        new = build_model(spec.backbone, len(data.classes), spec.pretrained, resnet18_weights)
+        new_optimizer = _optimizer(new, spec)
+        return new, new_optimizer, torch.optim.lr_scheduler.LambdaLR(new_optimizer, lr_lambdas(spec))
+
+    outcome = choose_and_refit(model, best, data, cache, spec, fresh, weights, should_stop, Cancelled)
+    model = outcome.model
+    report = classification_report(data.val.labels, outcome.val_pred, data.classes)
     metrics = {
         "history": history, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
         "final_val_acc": history[-1]["val_acc"], "train_images": len(data.train), "val_images": len(data.val),
         "mode": mode, "stopped_early": stopped, "seconds": round(time.monotonic() - started, 2), **report,
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
+        **outcome.metrics, "backbone_choice": backbone_choice,
     }
     meta = {
         "backbone": spec.backbone, "classes": data.classes, "image_size": spec.image_size,
         "preprocessing": prep.to_dict(), "metrics": metrics, "params": asdict(spec),
     }
     path = save_model_artifact(model_dir, model, meta)
-    return TrainResult(model_path=path, classes=data.classes, metrics=metrics, skipped_files=data.skipped)
+    return TrainResult(model_path=path, classes=data.classes, metrics=metrics, skipped_files=data.skipped,
+                       backbone=spec.backbone, image_size=spec.image_size)

@@ -1,0 +1,121 @@
+"""After the selection run: choose the final recipe on held-out images, then refit it on every labelled image.
+
+Two candidates share the selection run's cached trunk outputs: the epoch-trained model (best epoch on the
+validation split) and a logistic-regression head on the frozen trunk whose regularisation C is chosen by
+k-fold cross-validation on the cached pooled features. The chosen one is trained again, with the same settings,
+on train + validation images, from the same cache (no trunk pass is repeated). The accuracy reported stays an
+out-of-sample estimate: the holdout accuracy of the chosen candidate, or its cross-validated accuracy when the
+validation split is too small to choose on (fewer than CV_BELOW images in a class).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from graft.worker.core.backbones import Classifier
+from graft.worker.core.dataset import TrainingData
+from graft.worker.core.features import ViewCache, cached_epoch
+from graft.worker.core.selection import LinearHead, best_c, cross_validate_head, fit_head, views_dataset
+from graft.worker.core.spec import TrainSpec, frozen_stages
+
+log = logging.getLogger(__name__)
+
+CV_BELOW = 10  # a validation class smaller than this cannot choose between candidates: choose by k-fold CV
+Fresh = Callable[[], tuple[Classifier, torch.optim.Optimizer, Any]]  # a pretrained model, its optimizer, scheduler
+
+
+@dataclass
+class Outcome:
+    """The final model and what the metrics say about how it was chosen and trained."""
+
+    model: Classifier
+    val_pred: list[int]  # the chosen candidate's predictions on the validation split (out of sample)
+    metrics: dict[str, Any]
+
+
+def _linear_candidate(cache: ViewCache, data: TrainingData, balanced: bool, seed: int) -> tuple[LinearHead, list[int]]:
+    """The CV-regularised logistic head on the training split's cached views, and its validation predictions."""
+    x, y, groups, plain = views_dataset(cache.train_pooled, data.train.labels)
+    cv = cross_validate_head(x, y, groups, plain, balanced, seed)
+    head = fit_head(x, y, best_c(cv), len(data.classes), balanced, cv)
+    return head, head.logits(cache.val_pooled).argmax(1).tolist()
+
+
+def _all_data_head(cache: ViewCache, data: TrainingData, balanced: bool, seed: int) -> LinearHead:
+    """The logistic head refit on every labelled image, C chosen again by k-fold CV over all of them."""
+    x, y, groups, plain = views_dataset(cache.train_pooled, data.train.labels, cache.val_pooled, data.val.labels)
+    cv = cross_validate_head(x, y, groups, plain, balanced, seed)
+    weight = np.where(plain & (groups >= len(data.train)), float(cache.views), 1.0)  # a val image counts like V views
+    return fit_head(x, y, best_c(cv), len(data.classes), balanced, cv, sample_weight=weight)
+
+
+def _with_head(fresh: Fresh, head: LinearHead) -> Classifier:
+    model = fresh()[0]
+    with torch.no_grad():
+        model.head.weight.copy_(head.weight)
+        model.head.bias.copy_(head.bias)
+    return model.eval()
+
+
+def _refit_epochs(fresh: Fresh, cache: ViewCache, data: TrainingData, spec: TrainSpec, epochs: int,
+                  weight: torch.Tensor | None, should_stop: Callable[[], bool], stop_exc: type[Exception]) -> Classifier:
+    """The selection run's first `epochs` epochs again, on train + val from the cache (val: its plain view)."""
+    model, optimizer, scheduler = fresh()
+    gen = torch.Generator().manual_seed(spec.seed + 2)
+    views = cache.views
+    train_y, val_y = torch.tensor(data.train.labels), torch.tensor(data.val.labels)
+    pooled = torch.cat([cache.train_pooled.flatten(0, 1), cache.val_pooled.repeat(views, 1)])
+    pooled_y = torch.cat([train_y.repeat(views), val_y.repeat(views)])
+    common = (spec.batch_size, spec.label_smoothing, gen, should_stop, stop_exc)
+    for epoch in range(epochs):
+        frozen = frozen_stages(model, spec, epoch)
+        if frozen == len(model.stages):
+            cached_epoch(model, pooled, pooled_y, None, optimizer, *common, weight=weight)
+        else:
+            maps = torch.cat([cache.train_maps[epoch % views], cache.val_maps])
+            cached_epoch(model, maps, torch.cat([train_y, val_y]), frozen, optimizer, *common, weight=weight)
+        scheduler.step()
+    return model.eval()
+
+
+def choose_and_refit(
+    selected: Classifier, best: dict[str, Any], data: TrainingData, cache: ViewCache | None, spec: TrainSpec,
+    fresh: Fresh, weight: torch.Tensor | None, should_stop: Callable[[], bool], stop_exc: type[Exception],
+) -> Outcome:
+    """Pick the final recipe (epoch-trained model or CV-regularised linear head) and refit it on all images."""
+    val_y = np.asarray(data.val.labels)
+    meta: dict[str, Any] = {"selected": "epochs", "estimate": "holdout", "estimated_acc": best["val_acc"],
+                            "refit": False, "selection_val_acc": best["val_acc"]}
+    if cache is None:  # "full" mode, or a resumed run that had already finished its epochs
+        meta["refit_skipped"] = "no cached trunk outputs to refit from"
+        return Outcome(selected, best["pred"], meta)
+    balanced = weight is not None
+    head, head_pred = _linear_candidate(cache, data, balanced, spec.seed)
+    head_acc = float((np.asarray(head_pred) == val_y).mean())
+    small = int(np.bincount(val_y, minlength=len(data.classes)).min()) < CV_BELOW
+    meta.update(head_C=head.C, head_val_acc=round(head_acc, 5),
+                head_cv_acc={str(c): round(a, 5) for c, a in head.cv_acc.items()})
+    use_head = small or spec.resolved_mode() == "linear" or head_acc >= best["val_acc"]
+    if use_head:
+        meta.update(selected="linear_head", selection_val_acc=round(head_acc, 5), estimated_acc=round(head_acc, 5))
+    if not spec.refit:
+        model = _with_head(fresh, head) if use_head else selected
+        return Outcome(model, head_pred if use_head else best["pred"], meta)
+    if use_head:
+        final = _all_data_head(cache, data, balanced, spec.seed)
+        cv_acc = max(final.cv_acc.values())
+        meta.update(refit=True, head_C=final.C, cv_acc=round(cv_acc, 5))
+        if small:  # too few held-out images to trust: the all-data k-fold accuracy is the estimate
+            meta.update(estimate="cv", estimated_acc=round(cv_acc, 5))
+        return Outcome(_with_head(fresh, final), head_pred, meta)
+    needs_maps = best["epoch"] > spec.frozen_phase()
+    if needs_maps and cache.train_maps is None:
+        meta["refit_skipped"] = "fine-tuned on the fly (activations too large to cache): not trained twice"
+        return Outcome(selected, best["pred"], meta)
+    model = _refit_epochs(fresh, cache, data, spec, best["epoch"], weight, should_stop, stop_exc)
+    meta.update(refit=True, refit_epochs=best["epoch"])
+    return Outcome(model, best["pred"], meta)

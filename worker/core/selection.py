@@ -1,0 +1,159 @@
+"""Choices made for the user: which backbone fits the time budget, and how strongly to regularise the head.
+
+Both are cheap: the backbone from a table of measured per-image costs, the head's regularisation by
+cross-validation of a logistic regression on the cached pooled features (no trunk pass).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from graft.shared.params import AUTO_BACKBONE
+from graft.worker.core.dataset import find_files
+from graft.worker.core.spec import TrainSpec, concrete
+
+log = logging.getLogger(__name__)
+
+# Seconds per image on the project's 2-core machine, batch 32, each backbone at its own input size:
+# (frozen trunk forward = the caching pass, one fine-tune step of the last two stages from cached activations).
+# Produced by `python bench/backbone_costs.py` (docs/accuracy.md says when and under what load).
+COSTS: dict[str, tuple[float, float]] = {
+    "efficientnet_lite0": (0.1509, 0.0812),
+    "efficientnet_lite1": (0.1981, 0.1484),
+    "efficientnet_lite2": (0.3083, 0.1531),
+}
+AUTO_ORDER = ("efficientnet_lite2", "efficientnet_lite1", "efficientnet_lite0")  # largest first
+BUDGET_SHARE = 0.5  # an estimate must fit half the budget: the costs vary with the machine's load
+DECODE_S = 0.005  # per image, on one core
+AUTO_BUDGET_S = 600.0  # the budget auto assumes when a job sets none (mode auto has 600 s by default too)
+
+
+def estimate_seconds(backbone: str, images: int, views: int, epochs: int, frozen_epochs: int, val_split: float,
+                     refit: bool) -> float:
+    """Predicted wall time of a training job: decode, cache the trunk over every view, fine-tune epochs (twice with refit)."""
+    forward, finetune = COSTS[backbone]
+    val = images * val_split
+    train = images - val
+    passes = train * (views + 1) + val
+    tuned = max(0, epochs - frozen_epochs) * (images if refit else 0) + max(0, epochs - frozen_epochs) * train
+    return images * DECODE_S + passes * forward + tuned * finetune
+
+
+def choose_backbone(images: int, budget_s: float, **job: Any) -> tuple[str, dict[str, Any]]:
+    """The largest EfficientNet-Lite whose estimated time fits BUDGET_SHARE of budget_s (else Lite0), and why."""
+    estimates = {name: round(estimate_seconds(name, images, **job), 1) for name in AUTO_ORDER}
+    chosen = next((name for name in AUTO_ORDER if estimates[name] <= budget_s * BUDGET_SHARE), AUTO_ORDER[-1])
+    why = {"chosen": chosen, "images": images, "budget_s": budget_s, "estimated_s": estimates}
+    log.info("backbone auto: %s", why)
+    return chosen, why
+
+
+# Inverse regularisation strengths tried, on standardised features (sklearn's C: smaller = stronger).
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+FOLDS = 5
+
+
+@dataclass
+class LinearHead:
+    """A logistic-regression head on pooled features: weights and bias for nn.Linear, and how C was chosen."""
+
+    weight: torch.Tensor  # (classes, D)
+    bias: torch.Tensor  # (classes,)
+    C: float
+    cv_acc: dict[float, float]  # C -> out-of-fold accuracy on plain views
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Class scores of pooled features."""
+        return features @ self.weight.T + self.bias
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    return (x - mean) / scale, mean, scale
+
+
+def _lr(C: float, balanced: bool) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    # warm_start: each larger C starts from the last solution (ascending grid), about 4x fewer iterations
+    return LogisticRegression(C=C, max_iter=300, tol=1e-3, warm_start=True,
+                              class_weight="balanced" if balanced else None)
+
+
+def _as_linear(lr: Any, mean: np.ndarray, scale: np.ndarray, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standardisation and the regression folded into one linear layer (binary: softmax([-z/2, z/2]) = sigmoid(z))."""
+    coef = lr.coef_ / scale
+    intercept = lr.intercept_ - (lr.coef_ * mean / scale).sum(1)
+    if num_classes == 2 and coef.shape[0] == 1:
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    return torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32)
+
+
+def views_dataset(views: torch.Tensor, labels: list[int], extra: torch.Tensor | None = None,
+                  extra_labels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of (views, N, D) cached features plus optional plain-only images: x, y, image index, is-plain."""
+    v, n, d = views.shape
+    x = [views.reshape(v * n, d)]
+    y = [np.tile(np.asarray(labels), v)]
+    group = [np.tile(np.arange(n), v)]
+    plain = [np.repeat(np.arange(v) == 0, n)]
+    if extra is not None and len(extra):
+        x.append(extra)
+        y.append(np.asarray(extra_labels))
+        group.append(n + np.arange(len(extra)))
+        plain.append(np.ones(len(extra), bool))
+    return torch.cat(x).numpy(), np.concatenate(y), np.concatenate(group), np.concatenate(plain)
+
+
+def cross_validate_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray, plain: np.ndarray, balanced: bool,
+                        seed: int, grid: tuple[float, ...] = C_GRID) -> dict[float, float]:
+    """C -> accuracy on the plain views of held-out images, k-fold with every view of an image in one fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    per_class = np.bincount(y[plain]).min()
+    folds = max(2, min(FOLDS, int(per_class)))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    z = _standardise(x)[0]  # once for all folds: unsupervised, and it keeps the warm starts comparable
+    correct = {c: 0 for c in grid}
+    for train_idx, test_idx in splitter.split(z, y, groups):
+        test_idx = test_idx[plain[test_idx]]
+        lr = _lr(grid[0], balanced)
+        for c in sorted(grid):
+            lr.set_params(C=c).fit(z[train_idx], y[train_idx])
+            correct[c] += int((lr.predict(z[test_idx]) == y[test_idx]).sum())
+    return {c: correct[c] / int(plain.sum()) for c in grid}
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, C: float, num_classes: int, balanced: bool,
+             cv_acc: dict[float, float], sample_weight: np.ndarray | None = None) -> LinearHead:
+    """The logistic-regression head at C on all rows of x."""
+    z, mean, scale = _standardise(x)
+    lr = _lr(C, balanced).fit(z, y, sample_weight=sample_weight)
+    weight, bias = _as_linear(lr, mean, scale, num_classes)
+    return LinearHead(weight, bias, C, cv_acc)
+
+
+def best_c(cv_acc: dict[float, float]) -> float:
+    """The C with the best out-of-fold accuracy; on a tie the strongest regularisation (smallest C)."""
+    top = max(cv_acc.values())
+    return min(c for c, acc in cv_acc.items() if acc == top)
+
+
+def resolve_backbone(spec: TrainSpec, data_dir: str | Path, roots: Sequence[Path] | None = None,
+                     ) -> tuple[TrainSpec, dict[str, Any] | None]:
+    """spec with backbone "auto" replaced by the choice for this dataset's size (and image_size set), and why."""
+    if spec.backbone != AUTO_BACKBONE:
+        return concrete(spec, spec.backbone), None
+    _, train, val = find_files(data_dir, roots)
+    images = sum(map(len, train.values())) + sum(map(len, (val or {}).values()))
+    budget = spec.budget_s() or AUTO_BUDGET_S
+    name, why = choose_backbone(images, budget, views=spec.views, epochs=spec.epochs,
+                                frozen_epochs=spec.frozen_phase(), val_split=spec.val_split, refit=spec.refit)
+    return concrete(spec, name), why
