@@ -71,7 +71,8 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
             predictor = default_cache().get(model_path(config, params["model_id"]), params.get("precision") or "fp32",
                                             params.get("runtime"), max_pixels=config.max_image_pixels)
             rows = predictor.predict_files([(name, folder / name) for name in names], params.get("top_k", 1),
-                                           params.get("threshold"), roots, should_stop=beat.should_stop)
+                                           params.get("threshold"), roots, should_stop=beat.should_stop,
+                                           tta=bool(params.get("tta")))
         except Stopped:
             log.info("predict job %s: chunk %d stopped (job ended or chunk taken over)", job_id, index)
         except Exception as exc:  # noqa: BLE001 - any error: try the chunk again, or fail the job after the last try

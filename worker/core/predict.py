@@ -184,12 +184,19 @@ class Predictor:
         """Float32 logits for images already decoded to the model's resize size."""
         return self.runner(crop_batch(images, self.prep))
 
-    def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Softmax class probabilities for images already decoded to the model's resize size."""
-        return torch.softmax(torch.from_numpy(self.logits(images)).float(), dim=1)
+    def probabilities(self, images: Sequence[np.ndarray], tta: bool = False) -> torch.Tensor:
+        """Softmax class probabilities for images already decoded to the model's resize size.
+
+        With tta, the mean of each crop's and its mirror image's probabilities (one batch, twice the images).
+        """
+        crops = crop_batch(images, self.prep)
+        if not tta:
+            return torch.softmax(torch.from_numpy(self.runner(crops)).float(), dim=1)
+        both = torch.softmax(torch.from_numpy(self.runner(np.concatenate([crops, crops[:, :, ::-1]]))).float(), dim=1)
+        return (both[: len(crops)] + both[len(crops) :]) / 2
 
     def _rows(self, names: Sequence[str], decoded: Sequence[np.ndarray | str], top_k: int,
-              threshold: float | None) -> list[Row]:
+              threshold: float | None, tta: bool = False) -> list[Row]:
         good = [i for i, img in enumerate(decoded) if not isinstance(img, str)]
         rows: list[Row] = [
             {"path": name, "label": None, "confidence": None, "top_k": [], "error": img if isinstance(img, str) else None}
@@ -197,7 +204,7 @@ class Predictor:
         ]
         if not good:
             return rows
-        probs = self.probabilities([decoded[i] for i in good])
+        probs = self.probabilities([decoded[i] for i in good], tta)
         values, indices = probs.topk(top_k, dim=1)
         for row_index, vals, idxs in zip(good, values.tolist(), indices.tolist()):
             ranked = [{"label": self.classes[j], "confidence": round(v, 6)} for v, j in zip(vals, idxs)]
@@ -207,8 +214,11 @@ class Predictor:
         return rows
 
     def predict_files(self, files: Sequence[tuple[str, Path]], top_k: int = 1, threshold: float | None = None,
-                      roots: Sequence[Path] | None = None, should_stop: Callable[[], bool] | None = None) -> list[Row]:
+                      roots: Sequence[Path] | None = None, should_stop: Callable[[], bool] | None = None,
+                      tta: bool = False) -> list[Row]:
         """One row per (name, path), in order; the next batch decodes on a thread pool while this one runs.
+
+        tta averages each image's and its mirror image's probabilities (Predictor.probabilities).
 
         With roots set, a file whose real path lies outside them is not read (error row). should_stop is asked
         before each batch; when it says yes, Stopped is raised.
@@ -228,7 +238,7 @@ class Predictor:
                     raise Stopped(f"stopped before batch {index + 1} of {len(batches)}")
                 decoded = [future.result() for future in pending]
                 pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
-                rows.extend(self._rows([name for name, _ in batch], decoded, top_k, threshold))
+                rows.extend(self._rows([name for name, _ in batch], decoded, top_k, threshold, tta))
         return rows
 
 
