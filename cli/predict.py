@@ -60,6 +60,8 @@ def run_predict(client: Client, args: argparse.Namespace) -> int:
         params["chunk_size"] = args.chunk_size
     if args.precision:
         params["precision"] = args.precision
+    if args.tta:
+        params["tta"] = True
     if args.runtime:
         params["runtime"] = args.runtime
     unreadable: list[str] = []
@@ -95,6 +97,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
     p.add_argument("-o", "--output", default="predictions.csv", help="results file: .csv or .json")
     p.add_argument("--top-k", dest="top_k", type=int, default=1, help="also list the k best labels")
     p.add_argument("--threshold", type=float, help="top confidence below this gives the label 'unknown'")
+    p.add_argument("--tta", action="store_true", help="average each image's and its mirror image's probabilities")
     p.add_argument("--server-dir", dest="server_dir", help="classify this folder on the server instead of DIR")
     p.add_argument("--no-recursive", dest="no_recursive", action="store_true", help="ignore subfolders")
     p.add_argument("--chunk-size", dest="chunk_size", type=int, help="files per worker task")
