@@ -23,12 +23,15 @@ from graft.worker.core.spec import TrainSpec, concrete
 log = logging.getLogger(__name__)
 
 # Seconds per image on the project's 2-core machine, batch 32, each backbone at its own input size:
-# (frozen trunk forward = the caching pass, one fine-tune step of the last two stages from cached activations).
-# Produced by `python bench/backbone_costs.py` (docs/accuracy.md says when and under what load).
+# (frozen trunk forward = the caching pass, one fine-tune epoch of the last two stages from cached activations).
+# Lite0's are its quiet-machine figures from docs/performance.md (35 images/s forward; a 2.7 s fine-tune epoch over
+# 245 images, validation included); Lite1 and Lite2 are Lite0's times the ratios `python bench/backbone_costs.py`
+# measured on 2026-11-29 (forward x1.31 and x2.04, fine-tune x1.83 and x1.89), taken as ratios because the
+# machine was shared (its absolute figures were ~5x slower). docs/accuracy.md has the table.
 COSTS: dict[str, tuple[float, float]] = {
-    "efficientnet_lite0": (0.1509, 0.0812),
-    "efficientnet_lite1": (0.1981, 0.1484),
-    "efficientnet_lite2": (0.3083, 0.1531),
+    "efficientnet_lite0": (0.0286, 0.0110),
+    "efficientnet_lite1": (0.0375, 0.0201),
+    "efficientnet_lite2": (0.0583, 0.0208),
 }
 AUTO_ORDER = ("efficientnet_lite2", "efficientnet_lite1", "efficientnet_lite0")  # largest first
 BUDGET_SHARE = 0.5  # an estimate must fit half the budget: the costs vary with the machine's load
