@@ -107,6 +107,7 @@ def predict_now(model_id: str) -> Response:
     job = lifecycle.create_job(session, "predict", {
         "model_id": model.id, "upload_id": upload_id, "top_k": min(params["top_k"], len(model.classes)),
         "threshold": params["threshold"], "precision": params["precision"], "runtime": params["runtime"],
+        "tta": params["tta"],
         "recursive": True, "chunk_size": MAX_SYNC_FILES, "interactive": True, "names": names,
     })
     session.commit()
