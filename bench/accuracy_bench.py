@@ -98,7 +98,7 @@ def _graft(folder: Path, backbone: str, work: Path, val_files: list[tuple[str, P
     return {"acc": scores[False], "tta_acc": scores[True], "tta_time_ratio": times[True] / times[False],
             "estimate": f"{m['estimated_acc']:.3f} ({m['estimate']})",
             "chosen": f"{m['selected']} (epochs {m['epochs_val_acc']:.3f}, head {m.get('head_val_acc', 0):.3f}, "
-                      f"C {m.get('head_C')}){', refit' if m['refit'] else ''}",
+                      f"C {m.get('head_C')}, {m.get('head_views')} views){', refit' if m['refit'] else ''}",
             "seconds": seconds}
 
 

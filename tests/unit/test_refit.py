@@ -77,3 +77,20 @@ def test_linear_mode_keeps_the_holdout_estimate_on_a_large_val_split(tmp_path: P
     assert metrics["selected"] == "linear_head" and metrics["estimate"] == "holdout" and metrics["refit"] is True
     assert metrics["estimated_acc"] == metrics["head_val_acc"] == metrics["val_acc"]
     assert np.isclose(metrics["cv_acc"], max(metrics["cv_acc"], 0.0))  # reported beside it, not instead
+
+
+def test_the_cache_holds_mirror_images_for_the_head(shapes: Path) -> None:
+    """View 1 of every training image, and val's extra view, are the plain crops' mirror images (the probe's views)."""
+    from graft.worker.core.transforms import eval_batch
+
+    info = BACKBONES["efficientnet_lite0"]
+    prep = Preprocessing.for_size(64, info.mean, info.std)
+    data = load_dataset(shapes, 0.3, 0, prep.resize)
+    model = build_model("efficientnet_lite0", 2, pretrained=True).eval()
+    cache = build_cache(model, data.train, data.val, prep, 2, len(model.stages), False, 8, 0, lambda n: None)
+    with torch.no_grad():
+        mirrored = model.features(eval_batch(data.train.images, prep).flip(3))
+        val_mirrored = model.features(eval_batch(data.val.images, prep).flip(3))
+    assert torch.allclose(cache.train_pooled[1], mirrored, atol=1e-4)
+    assert torch.allclose(cache.val_mirror_pooled, val_mirrored, atol=1e-4)
+    assert not torch.allclose(cache.train_pooled[2], cache.train_pooled[1], atol=1e-3)  # view 2 is a random crop

@@ -67,7 +67,7 @@ def test_cv_keeps_every_view_of_an_image_in_one_fold() -> None:
     rng = np.random.default_rng(2)
     images = torch.from_numpy(rng.standard_normal((40, 64)).astype(np.float32))
     labels = rng.permutation(np.repeat([0, 1], 20)).tolist()
-    x, y, groups, plain = views_dataset(images.expand(4, -1, -1), labels)
+    x, y, groups, plain = views_dataset((images.expand(4, -1, -1), labels))
     assert x.shape == (160, 64) and plain.sum() == 40 and set(groups) == set(range(40))
     cv = cross_validate_head(x, y, groups, plain, balanced=False, seed=0, grid=(0.1, 10.0))
     assert max(cv.values()) < 0.8, cv

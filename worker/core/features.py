@@ -25,10 +25,11 @@ class ViewCache:
     """Frozen-trunk outputs: pooled features, and the activations at split_at when fine-tuning from them."""
 
     split_at: int
-    train_pooled: torch.Tensor  # (views, N, D); view 0 is the plain eval crop
+    train_pooled: torch.Tensor  # (views, N, D); view 0 is the plain eval crop, view 1 its mirror image
     val_pooled: torch.Tensor  # (N_val, D)
     train_maps: torch.Tensor | None  # (views, N, H, W, C) after stages[:split_at], stored channels-last
     val_maps: torch.Tensor | None
+    val_mirror_pooled: torch.Tensor | None = None  # (N_val, D): the mirrored plain crops (for the refit head)
 
     @property
     def views(self) -> int:
@@ -46,12 +47,14 @@ def map_bytes(model: Classifier, split_at: int, size: int) -> int:
 @torch.no_grad()
 def _run_view(
     model: Classifier, split: Split, prep: Preprocessing, split_at: int, keep_maps: bool, batch_size: int,
-    gen: torch.Generator | None, tick: Callable[[int], None],
+    gen: torch.Generator | None, tick: Callable[[int], None], mirror: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     pooled, maps = [], []
     for start in range(0, len(split), batch_size):
         images = split.images[start : start + batch_size]
         x = eval_batch(images, prep) if gen is None else train_batch(images, prep, gen)
+        if mirror:
+            x = x.flip(3).contiguous(memory_format=torch.channels_last)
         h = model.run_stages(x, 0, split_at)
         if keep_maps:
             maps.append(h.permute(0, 2, 3, 1).contiguous())  # stored NHWC: rows index out channels-last
@@ -64,18 +67,24 @@ def build_cache(
     model: Classifier, train: Split, val: Split, prep: Preprocessing, views: int, split_at: int, keep_maps: bool,
     batch_size: int, seed: int, tick: Callable[[int], None],
 ) -> ViewCache:
-    """Run the frozen stages (eval mode, no autograd) over 1 + views views of train and the plain view of val."""
+    """Run the frozen stages (eval mode, no autograd) over 1 + views views of train and the plain view of val.
+
+    View 1 is the plain crop's mirror image, the others random crops: a linear head learns best from plain and
+    mirrored views (docs/accuracy.md); with views >= 1 val's mirror image is pooled too, for the refit head.
+    """
     model.eval()
     gen = torch.Generator().manual_seed(seed + 1)  # its own stream: a resumed job rebuilds the same views
     pooled, maps = [], []
     for view in range(1 + views):
-        p, m = _run_view(model, train, prep, split_at, keep_maps, batch_size, None if view == 0 else gen, tick)
+        p, m = _run_view(model, train, prep, split_at, keep_maps, batch_size, None if view <= 1 else gen, tick,
+                         mirror=view == 1)
         pooled.append(p)
         maps.append(m)
     val_pooled, val_maps = _run_view(model, val, prep, split_at, keep_maps, batch_size, None, tick)
+    val_mirror = _run_view(model, val, prep, split_at, False, batch_size, None, tick, mirror=True)[0] if views else None
     return ViewCache(
         split_at=split_at, train_pooled=torch.stack(pooled), val_pooled=val_pooled,
-        train_maps=torch.stack(maps) if keep_maps else None, val_maps=val_maps,
+        train_maps=torch.stack(maps) if keep_maps else None, val_maps=val_maps, val_mirror_pooled=val_mirror,
     )
 
 

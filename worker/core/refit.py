@@ -38,19 +38,36 @@ class Outcome:
     metrics: dict[str, Any]
 
 
-def _linear_candidate(cache: ViewCache, data: TrainingData, balanced: bool, seed: int) -> tuple[LinearHead, list[int]]:
-    """The CV-regularised logistic head on the training split's cached views, and its validation predictions."""
-    x, y, groups, plain = views_dataset(cache.train_pooled, data.train.labels)
-    cv = cross_validate_head(x, y, groups, plain, balanced, seed)
+def _feature_sets(cache: ViewCache) -> dict[str, int]:
+    """Training views a head may learn from: plain + mirror (the probe's recipe), or every cached view."""
+    return {"mirror": min(2, cache.views), "all": cache.views}
+
+
+def _linear_candidate(cache: ViewCache, data: TrainingData, balanced: bool, seed: int,
+                      ) -> tuple[LinearHead, list[int], str]:
+    """The CV-regularised logistic head on the training split's cached views, its validation predictions, its views."""
+    best: tuple[float, str, dict[float, float]] | None = None
+    for name, count in _feature_sets(cache).items():  # CV picks the views too (ties: the first, plain + mirror)
+        x, y, groups, plain = views_dataset((cache.train_pooled[:count], data.train.labels))
+        cv = cross_validate_head(x, y, groups, plain, balanced, seed)
+        if best is None or max(cv.values()) > best[0]:
+            best = (max(cv.values()), name, cv)
+    _, name, cv = best
+    x, y, _, _ = views_dataset((cache.train_pooled[: _feature_sets(cache)[name]], data.train.labels))
     head = fit_head(x, y, best_c(cv), len(data.classes), balanced, cv)
-    return head, head.logits(cache.val_pooled).argmax(1).tolist()
+    return head, head.logits(cache.val_pooled).argmax(1).tolist(), name
 
 
-def _all_data_head(cache: ViewCache, data: TrainingData, balanced: bool, seed: int) -> LinearHead:
+def _all_data_head(cache: ViewCache, data: TrainingData, balanced: bool, seed: int, views: str) -> LinearHead:
     """The logistic head refit on every labelled image, C chosen again by k-fold CV over all of them."""
-    x, y, groups, plain = views_dataset(cache.train_pooled, data.train.labels, cache.val_pooled, data.val.labels)
+    count = _feature_sets(cache)[views]
+    val = cache.val_pooled[None]
+    if count >= 2 and cache.val_mirror_pooled is not None:
+        val = torch.stack([cache.val_pooled, cache.val_mirror_pooled])
+    x, y, groups, plain = views_dataset((cache.train_pooled[:count], data.train.labels), (val, data.val.labels))
     cv = cross_validate_head(x, y, groups, plain, balanced, seed)
-    weight = np.where(plain & (groups >= len(data.train)), float(cache.views), 1.0)  # a val image counts like V views
+    # Every image weighs the same: a val image has fewer rows (no random crops) than a training image.
+    weight = np.where(groups >= len(data.train), count / len(val), 1.0)
     return fit_head(x, y, best_c(cv), len(data.classes), balanced, cv, sample_weight=weight)
 
 
@@ -95,10 +112,10 @@ def choose_and_refit(
         meta["refit_skipped"] = "no cached trunk outputs to refit from"
         return Outcome(selected, best["pred"], meta)
     balanced = weight is not None
-    head, head_pred = _linear_candidate(cache, data, balanced, spec.seed)
+    head, head_pred, views = _linear_candidate(cache, data, balanced, spec.seed)
     head_acc = float((np.asarray(head_pred) == val_y).mean())
     small = int(np.bincount(val_y, minlength=len(data.classes)).min()) < CV_BELOW
-    meta.update(head_C=head.C, head_val_acc=round(head_acc, 5),
+    meta.update(head_C=head.C, head_views=views, head_val_acc=round(head_acc, 5),
                 head_cv_acc={str(c): round(a, 5) for c, a in head.cv_acc.items()})
     # The best epoch is the maximum over many epochs on the same few images, so it is optimistic: a fine-tuned
     # model is kept only when it beats the one-shot linear head clearly (docs/accuracy.md: on hymenoptera the
@@ -111,7 +128,7 @@ def choose_and_refit(
         model = _with_head(fresh, head) if use_head else selected
         return Outcome(model, head_pred if use_head else best["pred"], meta)
     if use_head:
-        final = _all_data_head(cache, data, balanced, spec.seed)
+        final = _all_data_head(cache, data, balanced, spec.seed, views)
         cv_acc = max(final.cv_acc.values())
         meta.update(refit=True, head_C=final.C, cv_acc=round(cv_acc, 5))
         if small:  # too few held-out images to trust: the all-data k-fold accuracy is the estimate

@@ -96,19 +96,17 @@ def _as_linear(lr: Any, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32)
 
 
-def views_dataset(views: torch.Tensor, labels: list[int], extra: torch.Tensor | None = None,
-                  extra_labels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of (views, N, D) cached features plus optional plain-only images: x, y, image index, is-plain."""
-    v, n, d = views.shape
-    x = [views.reshape(v * n, d)]
-    y = [np.tile(np.asarray(labels), v)]
-    group = [np.tile(np.arange(n), v)]
-    plain = [np.repeat(np.arange(v) == 0, n)]
-    if extra is not None and len(extra):
-        x.append(extra)
-        y.append(np.asarray(extra_labels))
-        group.append(n + np.arange(len(extra)))
-        plain.append(np.ones(len(extra), bool))
+def views_dataset(*blocks: tuple[torch.Tensor, list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of (views, N, D) cached features, block after block: x, y, image index, is-plain (view 0)."""
+    x, y, group, plain = [], [], [], []
+    offset = 0
+    for views, labels in blocks:
+        v, n, d = views.shape
+        x.append(views.reshape(v * n, d))
+        y.append(np.tile(np.asarray(labels), v))
+        group.append(offset + np.tile(np.arange(n), v))
+        plain.append(np.repeat(np.arange(v) == 0, n))
+        offset += n
     return torch.cat(x).numpy(), np.concatenate(y), np.concatenate(group), np.concatenate(plain)
 
 

@@ -117,7 +117,7 @@ def _prepare_cache(
     keep_maps = fine_tunes and need_mb <= spec.cache_mb
     if fine_tunes and not keep_maps:
         log.info("activation cache would need %.0f MB > %d MB: fine-tuning on the fly", need_mb, spec.cache_mb)
-    total, done = len(data.train) * (spec.views + 1) + len(data.val), 0
+    total, done = len(data.train) * (spec.views + 1) + len(data.val) * (2 if spec.views else 1), 0
 
     def tick(n: int) -> None:
         nonlocal done
