@@ -63,6 +63,7 @@ def choose_backbone(images: int, budget_s: float, **job: Any) -> tuple[str, dict
 # standardised: standardising lifts the many near-silent channels to the loud ones' scale, and on hymenoptera
 # with 10 images a class that cost 6-10 points of val accuracy at every C (docs/accuracy.md).
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+DEFAULT_C = 1.0  # scikit-learn's default: the plain probe's
 FOLDS = 5
 
 
@@ -139,10 +140,12 @@ def fit_head(x: np.ndarray, y: np.ndarray, C: float, num_classes: int, balanced:
 
 
 def best_c(cv_acc: dict[float, float]) -> float:
-    """The middle of the Cs that share the best out-of-fold accuracy (with few images the best is a plateau)."""
+    """The best out-of-fold C; on a tie, the standard probe's C = 1 if it is tied, else the plateau's middle."""
+    # With few images the best is a plateau. Leaving the standard probe only on evidence keeps the head from losing
+    # to it by chance (docs/accuracy.md: the plateau's middle was one val/ image below C = 1 in three of six rows).
     top = max(cv_acc.values())
     tied = sorted(c for c, acc in cv_acc.items() if acc == top)
-    return tied[(len(tied) - 1) // 2]
+    return DEFAULT_C if DEFAULT_C in tied else tied[(len(tied) - 1) // 2]
 
 
 def resolve_backbone(spec: TrainSpec, data_dir: str | Path, roots: Sequence[Path] | None = None,
