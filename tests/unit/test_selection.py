@@ -59,6 +59,14 @@ def test_cv_chooses_the_regularisation_that_generalises() -> None:
     assert best_c(cv) == 1.0 and cv[1.0] >= 0.9 and cv[1e-5] <= 0.6, cv
 
 
+def test_a_class_of_one_image_keeps_the_standard_c() -> None:
+    x = _blobs(12, 4, 2.0, 3)[0][:11]
+    y = np.array([0] * 10 + [1])
+    cv = cross_validate_head(x, y, np.arange(11), np.ones(11, bool), balanced=True, seed=0, grid=(0.1, 1.0))
+    assert best_c(cv) == 1.0
+    assert fit_head(x, y, 1.0, 2, balanced=True, cv_acc=cv).weight.shape == (2, 4)
+
+
 def test_cv_keeps_every_view_of_an_image_in_one_fold() -> None:
     """Random labels, each image's four views identical: a view in both train and test folds would score ~1."""
     rng = np.random.default_rng(2)

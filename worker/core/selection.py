@@ -116,8 +116,11 @@ def cross_validate_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray, plain:
     """C -> accuracy on the plain views of held-out images, k-fold with every view of an image in one fold."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    per_class = np.bincount(y[plain]).min()
-    folds = max(2, min(FOLDS, int(per_class)))
+    per_class = int(np.bincount(y[plain]).min())
+    if per_class < 2:  # a fold would train without that class: nothing to compare, keep the standard C
+        log.info("a class has %d image(s): C not cross-validated", per_class)
+        return {c: 0.0 for c in grid}
+    folds = min(FOLDS, per_class)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     correct = {c: 0 for c in grid}
     with threadpool_limits(1):  # small BLAS calls: threads only spin (10x slower on a loaded 2-core machine)
