@@ -14,7 +14,7 @@ from graft.worker.core.backbones import build_model
 from graft.worker.core.checkpoint import save_model_artifact
 from graft.worker.core.predict import Predictor, crop_batch
 from graft.worker.core.selection import (
-    AUTO_ORDER, C_GRID, best_c, choose_backbone, cross_validate_head, estimate_seconds, fit_head, resolve_backbone,
+    AUTO_ORDER, best_c, choose_backbone, cross_validate_head, estimate_seconds, fit_head, resolve_backbone,
     views_dataset,
 )
 from graft.worker.core.spec import TrainSpec
