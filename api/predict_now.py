@@ -113,6 +113,7 @@ def predict_now(model_id: str) -> Response:
         "model_id": model.id, "upload_id": upload_id, "top_k": min(params["top_k"], len(model.classes)),
         "threshold": params["threshold"], "target_precision": params["target_precision"],
         "reject_ood": params["reject_ood"], "precision": params["precision"], "runtime": params["runtime"],
+        "tta": params["tta"],
         "recursive": True, "chunk_size": MAX_SYNC_FILES, "interactive": True, "names": names,
     }, owner_id())
     session.commit()

@@ -98,7 +98,8 @@ TrainRequest = params_schema("TrainRequest", TRAIN_PARAMS)
 PredictRequest = params_schema("PredictRequest", PREDICT_PARAMS)
 PredictForm = params_schema("PredictForm", PREDICT_PARAMS, file=FILES, extract_zip=EXTRACT_ZIP)
 MAX_SYNC_FILES = 32  # the most images POST /models/<id>/predict classifies in one request
-SYNC_PARAMS = _one(("top_k", "threshold", "target_precision", "reject_ood", "precision", "runtime"), PREDICT_PARAMS)
+SYNC_PARAMS = _one(("top_k", "threshold", "target_precision", "reject_ood", "precision", "runtime", "tta"),
+                   PREDICT_PARAMS)
 PredictNowRequest = params_schema("PredictNowRequest", SYNC_PARAMS)
 PredictNowForm = params_schema("PredictNowForm", SYNC_PARAMS, file=fields.List(
     Upload(), required=True, validate=validate.Length(1, MAX_SYNC_FILES), metadata={"description": "the images"}))

@@ -64,6 +64,8 @@ def run_predict(client: Client, args: argparse.Namespace) -> int:
         params["chunk_size"] = args.chunk_size
     if args.precision:
         params["precision"] = args.precision
+    if args.tta:
+        params["tta"] = True
     if args.runtime:
         params["runtime"] = args.runtime
     unreadable: list[str] = []
@@ -103,6 +105,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                    help="per class, 'unknown' below the confidence that reached this precision in validation")
     p.add_argument("--keep-ood", dest="keep_ood", action="store_true",
                    help="keep the label of images unlike the training images (their ood_score is still reported)")
+    p.add_argument("--tta", action="store_true", help="average each image's and its mirror image's probabilities")
     p.add_argument("--server-dir", dest="server_dir", help="classify this folder on the server instead of DIR")
     p.add_argument("--no-recursive", dest="no_recursive", action="store_true", help="ignore subfolders")
     p.add_argument("--chunk-size", dest="chunk_size", type=int, help="files per worker task")

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-BACKBONES = ("resnet18", "efficientnet_lite0")
+BACKBONES = ("resnet18", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 """Names of the pretrained trunks (keys of worker.core.backbones.BACKBONES)."""
+AUTO_BACKBONE = "auto"
+"""The backbone choice that lets the worker pick the largest EfficientNet-Lite that fits the time budget."""
 MODES = ("auto", "linear", "finetune", "full")
 """Training modes: auto picks; linear trains the head only; finetune unfreezes the last stages; full trains all."""
 PRECISIONS = ("fp32", "bf16")
@@ -57,13 +59,15 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("data_dir", str, None, nullable=True, cli=False,
           help="a folder on the server under a train root (or give dataset_id)"),
     Param("dataset_id", str, None, nullable=True, cli=False, help="an uploaded dataset's id (or give data_dir)"),
-    Param("backbone", str, "resnet18", choices=BACKBONES, help="the trunk to transfer from"),
+    Param("backbone", str, AUTO_BACKBONE, choices=(AUTO_BACKBONE, *BACKBONES),
+          help="the trunk to transfer from; auto: the largest EfficientNet-Lite whose measured cost fits the time budget"),
     Param("pretrained", bool, True, help="whether to start from ImageNet weights (false: random ones)"),
     Param("epochs", int, 10, minimum=1, maximum=500, help="most epochs to train"),
     Param("batch_size", int, 32, minimum=1, maximum=1024, help="images per training step"),
     Param("learning_rate", float, 1e-3, minimum=1e-7, maximum=1.0, flag="--lr",
           help="peak learning rate (the trunk's is a tenth of it when pretrained)"),
-    Param("image_size", int, 224, minimum=32, maximum=1024, help="side of the square input images, in pixels"),
+    Param("image_size", int, None, minimum=32, maximum=1024, nullable=True,
+          help="side of the square input images, in pixels (unset: the backbone's own: 224, Lite1 240, Lite2 260)"),
     Param("val_split", float, 0.2, minimum=0.0, maximum=0.9, help="fraction of each class held out for validation"),
     Param("seed", int, 0, minimum=0, maximum=2**31 - 1,
           help="random seed of the validation split, augmentation and weights"),
@@ -75,6 +79,8 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("patience", int, 3, minimum=0, maximum=500,
           help="fine-tune epochs without a better val accuracy before stopping early (0: never)"),
     Param("views", int, 3, minimum=0, maximum=16, help="augmented views cached per training image"),
+    Param("refit", bool, True, help="after choosing epochs and head regularisation on held-out images, train the "
+          "final model again on every labelled image (the reported accuracy stays the held-out one)"),
     CALLBACK_URL,
 )
 """Every parameter of a training request, in the order the API and the CLI list them."""
@@ -94,6 +100,8 @@ PREDICT_PARAMS: tuple[Param, ...] = (
     Param("recursive", bool, True, help="also classify images in subfolders"),
     Param("chunk_size", int, 256, minimum=1, maximum=100_000, help="images per chunk of a batch job"),
     Param("precision", str, "fp32", choices=PRECISIONS, help="inference precision"),
+    Param("tta", bool, False, help="test-time augmentation: average each image's and its mirror image's "
+          "probabilities (twice the compute)"),
     Param("runtime", str, None, nullable=True, choices=RUNTIMES,
           help="fp32 inference runtime (bf16 always runs on torch); unset: the server's default"),
     CALLBACK_URL,

@@ -76,7 +76,7 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
             rows = predictor.predict_files([(name, listed_path(folder, name)) for name in names], params.get("top_k", 1),
                                            params.get("threshold"), roots, should_stop=beat.should_stop,
                                            target_precision=params.get("target_precision"),
-                                           reject_ood=params.get("reject_ood", True))
+                                           reject_ood=params.get("reject_ood", True), tta=bool(params.get("tta")))
             if index < RESULT_THUMB_CHUNKS and not params.get("interactive"):  # a synchronous answer waits for none
                 _thumbnails(config, job_id, folder, roots, rows)
         except Stopped:

@@ -155,9 +155,10 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
         log.warning("job %s: out-of-sample predictions not stored (%s)", job_id, exc)
     metrics = {**result.metrics, "skipped_files": result.skipped_files}
     model = TrainedModel(
-        id=model_id, job_id=job_id, backbone=spec.backbone, classes=result.classes, image_size=spec.image_size,
+        id=model_id, job_id=job_id, backbone=result.backbone, classes=result.classes, image_size=result.image_size,
         metrics={k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch", "calibration",
-                                                "ood") if k in result.metrics},
+                                                "ood", "selected", "estimate", "estimated_acc", "refit")
+                 if k in result.metrics},
         path=str(result.model_path), size_bytes=tree_bytes(model_dir(config.artifacts_dir, model_id)),
     )
     progress = {"phase": "done", "epoch": spec.epochs, "epochs": spec.epochs, "fraction": 1.0, "eta_s": 0}

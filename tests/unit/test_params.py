@@ -72,7 +72,7 @@ def test_trainspec_fields_are_the_hyper_parameters_and_the_internal_ones() -> No
 
 
 @pytest.mark.parametrize(("table", "name", "choices", "worker_names"), [
-    (TRAIN_PARAMS, "backbone", params.BACKBONES, tuple(backbones.BACKBONES)),
+    (TRAIN_PARAMS, "backbone", (params.AUTO_BACKBONE, *params.BACKBONES), (params.AUTO_BACKBONE, *backbones.BACKBONES)),
     (TRAIN_PARAMS, "mode", params.MODES, spec.MODES),
     (PREDICT_PARAMS, "precision", params.PRECISIONS, predict.PRECISIONS),
     (PREDICT_PARAMS, "runtime", params.RUNTIMES, runtimes.RUNTIMES),

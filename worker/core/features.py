@@ -28,10 +28,11 @@ class ViewCache:
     """Frozen-trunk outputs: pooled features, and the activations at split_at when fine-tuning from them."""
 
     split_at: int
-    train_pooled: torch.Tensor  # (views, N, D); view 0 is the plain eval crop
+    train_pooled: torch.Tensor  # (views, N, D); view 0 is the plain eval crop, view 1 its mirror image
     val_pooled: torch.Tensor  # (N_val, D)
     train_maps: torch.Tensor | None  # (views, N, H, W, C) after stages[:split_at], stored channels-last
     val_maps: torch.Tensor | None
+    val_mirror_pooled: torch.Tensor | None = None  # (N_val, D): the mirrored plain crops (for the refit head)
 
     @property
     def views(self) -> int:
@@ -53,30 +54,59 @@ def build_cache(
 ) -> ViewCache:
     """Run the frozen trunk (eval mode) over 1 + views views of train and the plain view of val.
 
-    trunk builds the runner, only if a view must be computed (default: eager PyTorch). With store and key
-    (trunk.trunk_id), views an earlier job computed for the same file content are read from the store, and the
-    others are written to it. stats, when given, receives the runtime and how many views were computed and reused.
+    View 0 is the plain centre crop, view 1 its mirror image, views >= 2 seeded random crops (pipeline.make_crop):
+    a linear head learns best from plain and mirrored views (docs/accuracy.md); with views >= 1 val's mirror image
+    is pooled too (no maps kept), for the refit head. trunk builds the runner, only if a view must be computed
+    (default: eager PyTorch). With store and key (trunk.trunk_id), views an earlier job computed for the same file
+    content are read from the store, and the others are written to it. stats, when given, receives the runtime and
+    how many views were computed and reused.
     """
     model.eval()
-    trunk = trunk or (lambda: TorchTrunk(TrunkGraph(model, split_at, prep)))
+    build = trunk or (lambda: TorchTrunk(TrunkGraph(model, split_at, prep)))
+    made: list[TrunkRunner] = []
+
+    def once() -> TrunkRunner:  # one runner for both passes (an OpenVINO compile is not free)
+        if not made:
+            made.append(build())
+        return made[0]
+
     with torch.no_grad():
         probe = model.run_stages(torch.zeros(1, 3, prep.crop, prep.crop), 0, split_at)
     shapes = ((probe.shape[2], probe.shape[3], probe.shape[1]), model.head.in_features)
     items = [(train, i, v) for v in range(1 + views) for i in range(len(train))] + [(val, i, 0) for i in range(len(val))]
-    keys = [_key(key, split, i, v, seed) for split, i, v in items] if store is not None and key else None
-    out = trunk_pass(trunk, shapes, prep, items, keep_maps, batch_size, seed, tick, store, keys, stats)
+    mirrors = [(val, i, 1) for i in range(len(val))] if views else []
+
+    def keys(of: list) -> list[str] | None:
+        return [_key(key, split, i, v, seed) for split, i, v in of] if store is not None and key else None
+
+    main_stats: dict[str, Any] = {}
+    out = trunk_pass(once, shapes, prep, items, keep_maps, batch_size, seed, tick, store, keys(items), main_stats)
+    mirror_stats: dict[str, Any] = {}
+    val_mirror = None
+    if mirrors:  # pooled features only: the refit head reads them, no epoch runs stages on them
+        extra = trunk_pass(once, shapes, prep, mirrors, False, batch_size, seed, tick, store, keys(mirrors), mirror_stats)
+        val_mirror = torch.from_numpy(extra.pooled)
+    if stats is not None:
+        stats.update(runtime=main_stats.get("runtime") or mirror_stats.get("runtime"),
+                     **{k: main_stats.get(k, 0) + mirror_stats.get(k, 0)
+                        for k in ("views_computed", "views_reused", "seconds")})
+        stats["seconds"] = round(stats["seconds"], 2)
     pooled, maps = torch.from_numpy(out.pooled), None if out.maps is None else torch.from_numpy(out.maps)
     n = len(train) * (1 + views)
     return ViewCache(
         split_at=split_at, train_pooled=pooled[:n].unflatten(0, (1 + views, len(train))), val_pooled=pooled[n:],
         train_maps=None if maps is None else maps[:n].unflatten(0, (1 + views, len(train))),
-        val_maps=None if maps is None else maps[n:],
+        val_maps=None if maps is None else maps[n:], val_mirror_pooled=val_mirror,
     )
 
 
 def _key(trunk_key: str, split: Split, index: int, view: int, seed: int) -> str:
-    """The store key of one view: the file's content, the trunk, and for an augmented view its seed and number."""
-    tag = "plain" if view == 0 else f"aug{seed}.{view}"
+    """The store key of one view: the file's content, the trunk, and for an augmented view its seed and number.
+
+    View 1 is the mirror image since FEATURE_FORMAT "feat2" (a seeded random crop before): the format and the tag
+    both keep entries of the old view 1 from being read as mirror images.
+    """
+    tag = "plain" if view == 0 else ("mirror" if view == 1 else f"aug{seed}.{view}")
     return f"{FEATURE_FORMAT}:{trunk_key}:{split.digests[index]}:{tag}"
 
 

@@ -1,5 +1,8 @@
 """Out-of-sample predictions: the selected model's answer on each validation image, with its confidence.
 
+The model is the one selected BEFORE any refit on train + validation images (refit.Outcome.holdout), whose
+validation answers are out of sample.
+
 They are the predictions behind the reported val_acc and confusion matrix (the predicted labels are the ones the
 best epoch recorded), so a user can open any cell of the matrix and see the images it counts.
 """
@@ -29,11 +32,14 @@ def _head(model: Classifier, inputs: torch.Tensor, start: int | None) -> torch.T
 @torch.no_grad()
 def _val_probabilities(model: Classifier, val: Split, cache: ViewCache | None, prep: Preprocessing, spec: TrainSpec,
                        best_epoch: int) -> torch.Tensor:
-    """Softmax over the validation split, computed the way the best epoch evaluated it (from the cache if it did)."""
+    """Softmax over the validation split, computed the way the best epoch evaluated it (from the cache if it did).
+
+    best_epoch 0 is the linear head fitted on the cached pooled features (worker.core.refit).
+    """
     model.eval()
     frozen = frozen_stages(model, spec, max(best_epoch - 1, 0))
     step = spec.batch_size * 2
-    if cache is not None and frozen == len(model.stages):
+    if cache is not None and (best_epoch == 0 or frozen == len(model.stages)):
         inputs, start = cache.val_pooled, None
     elif cache is not None and cache.val_maps is not None and frozen == cache.split_at:
         inputs, start = cache.val_maps, frozen

@@ -14,25 +14,27 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from graft.worker.core.cache_store import CacheStore
+from graft.worker.core.runtimes import DEFAULT_RUNTIME
 from graft.worker.core.dataset import Split
 from graft.worker.core.transforms import Preprocessing, augment, center_crop  # center_crop: eval_batch's pixels
 from graft.worker.core.trunk import TrunkRunner
 
 log = logging.getLogger(__name__)
 
-FEATURE_FORMAT = "feat1"  # bump when a view's crop or augmentation changes
+FEATURE_FORMAT = "feat2"  # bump when a view's crop or augmentation changes (feat2: view 1 is the mirror image)
 LOOKAHEAD = 2  # batches of crops made ahead of the trunk
 # Batches of 8 through the OpenVINO Lite0 trunk ran at 94 images/s against 78 for 16 and 73 for 32 (2 cores, load
 # 2.4, 2026-11-29), and hold a quarter of batch 32's activations: the pass uses at most this, whatever the job's.
 TRUNK_BATCH = 8
-Item = tuple[Split, int, int]  # (split, image index, view); view 0 is the plain centre crop
+Item = tuple[Split, int, int]  # (split, image index, view); view 0 is the plain centre crop, view 1 its mirror
 
 
 @dataclass
@@ -43,6 +45,27 @@ class PassOutput:
     maps: np.ndarray | None
 
 
+@dataclass
+class Caching:
+    """Where and how the caching pass runs: the worker's on-disk cache (None: none) and the trunk's runtime."""
+
+    store: CacheStore | None = None
+    ir_dir: Path | None = None  # converted OpenVINO trunks are kept here
+    runtime: str = DEFAULT_RUNTIME
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def on_disk(cls, cache_dir: Path | None, cache_mb: int, runtime: str = DEFAULT_RUNTIME) -> "Caching":
+        """The worker's cache under cache_dir, bounded to cache_mb (0 or no folder: nothing kept on disk)."""
+        if cache_dir is None or cache_mb <= 0:
+            return cls(runtime=runtime)
+        try:
+            return cls(CacheStore(Path(cache_dir) / "arrays", cache_mb), Path(cache_dir) / "openvino", runtime)
+        except Exception as exc:  # noqa: BLE001 - an unusable cache folder costs speed, never the job
+            log.warning("worker cache %s unusable, training without it: %s", cache_dir, exc)
+            return cls(runtime=runtime)
+
+
 def view_seed(seed: int, digest: str, view: int) -> int:
     """The generator seed of one augmented view of one file's content."""
     raw = hashlib.blake2b(f"{seed}:{digest}:{view}".encode(), digest_size=8).digest()
@@ -50,10 +73,12 @@ def view_seed(seed: int, digest: str, view: int) -> int:
 
 
 def make_crop(split: Split, index: int, view: int, prep: Preprocessing, seed: int) -> np.ndarray:
-    """uint8 (crop, crop, 3): the plain centre crop (view 0) or augmented view `view` of split's image index."""
+    """uint8 (crop, crop, 3): the plain centre crop (view 0), its mirror image (view 1, deterministic) or seeded
+    augmented view `view` >= 2 of split's image index."""
     img = split.images[index]
-    if view == 0:
-        return np.ascontiguousarray(center_crop(img, prep.crop))
+    if view <= 1:
+        crop = center_crop(img, prep.crop)
+        return np.ascontiguousarray(crop[:, ::-1] if view == 1 else crop)
     digest = split.digests[index] if index < len(split.digests) else str(index)
     gen = torch.Generator().manual_seed(view_seed(seed, digest, view))
     return augment(img, prep, gen).permute(1, 2, 0).contiguous().numpy()

@@ -201,12 +201,31 @@ class Predictor:
         """Float32 logits for images already decoded to the model's resize size."""
         return self.outputs(images)[0]
 
-    def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Calibrated (temperature-scaled) class probabilities for images already decoded to the resize size."""
+    def _tta_outputs(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities averaged over each crop and its mirror image, and the plain crops' features.
+
+        The OOD score keeps the plain view's features: the scorer's bank and threshold were fitted on plain-view
+        features, and a mean of two views' features is not a point of that distribution.
+        """
+        crops = crop_batch(images, self.prep)
+        n = len(self.classes)
+        logits, features = self.trust.split(self.runner(crops), n)
+        mirrored = self.trust.split(self.runner(np.ascontiguousarray(crops[:, :, ::-1])), n)[0]
+        probs = (self.trust.probabilities(logits.astype(np.float32)) + self.trust.probabilities(
+            mirrored.astype(np.float32))) / 2
+        return probs, features
+
+    def probabilities(self, images: Sequence[np.ndarray], tta: bool = False) -> torch.Tensor:
+        """Calibrated (temperature-scaled) class probabilities for images already decoded to the resize size.
+
+        With tta, the mean of each crop's and its mirror image's calibrated probabilities (two runner calls).
+        """
+        if tta:
+            return torch.from_numpy(self._tta_outputs(images)[0]).float()
         return torch.from_numpy(self.trust.probabilities(self.logits(images))).float()
 
     def _rows(self, names: Sequence[str], decoded: Sequence[np.ndarray | str], top_k: int,
-              options: Options) -> list[Row]:
+              options: Options, tta: bool = False) -> list[Row]:
         good = [i for i, img in enumerate(decoded) if not isinstance(img, str)]
         rows: list[Row] = [
             {"path": name, "label": None, "confidence": None, "top_k": [], "ood_score": None, "reason": None,
@@ -215,8 +234,12 @@ class Predictor:
         ]
         if not good:
             return rows
-        logits, features = self.outputs([decoded[i] for i in good])
-        probs = torch.from_numpy(self.trust.probabilities(logits))
+        if tta:
+            probabilities, features = self._tta_outputs([decoded[i] for i in good])
+        else:
+            logits, features = self.outputs([decoded[i] for i in good])
+            probabilities = self.trust.probabilities(logits)
+        probs = torch.from_numpy(probabilities)
         values, indices = probs.topk(top_k, dim=1)
         scores = self.trust.ood_scores(features, len(good))
         for row_index, vals, idxs, score in zip(good, values.tolist(), indices.tolist(), scores):
@@ -227,8 +250,10 @@ class Predictor:
 
     def predict_files(self, files: Sequence[tuple[str, Path]], top_k: int = 1, threshold: float | None = None,
                       roots: Sequence[Path] | None = None, should_stop: Callable[[], bool] | None = None,
-                      target_precision: float | None = None, reject_ood: bool = True) -> list[Row]:
+                      target_precision: float | None = None, reject_ood: bool = True, tta: bool = False) -> list[Row]:
         """One row per (name, path), in order; the next batches decode and crop on a thread pool while this one runs.
+
+        tta averages each image's and its mirror image's calibrated probabilities (Predictor.probabilities).
 
         With roots set, a file whose real path lies outside them is not read (error row). should_stop is asked
         before each batch; when it says yes, Stopped is raised. Each row has ood_score and, when its label is
@@ -254,7 +279,7 @@ class Predictor:
                 decoded = [future.result() for future in pending.popleft()]
                 if index + LOOKAHEAD < len(batches):
                     pending.append(submit(batches[index + LOOKAHEAD]))
-                rows.extend(self._rows([name for name, _ in batch], decoded, top_k, options))  # crops: crop again = same
+                rows.extend(self._rows([name for name, _ in batch], decoded, top_k, options, tta))  # crop again = same
         finally:
             pool.shutdown(cancel_futures=True)  # a stop does not wait for the batches decoded ahead
         return rows

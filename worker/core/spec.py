@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -28,7 +28,7 @@ class TrainSpec:
     epochs: int = DEFAULTS["epochs"]
     batch_size: int = DEFAULTS["batch_size"]
     learning_rate: float = DEFAULTS["learning_rate"]
-    image_size: int = DEFAULTS["image_size"]
+    image_size: int | None = DEFAULTS["image_size"]  # None: the backbone's own input size
     val_split: float = DEFAULTS["val_split"]
     seed: int = DEFAULTS["seed"]
     freeze_epochs: int | None = DEFAULTS["freeze_epochs"]  # None: 40% of epochs (at least 1) if pretrained, else 0
@@ -36,6 +36,7 @@ class TrainSpec:
     time_budget_s: float | None = DEFAULTS["time_budget_s"]  # auto: 600 s unless set; other modes: no limit unless set
     patience: int = DEFAULTS["patience"]  # fine-tune epochs with no better val accuracy before stopping; 0: never
     views: int = DEFAULTS["views"]  # augmented views cached per training image (besides the plain one)
+    refit: bool = DEFAULTS["refit"]  # train the chosen recipe again on train + val (worker.core.refit)
     # Internal only (not request parameters):
     cache_mb: int = 1536  # most memory the cached trunk activations may take; past it, fine-tune on the fly
     label_smoothing: float = 0.1
@@ -61,6 +62,13 @@ class TrainSpec:
     def budget_s(self) -> float | None:
         """Wall-time budget for the run, if any."""
         return self.time_budget_s if self.time_budget_s is not None or self.mode != "auto" else AUTO_TIME_BUDGET_S
+
+
+def concrete(spec: TrainSpec, backbone: str) -> TrainSpec:
+    """spec with a named backbone (in place of auto) and its own input size when image_size is unset."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}")
+    return replace(spec, backbone=backbone, image_size=spec.image_size or BACKBONES[backbone].image_size)
 
 
 def lr_lambdas(spec: TrainSpec) -> list[Callable[[int], float]]:

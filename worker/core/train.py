@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from graft.shared.thumbs import THUMBS_DIR, keep_bounded
 from graft.worker.core.audit import mislabel_issue
 from graft.worker.core.backbones import BACKBONES, Classifier, build_model
-from graft.worker.core.cache_store import CacheStore
 from graft.worker.core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model_artifact
 from graft.worker.core.dataset import TrainingData, Split, load_dataset
 from graft.worker.core.features import ViewCache, build_cache, cached_epoch, cached_eval, map_bytes
-from graft.worker.core.runtimes import DEFAULT_RUNTIME
 from graft.worker.core.trunk import make_trunk, trunk_id
 from graft.worker.core.metrics import classification_report
 from graft.worker.core.oos import val_predictions
+from graft.worker.core.pipeline import Caching
+from graft.worker.core.refit import choose_and_refit
+from graft.worker.core.selection import resolve_backbone
 from graft.worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_lambdas, stop_reason
 from graft.worker.core.thumbnails import write_array_thumbnails
 from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
@@ -50,6 +51,8 @@ class TrainResult:
     skipped_files: list[dict[str, str]] = field(default_factory=list)
     predictions: list[dict[str, Any]] = field(default_factory=list)  # out-of-sample, bounded (oos.py)
     val_images: int = 0
+    backbone: str = ""  # the backbone actually trained (a job's "auto" resolved)
+    image_size: int = 0
 
     def mislabel_issue(self, job_id: str | None = None) -> dict[str, Any] | None:
         """The label audit as the dataset report's suspected_mislabel warning (None without suspects)."""
@@ -112,27 +115,6 @@ def _optimizer(model: Classifier, spec: TrainSpec) -> torch.optim.Optimizer:
     )
 
 
-@dataclass
-class Caching:
-    """Where and how the caching pass runs: the worker's on-disk cache (None: none) and the trunk's runtime."""
-
-    store: CacheStore | None = None
-    ir_dir: Path | None = None  # converted OpenVINO trunks are kept here
-    runtime: str = DEFAULT_RUNTIME
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def on_disk(cls, cache_dir: Path | None, cache_mb: int, runtime: str = DEFAULT_RUNTIME) -> "Caching":
-        """The worker's cache under cache_dir, bounded to cache_mb (0 or no folder: nothing kept on disk)."""
-        if cache_dir is None or cache_mb <= 0:
-            return cls(runtime=runtime)
-        try:
-            return cls(CacheStore(Path(cache_dir) / "arrays", cache_mb), Path(cache_dir) / "openvino", runtime)
-        except Exception as exc:  # noqa: BLE001 - an unusable cache folder costs speed, never the job
-            log.warning("worker cache %s unusable, training without it: %s", cache_dir, exc)
-            return cls(runtime=runtime)
-
-
 def _prepare_cache(
     model: Classifier, data: TrainingData, prep: Preprocessing, spec: TrainSpec, on_progress: ProgressFn,
     should_stop: Callable[[], bool], caching: Caching,
@@ -148,7 +130,7 @@ def _prepare_cache(
     keep_maps = fine_tunes and need_mb <= spec.cache_mb
     if fine_tunes and not keep_maps:
         log.info("activation cache would need %.0f MB > %d MB: fine-tuning on the fly", need_mb, spec.cache_mb)
-    total, done = len(data.train) * (spec.views + 1) + len(data.val), 0
+    total, done = len(data.train) * (spec.views + 1) + len(data.val) * (2 if spec.views else 1), 0
 
     def tick(n: int) -> None:
         nonlocal done
@@ -204,9 +186,8 @@ def fit(
     """
     caching = caching or Caching()
     torch.manual_seed(spec.seed)
-    info = BACKBONES.get(spec.backbone)
-    if info is None:
-        raise ValueError(f"unknown backbone {spec.backbone!r}")
+    spec, backbone_choice = resolve_backbone(spec, data_dir, roots)
+    info = BACKBONES[spec.backbone]
     mode = spec.resolved_mode()
     prep = Preprocessing.for_size(spec.image_size, info.mean, info.std)
     started = time.monotonic()
@@ -274,27 +255,37 @@ def fit(
             "best_val_acc": best["val_acc"], "eta_s": round(mean_s * (spec.epochs - epoch - 1), 1),
         })
     model.load_state_dict(best["state"])
-    report = classification_report(data.val.labels, best["pred"], data.classes)
+
+    def fresh() -> tuple[Classifier, torch.optim.Optimizer, Any]:
+        torch.manual_seed(spec.seed)
+        new = build_model(spec.backbone, len(data.classes), spec.pretrained, resnet18_weights)
+        new_optimizer = _optimizer(new, spec)
+        return new, new_optimizer, torch.optim.lr_scheduler.LambdaLR(new_optimizer, lr_lambdas(spec))
+
+    outcome = choose_and_refit(model, best, data, cache, spec, fresh, weights, should_stop, Cancelled)
+    model = outcome.model
+    report = classification_report(data.val.labels, outcome.val_pred, data.classes)
     metrics = {
         "history": history, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
         "final_val_acc": history[-1]["val_acc"], "train_images": len(data.train), "val_images": len(data.val),
         "mode": mode, "stopped_early": stopped, "seconds": round(time.monotonic() - started, 2), **report,
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
-        "timings": timings, "caching": dict(caching.stats),
+        "timings": timings, "caching": dict(caching.stats), **outcome.metrics, "backbone_choice": backbone_choice,
     }
-    # Calibration, the OOD scorer and the label audit (worker.core.trust): the trunk is unchanged when the best
-    # epoch was a head-only one, and then the cached features are the final model's.
+    # Calibration and precision curves from the selected model before the refit (out of sample); the OOD scorer
+    # from the final model's features (the cached ones unless its trunk was fine-tuned); the audit (trust.py).
     trust_meta, trust_tensors, trust_metrics = fit_trust(
-        model, data.train, data.val, data.classes, cache, best["epoch"] <= spec.frozen_phase(), prep,
-        spec.batch_size * 2, spec.seed)
+        model, data.train, data.val, data.classes, cache, not outcome.trunk_changed, prep, spec.batch_size * 2,
+        spec.seed, outcome.holdout, best["epoch"] <= spec.frozen_phase() or outcome.holdout_epoch == 0)
     metrics.update(trust_metrics)
     meta = {
         "backbone": spec.backbone, "classes": data.classes, "image_size": spec.image_size,
         "preprocessing": prep.to_dict(), "metrics": metrics, "params": asdict(spec), **trust_meta,
     }
     path = save_model_artifact(model_dir, model, meta, trust_tensors)
-    predictions = keep_bounded(val_predictions(model, data.val, cache, prep, spec, data.classes, best["epoch"],
-                                               best["pred"]))
+    predictions = keep_bounded(val_predictions(outcome.holdout, data.val, cache, prep, spec, data.classes,
+                                               outcome.holdout_epoch, outcome.val_pred))
     write_array_thumbnails(data.val.images, [r["index"] for r in predictions], model_dir / THUMBS_DIR)
     return TrainResult(model_path=path, classes=data.classes, metrics=metrics, skipped_files=data.skipped,
-                       predictions=predictions, val_images=len(data.val))
+                       predictions=predictions, val_images=len(data.val), backbone=spec.backbone,
+                       image_size=spec.image_size)

@@ -48,34 +48,50 @@ def _pooled(model: Classifier, split: Split, prep: Preprocessing, batch: int) ->
 
 
 @torch.no_grad()
+def _features(model: Classifier, split: Split, pooled: torch.Tensor | None, maps: torch.Tensor | None, split_at: int,
+              trunk_unchanged: bool, prep: Preprocessing, batch: int) -> torch.Tensor:
+    """Plain-view pooled features of one split under model, from its cached pooled features or maps where valid."""
+    if pooled is not None and trunk_unchanged:
+        return pooled
+    if maps is not None:  # only the stages after split_at changed: run those
+        return torch.cat([model.pool(model.run_stages(maps[i : i + batch].permute(0, 3, 1, 2), split_at))
+                          for i in range(0, len(maps), batch)])
+    return _pooled(model, split, prep, batch)
+
+
+@torch.no_grad()
 def final_features(model: Classifier, train: Split, val: Split, cache: ViewCache | None, trunk_unchanged: bool,
                    prep: Preprocessing, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain-view pooled features of train and val under the final model, reusing the cache where it is valid."""
     model.eval()
-    if cache is not None and trunk_unchanged:
-        return cache.train_pooled[0], cache.val_pooled
-    if cache is not None and cache.train_maps is not None:  # only the stages after split_at changed: run those
-
-        def rest(maps: torch.Tensor) -> torch.Tensor:
-            return torch.cat([model.pool(model.run_stages(maps[i : i + batch].permute(0, 3, 1, 2), cache.split_at))
-                              for i in range(0, len(maps), batch)])
-
-        return rest(cache.train_maps[0]), rest(cache.val_maps)
-    return _pooled(model, train, prep, batch), _pooled(model, val, prep, batch)
+    if cache is None:
+        return _pooled(model, train, prep, batch), _pooled(model, val, prep, batch)
+    train_maps = None if cache.train_maps is None else cache.train_maps[0]
+    return (_features(model, train, cache.train_pooled[0], train_maps, cache.split_at, trunk_unchanged, prep, batch),
+            _features(model, val, cache.val_pooled, cache.val_maps, cache.split_at, trunk_unchanged, prep, batch))
 
 
 def fit_trust(model: Classifier, train: Split, val: Split, classes: Sequence[str], cache: ViewCache | None,
               trunk_unchanged: bool, prep: Preprocessing, batch: int, seed: int,
+              holdout: Classifier | None = None, holdout_unchanged: bool = True,
               ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
     """(meta to store in the model, tensors to store beside it, training-job metrics) after training.
 
-    Calibration uses the validation split's logits (out of sample); the OOD bank uses train and val features of
-    the final model; the audit uses the frozen ImageNet trunk's features when cached (not fitted to the labels it
-    audits), else the final model's.
+    Calibration and the precision curves use the validation logits of holdout, the selected model before any
+    refit on train + val (default: model itself), so they stay out of sample; the OOD bank uses train and val
+    features of the final model (trunk_unchanged: its trunk is the cached one); the audit uses the frozen ImageNet
+    trunk's features when cached (not fitted to the labels it audits), else the final model's.
     """
     train_f, val_f = final_features(model, train, val, cache, trunk_unchanged, prep, batch)
+    held, held_f = model, val_f
+    if holdout is not None and holdout is not model:
+        held = holdout.eval()
+        with torch.no_grad():
+            held_f = (_pooled(held, val, prep, batch) if cache is None else
+                      _features(held, val, cache.val_pooled, cache.val_maps, cache.split_at, holdout_unchanged, prep,
+                                batch))
     with torch.no_grad():
-        val_logits = model.eval().classify(val_f).float().numpy()
+        val_logits = held.eval().classify(held_f).float().numpy()
     calibration = calibrate(val_logits, np.asarray(val.labels), classes)
     scorer = fit_knn(torch.cat([train_f, val_f]).float().numpy(), seed=seed)
     audit_f = torch.cat([cache.train_pooled[0], cache.val_pooled]) if cache is not None else torch.cat([train_f, val_f])
