@@ -25,6 +25,8 @@ REDIS_URL = os.environ.get("GRAFT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TOKEN = "test-token"
 WEBHOOK_SECRET = "test-webhook-secret"
+# The smallest training spec the unit tests fit with: Lite0 at 64 px, one extra view, no early stop.
+TINY_TRAIN = {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 8, "views": 1, "patience": 0}
 
 
 def ensure_redis() -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from graft.cli.sampledata import make_shapes_dataset
+
 UNIT = Path(__file__).resolve().parent
 SERVICE_FIXTURES = frozenset({"redis_url", "worker", "service_env", "service_config", "app", "client", "http_app",
                               "data_root"})
@@ -33,3 +35,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if offences:
         raise pytest.UsageError("unit tests may not use services (move them to tests/service):\n  "
                                 + "\n  ".join(offences))
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of 10 small generated images (read only: a test that changes data copies it first)."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "shapes", per_class=10, size=48,
+                               classes=("circles", "squares"))

@@ -7,20 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from graft.cli.sampledata import make_shapes_dataset
 from graft.shared.thumbs import THUMB_SIDE, THUMBS_DIR, keep_bounded, thumb_file
 from graft.worker.core.thumbnails import write_class_thumbnails
 from graft.worker.core.train import TrainSpec, fit
+from tests.helpers import TINY_TRAIN
 
-TINY = {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 8, "views": 1, "patience": 0}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two classes of 10 small generated images."""
-    return make_shapes_dataset(tmp_path_factory.mktemp("oos") / "shapes", per_class=10, size=48,
-                               classes=("circles", "squares"))
 
 
 @pytest.mark.parametrize("params", [
@@ -31,7 +23,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_predictions_are_the_ones_behind_the_reported_metrics(shapes: Path, tmp_path: Path, params: dict,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    result = fit(shapes, TrainSpec(**{**TINY, **params}), tmp_path / "job", tmp_path / "model")
+    result = fit(shapes, TrainSpec(**{**TINY_TRAIN, **params}), tmp_path / "job", tmp_path / "model")
     preds, classes = result.predictions, result.classes
     assert len(preds) == result.val_images == result.metrics["val_images"]
     matrix = [[sum(1 for p in preds if p["true"] == t and p["predicted"] == q) for q in classes] for t in classes]

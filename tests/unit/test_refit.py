@@ -16,25 +16,18 @@ from graft.worker.core.refit import CV_BELOW, choose_and_refit
 from graft.worker.core.spec import TrainSpec, lr_lambdas
 from graft.worker.core.train import Cancelled, fit
 from graft.worker.core.transforms import Preprocessing
+from tests.helpers import TINY_TRAIN
 
-TINY = {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 8, "views": 1, "patience": 0}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two classes of 10 small generated images."""
-    return make_shapes_dataset(tmp_path_factory.mktemp("refit") / "shapes", per_class=10, size=48,
-                               classes=("circles", "squares"))
-
-
 def test_small_data_is_refit_on_every_image_and_estimated_by_cv(shapes: Path, tmp_path: Path) -> None:
-    metrics = fit(shapes, TrainSpec(**TINY, mode="auto", epochs=2, freeze_epochs=1), tmp_path / "j1", tmp_path / "m1").metrics
+    metrics = fit(shapes, TrainSpec(**TINY_TRAIN, mode="auto", epochs=2, freeze_epochs=1), tmp_path / "j1", tmp_path / "m1").metrics
     assert metrics["train_images"] == 16 and metrics["val_images"] == 4  # 2 a class held out: under CV_BELOW
     assert metrics["refit"] is True and metrics["selected"] == "linear_head"
     assert metrics["estimate"] == "cv" and metrics["estimated_acc"] == metrics["cv_acc"]
     assert metrics["head_C"] in [float(c) for c in metrics["head_cv_acc"]]
-    kept = fit(shapes, TrainSpec(**TINY, mode="auto", epochs=2, freeze_epochs=1, refit=False), tmp_path / "j2",
+    kept = fit(shapes, TrainSpec(**TINY_TRAIN, mode="auto", epochs=2, freeze_epochs=1, refit=False), tmp_path / "j2",
                tmp_path / "m2").metrics
     assert kept["refit"] is False and kept["estimate"] == "holdout" and "cv_acc" not in kept
     refit_model, meta = load_model_artifact(tmp_path / "m1" / "model.pt")
@@ -43,10 +36,9 @@ def test_small_data_is_refit_on_every_image_and_estimated_by_cv(shapes: Path, tm
     assert meta["backbone"] == "efficientnet_lite0" and meta["params"]["image_size"] == 64
 
 
-
 def test_calibration_and_stored_predictions_come_from_the_model_before_the_refit(shapes: Path, tmp_path: Path) -> None:
     """The refit model has seen the validation images: what is fitted or shown on them comes from the holdout model."""
-    spec = {**TINY, "mode": "linear", "epochs": 1}
+    spec = {**TINY_TRAIN, "mode": "linear", "epochs": 1}
     refit = fit(shapes, TrainSpec(**spec), tmp_path / "j1", tmp_path / "m1")
     kept = fit(shapes, TrainSpec(**spec, refit=False), tmp_path / "j2", tmp_path / "m2")
     assert refit.metrics["refit"] is True and kept.metrics["refit"] is False
@@ -59,7 +51,7 @@ def test_calibration_and_stored_predictions_come_from_the_model_before_the_refit
 
 def test_a_fine_tuned_choice_is_refit_from_the_cache_without_running_the_trunk(tmp_path: Path) -> None:
     data_dir = make_shapes_dataset(tmp_path / "shapes", per_class=2 * CV_BELOW, size=48, classes=("circles", "squares"))
-    spec = TrainSpec(**TINY, mode="finetune", epochs=3, freeze_epochs=1, val_split=0.5)
+    spec = TrainSpec(**TINY_TRAIN, mode="finetune", epochs=3, freeze_epochs=1, val_split=0.5)
     info = BACKBONES[spec.backbone]
     prep = Preprocessing.for_size(64, info.mean, info.std)
     data = load_dataset(data_dir, spec.val_split, spec.seed, prep.resize)
@@ -87,7 +79,7 @@ def test_a_fine_tuned_choice_is_refit_from_the_cache_without_running_the_trunk(t
 
 def test_linear_mode_keeps_the_holdout_estimate_on_a_large_val_split(tmp_path: Path) -> None:
     data_dir = make_shapes_dataset(tmp_path / "shapes", per_class=2 * CV_BELOW, size=48, classes=("circles", "squares"))
-    metrics = fit(data_dir, TrainSpec(**TINY, mode="linear", epochs=1, val_split=0.5), tmp_path / "j", tmp_path / "m").metrics
+    metrics = fit(data_dir, TrainSpec(**TINY_TRAIN, mode="linear", epochs=1, val_split=0.5), tmp_path / "j", tmp_path / "m").metrics
     assert metrics["selected"] == "linear_head" and metrics["estimate"] == "holdout" and metrics["refit"] is True
     assert metrics["estimated_acc"] == metrics["head_val_acc"] == metrics["val_acc"]
     assert np.isclose(metrics["cv_acc"], max(metrics["cv_acc"], 0.0))  # reported beside it, not instead

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from graft.cli.sampledata import make_shapes_dataset
 from graft.shared.files import original_name
 from graft.worker.core.backbones import BACKBONES, build_model
 from graft.worker.core.dataset import load_dataset
@@ -17,22 +16,14 @@ from graft.worker.core.features import build_cache, cached_eval
 from graft.worker.core.spec import stop_reason
 from graft.worker.core.train import Cancelled, TrainSpec, fit
 from graft.worker.core.transforms import Preprocessing, eval_batch
-
-TINY = {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 8, "views": 1, "patience": 0}
+from tests.helpers import TINY_TRAIN
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two classes of 10 small generated images."""
-    return make_shapes_dataset(tmp_path_factory.mktemp("train") / "shapes", per_class=10, size=48,
-                               classes=("circles", "squares"))
-
-
 def _fit(data: Path, tmp: Path, **params) -> dict:  # noqa: ANN003
-    return fit(data, TrainSpec(**{**TINY, **params}), tmp / "job", tmp / "model").metrics
+    return fit(data, TrainSpec(**{**TINY_TRAIN, **params}), tmp / "job", tmp / "model").metrics
 
 
 @pytest.mark.parametrize(
@@ -98,7 +89,7 @@ def test_early_stopping_on_validation(accs: list[float], patience: int, stops: b
 
 
 def test_resume_continues_from_the_last_checkpoint(shapes: Path, tmp_path: Path) -> None:
-    spec = TrainSpec(**{**TINY, "mode": "finetune", "epochs": 3, "freeze_epochs": 1})
+    spec = TrainSpec(**{**TINY_TRAIN, "mode": "finetune", "epochs": 3, "freeze_epochs": 1})
     seen: list[dict] = []
 
     def stop_after_two() -> bool:
@@ -131,7 +122,7 @@ def test_a_class_folder_named_in_bytes_that_are_not_utf8_trains_under_its_escape
     raw = os.fsdecode(b"caf\xe9")  # Latin-1 "café": not UTF-8, so os gives it back surrogate-escaped
     shutil.copytree(shapes / "circles", data / raw)
     shutil.copytree(shapes / "squares", data / "squares")
-    result = fit(data, TrainSpec(**{**TINY, "mode": "linear", "epochs": 1}), tmp_path / "job", tmp_path / "model")
+    result = fit(data, TrainSpec(**{**TINY_TRAIN, "mode": "linear", "epochs": 1}), tmp_path / "job", tmp_path / "model")
     assert result.classes == ["caf%E9", "squares"]
     json.dumps(result.metrics).encode("utf-8")  # stored as JSON text: no surrogate left anywhere
     assert original_name(result.classes[0]) == raw

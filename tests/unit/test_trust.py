@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from graft.cli.sampledata import make_shapes_dataset
 from graft.shared.serializers import result_row, stored_result
 from graft.shared.models import PredictionResult
 from graft.worker.core.audit import audit_labels, mislabel_issue
@@ -126,12 +125,6 @@ def test_stored_rows_keep_ood_score_and_reason() -> None:
     assert result_row(stored) == row
     old = PredictionResult(path="y.png", label="a", confidence=0.8, top_k=[{"label": "a", "confidence": 0.8}])
     assert result_row(old)["top_k"] == [{"label": "a", "confidence": 0.8}] and result_row(old)["ood_score"] is None
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_shapes_dataset(tmp_path_factory.mktemp("trust") / "shapes", per_class=10, size=48,
-                               classes=("circles", "squares"))
 
 
 def test_fine_tuned_features_from_the_cache_equal_a_full_pass(shapes: Path) -> None:
