@@ -188,7 +188,8 @@ def create_dataset() -> Response:
     return response
 
 
-def _get(dataset_id: str) -> DatasetRecord:
+def get_dataset_or_404(dataset_id: str) -> DatasetRecord:
+    """The caller's dataset, or 404 (another user's answers as a missing one)."""
     return get_owned(DatasetRecord, dataset_id, "dataset", field="dataset_id")
 
 
@@ -208,7 +209,7 @@ def list_datasets(args: dict[str, Any]) -> Response:
 @bp.problems(401, 404)
 def get_dataset(dataset_id: str) -> Response:
     """One dataset with its full report."""
-    return jsonify(serialize_dataset(_get(dataset_id)))
+    return jsonify(serialize_dataset(get_dataset_or_404(dataset_id)))
 
 
 @bp.delete("/datasets/<id:dataset_id>")
@@ -217,7 +218,7 @@ def get_dataset(dataset_id: str) -> Response:
 def delete_dataset(dataset_id: str) -> Response:
     """Delete a dataset (and the uploaded files; a server folder is left alone); 409 while a job uses it."""
     session = db()
-    dataset = _get(dataset_id)
+    dataset = get_dataset_or_404(dataset_id)
     users = jobs_using(session, dataset_id)
     if users:
         raise APIError(409, f"dataset {dataset_id} is used by {len(users)} queued or running job(s)", jobs=users)
@@ -236,7 +237,7 @@ def training_source(params: dict[str, Any]) -> DatasetRecord | None:
     if len(given) != 1:
         raise APIError(400, "give exactly one of data_dir or dataset_id", field=given[-1] if given else "data_dir")
     if given == ["dataset_id"]:
-        dataset = _get(params["dataset_id"])
+        dataset = get_dataset_or_404(params["dataset_id"])
         reason = not_trainable_reason(dataset)
         if reason is not None:
             raise APIError(409, reason, field="dataset_id", dataset_status=dataset.status)

@@ -14,11 +14,11 @@ from flask import Response, jsonify, send_file, url_for
 from sqlalchemy import select
 
 from graft.api.context import config, db
-from graft.api.datasets import _get as get_dataset_or_404
+from graft.api.datasets import get_dataset_or_404
 from graft.api.errors import APIError
 from graft.api.openapi import Blueprint
 from graft.api.predict_jobs import get_model_or_404
-from graft.api.results import _finished_predict_job as finished_predict_job_or_error
+from graft.api.results import finished_predict_job
 from graft.api.schemas import PredictionArgs, ResultImageArgs, ValPredictionPage
 from graft.shared.models import PredictionResult
 from graft.shared.storage import model_dir
@@ -100,7 +100,7 @@ def prediction_thumbnail(model_id: str, index: int) -> Response:
 @bp.problems(400, 401, 404, 409)
 def result_thumbnail(args: dict[str, Any], job_id: str) -> Response:
     """The thumbnail of a result row's image (kept for up to 500 images a job: shared.thumbs)."""
-    job = finished_predict_job_or_error(job_id)
+    job = finished_predict_job(job_id)
     row = select(PredictionResult.id).where(PredictionResult.job_id == job.id, PredictionResult.path == args["path"])
     if db().scalar(row) is None:
         raise APIError(404, f"job {job.id} has no result for that path", field="path")

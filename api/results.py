@@ -25,7 +25,8 @@ CSV_BATCH = 1000
 CSV_COLUMNS = ["path", "label", "confidence", "error", "ood_score", "reason"]
 
 
-def _finished_predict_job(job_id: str) -> Job:
+def finished_predict_job(job_id: str) -> Job:
+    """The caller's predict job once it succeeded: 404 for none, 400 for a training job, 409 until then."""
     job = get_owned(Job, job_id, "job")
     if job.kind != "predict":
         raise APIError(400, f"job {job_id} is a {job.kind} job; only predict jobs have results")
@@ -50,7 +51,7 @@ def _results_query(job_id: str, after: str | None, limit: int):  # noqa: ANN202 
 @bp.problems(400, 401, 404, 409)
 def job_results(args: dict[str, Any], job_id: str) -> Response:
     """One row per file, sorted by path: JSON pages ({"items", "summary", "next"}) or ?format=csv (streamed)."""
-    job = _finished_predict_job(job_id)
+    job = finished_predict_job(job_id)
     if args["format"] == "csv":
         return _csv_response(job)
     limit, after = args["limit"], args.get("after")
