@@ -4,12 +4,13 @@
 
 Each part runs in its own process so that its peak RSS is its own:
 - the tutorial recipe (ResNet-18, full fine-tune, batch 4), timed for --baseline-epochs and projected to 25;
-- a plain loop: Graft's model and schedule (Lite0, head epochs then the last two stages), written the textbook way
-  (ImageFolder, DataLoader, the frozen trunk run again in eager PyTorch every epoch), one epoch of each phase
-  timed and projected to the schedule's epochs;
-- Graft's default job with an empty worker cache (first job), then the same job again on that cache (second job),
-  then the same job with the caching pass on eager PyTorch and no cache (the accuracy reference: same seed, same
-  split, same views).
+- Graft's default job (every setting at its default: `backbone: auto` picks the backbone) with an empty worker cache
+  (first job), then the same job again on that cache (second job);
+- a plain loop: Graft's model and schedule (the backbone the default job picked, head epochs then the stages it
+  unfreezes), written the textbook way (ImageFolder, DataLoader, the frozen trunk run again in eager PyTorch every
+  epoch), one epoch of each phase timed and projected to the schedule's epochs;
+- the default job again with the caching pass on eager PyTorch and no cache (the accuracy reference: same seed,
+  same split, same views).
 It prints wall time, best and final val accuracy, peak RSS and the load average for each, the share of time in
 each phase of Graft's jobs, and the ratios. With --resnet-modes, also ResNet-18 (random weights: time only) in each
 mode.
@@ -55,7 +56,7 @@ def run_tutorial(data: Path, epochs: int) -> dict:
     tfs = {
         "train": transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
                                      transforms.ToTensor(), norm]),
-        "val": transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm]),
+        "val": transforms.Compose([transforms.Resize(round(size * 8 / 7)), transforms.CenterCrop(size), transforms.ToTensor(), norm]),
     }
     sets = {k: datasets.ImageFolder(str(data / k), tfs[k]) for k in ("train", "val")}
     loaders = {k: torch.utils.data.DataLoader(sets[k], batch_size=4, shuffle=k == "train", num_workers=2)
@@ -87,7 +88,7 @@ def run_tutorial(data: Path, epochs: int) -> dict:
             "best_val_acc": max(h["val_acc"] for h in history), "final_val_acc": history[-1]["val_acc"]}
 
 
-def run_plain(data: Path, epochs: int) -> dict:
+def run_plain(data: Path, epochs: int, backbone: str) -> dict:
     """Graft's model and schedule the textbook way: PIL + DataLoader, trunk in eager PyTorch every epoch."""
     import torch
     import torch.nn.functional as F
@@ -96,13 +97,14 @@ def run_plain(data: Path, epochs: int) -> dict:
     from graft.worker.core.backbones import BACKBONES, build_model
     from graft.worker.core.spec import TrainSpec, lr_lambdas
 
-    spec = TrainSpec(backbone="efficientnet_lite0", mode="auto")
-    info = BACKBONES[spec.backbone]
+    info = BACKBONES[backbone]
+    spec = TrainSpec(backbone=backbone, image_size=info.image_size)
+    size = info.image_size
     norm = transforms.Normalize(info.mean, info.std)
     tfs = {
-        "train": transforms.Compose([transforms.RandomResizedCrop(224, scale=(0.25, 1.0)),
+        "train": transforms.Compose([transforms.RandomResizedCrop(size, scale=(0.25, 1.0)),
                                      transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]),
-        "val": transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm]),
+        "val": transforms.Compose([transforms.Resize(round(size * 8 / 7)), transforms.CenterCrop(size), transforms.ToTensor(), norm]),
     }
     sets = {k: datasets.ImageFolder(str(data / k), tfs[k]) for k in ("train", "val")}
     loaders = {k: torch.utils.data.DataLoader(sets[k], batch_size=spec.batch_size, shuffle=k == "train",
@@ -136,13 +138,13 @@ def run_plain(data: Path, epochs: int) -> dict:
             "best_val_acc": max(h["val_acc"] for h in history), "final_val_acc": history[-1]["val_acc"]}
 
 
-def run_graft(data: Path, backbone: str, mode: str, weights: str | None, cache: str | None = None,
+def run_graft(data: Path, backbone: str | None, mode: str | None, weights: str | None, cache: str | None = None,
               runtime: str = "openvino") -> dict:
-    """Graft's training core with default settings (what a job with only data_dir and backbone runs)."""
+    """Graft's training core with default settings (a job with only data_dir; backbone and mode when given)."""
     from graft.worker.core.train import Caching, TrainSpec, fit
 
     tmp = Path(tempfile.mkdtemp(prefix="graft-bench-"))
-    spec = TrainSpec(backbone=backbone, mode=mode)
+    spec = TrainSpec(**{k: v for k, v in (("backbone", backbone), ("mode", mode)) if v is not None})
     caching = Caching.on_disk(Path(cache), 2048, runtime) if cache else Caching(runtime=runtime)
     started = time.monotonic()
     result = fit(data, spec, tmp / "job", tmp / "model", resnet18_weights=weights, caching=caching)
@@ -155,7 +157,8 @@ def run_graft(data: Path, backbone: str, mode: str, weights: str | None, cache: 
     phases = {"decode": m["timings"]["loading_s"], "trunk pass": m["timings"]["caching_s"],
               **{f"{k} epochs": sum(v) for k, v in by_phase.items()}}
     phases["other (model, checkpoints)"] = max(0.0, seconds - sum(phases.values()))
-    return {"backbone": backbone, "mode": m["mode"], "seconds": seconds,
+    return {"backbone": result.backbone, "backbone_choice": m.get("backbone_choice"), "mode": m["mode"], "seconds": seconds,
+            "selected": m.get("selected"), "estimated_acc": m.get("estimated_acc"),
             "best_val_acc": m["best_val_acc"], "best_epoch": m["best_epoch"], "final_val_acc": m["final_val_acc"],
             "epochs_run": len(history), "stopped_early": m["stopped_early"], "caching": m["caching"],
             "seconds_per_epoch": {k: sum(v) / len(v) for k, v in by_phase.items()}, "phases": phases,
@@ -169,7 +172,7 @@ def _child(args: argparse.Namespace) -> None:
     if args.child == "tutorial":
         out = run_tutorial(Path(args.data), args.baseline_epochs)
     elif args.child == "plain":
-        out = run_plain(Path(args.data), args.baseline_epochs)
+        out = run_plain(Path(args.data), args.baseline_epochs, args.backbone)
     else:
         out = run_graft(Path(args.data), args.backbone, args.mode, args.weights, args.cache, args.runtime)
     out["load_average"] = os.getloadavg()[0]
@@ -202,9 +205,11 @@ def _random_resnet18(path: Path) -> None:
 def _graft_line(title: str, r: dict) -> str:
     total = r["seconds"]
     shares = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in r["phases"].items())
-    return (f"{title}: {total:.1f} s wall, best val acc {r['best_val_acc']:.4f} (epoch {r['best_epoch']}), "
+    choice = r.get("backbone_choice") or {}
+    picked = f" (auto; estimates {choice.get('estimated_s')})" if choice else ""
+    return (f"{title}: {r['backbone']}{picked}, {total:.1f} s wall, best val acc {r['best_val_acc']:.4f} (epoch {r['best_epoch']}), "
             f"final {r['final_val_acc']:.4f}, {r['epochs_run']} epochs, peak RSS {r['peak_rss_mb']:.0f} MB, "
-            f"load {r['load_average']:.1f}; trunk pass on {r['caching'].get('runtime')}: "
+            f"load {r['load_average']:.1f}; final model: {r.get('selected')} (estimate {r.get('estimated_acc')}); trunk pass on {r['caching'].get('runtime')}: "
             f"{r['caching'].get('views_computed')} views computed, {r['caching'].get('views_reused')} reused\n"
             f"    phases: {shares}")
 
@@ -219,8 +224,8 @@ def main() -> None:
     parser.add_argument("--resnet-modes", action="store_true", help="also ResNet-18 in each mode (time only)")
     parser.add_argument("--skip-reference", action="store_true", help="leave out the eager-PyTorch caching pass")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--backbone", default="efficientnet_lite0", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--backbone", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--runtime", default="openvino", help=argparse.SUPPRESS)
@@ -239,15 +244,15 @@ def main() -> None:
           f"val acc after {tutorial['epochs_run']} epochs best {tutorial['best_val_acc']:.3f} "
           f"final {tutorial['final_val_acc']:.3f}; peak RSS {tutorial['peak_rss_mb']:.0f} MB, "
           f"load {tutorial['load_average']:.1f}", flush=True)
-    plain = figures["plain"] = _spawn(*common, "--child", "plain")
-    per = ", ".join(f"{k} {v:.1f} s/epoch" for k, v in plain["seconds_per_epoch"].items())
-    print(f"plain loop (lite0, Graft's schedule, trunk every epoch): {per}, projected {plain['projected_epochs']} "
-          f"epochs = {plain['projected_seconds']:.0f} s; peak RSS {plain['peak_rss_mb']:.0f} MB, "
-          f"load {plain['load_average']:.1f}", flush=True)
     first = figures["graft_first"] = _spawn(*common, "--child", "graft", "--cache", cache)
     print(_graft_line("graft default, first job (empty cache)", first), flush=True)
     second = figures["graft_second"] = _spawn(*common, "--child", "graft", "--cache", cache)
     print(_graft_line("graft default, second job (same data, warm cache)", second), flush=True)
+    plain = figures["plain"] = _spawn(*common, "--child", "plain", "--backbone", first["backbone"])
+    per = ", ".join(f"{k} {v:.1f} s/epoch" for k, v in plain["seconds_per_epoch"].items())
+    print(f"plain loop ({first['backbone']}, Graft's schedule, trunk every epoch): {per}, projected {plain['projected_epochs']} "
+          f"epochs = {plain['projected_seconds']:.0f} s; peak RSS {plain['peak_rss_mb']:.0f} MB, "
+          f"load {plain['load_average']:.1f}", flush=True)
     figures.update(speedup_vs_tutorial=tutorial["projected_seconds"] / first["seconds"],
                    speedup_vs_plain=plain["projected_seconds"] / first["seconds"],
                    second_job_speedup=first["seconds"] / second["seconds"])

@@ -60,7 +60,7 @@ TRAIN_PARAMS: tuple[Param, ...] = (
           help="a folder on the server under a train root (or give dataset_id)"),
     Param("dataset_id", str, None, nullable=True, cli=False, help="an uploaded dataset's id (or give data_dir)"),
     Param("backbone", str, AUTO_BACKBONE, choices=(AUTO_BACKBONE, *BACKBONES),
-          help="the trunk to transfer from; auto: the largest EfficientNet-Lite whose measured cost fits the time budget"),
+          help="the trunk to transfer from; auto: the largest EfficientNet-Lite whose measured cost fits half the time budget (unset: a minute)"),
     Param("pretrained", bool, True, help="whether to start from ImageNet weights (false: random ones)"),
     Param("epochs", int, 10, minimum=1, maximum=500, help="most epochs to train"),
     Param("batch_size", int, 32, minimum=1, maximum=1024, help="images per training step"),

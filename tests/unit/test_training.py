@@ -30,8 +30,8 @@ def _fit(data: Path, tmp: Path, **params) -> dict:  # noqa: ANN003
     ("params", "phases", "trainable"),
     [
         ({"mode": "linear", "epochs": 3}, ["head"] * 3, [0, 0, 0]),
-        ({"mode": "finetune", "epochs": 3, "freeze_epochs": 1}, ["head", "finetune", "finetune"], [0, 2, 2]),
-        ({"mode": "auto", "epochs": 3, "freeze_epochs": 1}, ["head", "finetune", "finetune"], [0, 2, 2]),
+        ({"mode": "finetune", "epochs": 3, "freeze_epochs": 1}, ["head", "finetune", "finetune"], [0, 1, 1]),
+        ({"mode": "auto", "epochs": 3, "freeze_epochs": 1}, ["head", "finetune", "finetune"], [0, 1, 1]),
         ({"mode": "full", "epochs": 2, "freeze_epochs": 1}, ["head", "full"], [0, 7]),
         ({"mode": "linear", "epochs": 2, "pretrained": False}, ["full", "full"], [7, 7]),
     ],

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 TRUNK_FORMAT = "trunk1"  # bump when TrunkGraph's arithmetic changes: cached activations then no longer match
 KEEP_IR = 4  # converted trunks kept on disk per worker (each ~15-45 MB)
 # How far OpenVINO's activations may be from eager PyTorch's (np.testing.assert_allclose). Measured: 6e-5 at most on
-# Lite0 maps whose values reach 24, i.e. float32 rounding from another order of operations, 10x under this.
+# Lite0's 14x14x112 maps (the cut before the fine-tune became the head conv only) whose values reach 24, i.e. float32
+# rounding from another order of operations, 10x under this; tests/unit/test_trunk_cache.py holds today's cut to it.
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-3}
 _COMPILED: dict[str, object] = {}  # this process's compiled OpenVINO trunk (one: they are large)
 _COMPILED_LOCK = threading.Lock()
