@@ -5,6 +5,10 @@ draw), it trains Graft's default job (only the backbone named) on those images, 
 LogisticRegression (defaults) on the same backbone's pooled features of the same images and their mirror
 images. Both are scored on hymenoptera's val split (never seen by either): Graft with and without
 test-time augmentation (`tta`), the probe on plain val features and on plain + mirrored val features averaged.
+The trust columns (bench/accuracy_trust.py), each on held-out data: the expected calibration error on val/ before
+and after the model's stored temperature; the share of tests/ood_images.py's unfamiliar images and of val/ flagged
+`unknown`, beside the top-softmax baseline's share at the same false flags; the label audit's precision and recall
+on the row's training images' frozen ImageNet features with 5 % of their labels flipped.
 Prints the table and writes it into docs/accuracy.md between the bench markers.
 
 Run: python bench/accuracy_bench.py [--backbones efficientnet_lite0,...] [--sizes 10,20,all]
@@ -12,10 +16,12 @@ Run: python bench/accuracy_bench.py [--backbones efficientnet_lite0,...] [--size
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +38,10 @@ from graft.worker.core.runtimes import Normalized, make_runner
 from graft.worker.core.spec import TrainSpec
 from graft.worker.core.train import fit
 from graft.worker.core.transforms import Preprocessing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_trust import (audit_cells, cached_features, calibration_cells, format_cells,  # noqa: E402
+                            ood_cells, ood_files)  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
@@ -83,23 +93,26 @@ def _probe(train_x: np.ndarray, train_y: np.ndarray, val_plain: np.ndarray, val_
 
 
 def _graft(folder: Path, backbone: str, work: Path, val_files: list[tuple[str, Path]], val_y: np.ndarray,
-           classes: list[str]) -> dict:
+           classes: list[str], unfamiliar: list[tuple[str, Path]]) -> dict:
     t0 = time.monotonic()
     result = fit(folder, TrainSpec(backbone=backbone), work / "job", work / "model")
     seconds = time.monotonic() - t0
     predictor = Predictor.from_artifact(result.model_path)
-    scores, times = {}, {}
+    scores, times, rows = {}, {}, {}
     for tta in (False, True):
         t1 = time.monotonic()
-        rows = predictor.predict_files(val_files, tta=tta)
+        # reject_ood off: accuracy counts the class chosen, not whether the image also looked unfamiliar
+        rows[tta] = predictor.predict_files(val_files, tta=tta, reject_ood=False)
         times[tta] = time.monotonic() - t1
-        scores[tta] = float(np.mean([classes.index(r["label"]) == y for r, y in zip(rows, val_y)]))
+        scores[tta] = float(np.mean([classes.index(r["label"]) == y for r, y in zip(rows[tta], val_y)]))
     m = result.metrics
+    calibration = calibration_cells(predictor, [p for _, p in val_files], val_y)
+    ood = ood_cells(predictor, rows[False], unfamiliar)
     return {"acc": scores[False], "tta_acc": scores[True], "tta_time_ratio": times[True] / times[False],
             "estimate": f"{m['estimated_acc']:.3f} ({m['estimate']})",
             "chosen": f"{m['selected']} (epochs {m['epochs_val_acc']:.3f}, head {m.get('head_val_acc', 0):.3f}, "
                       f"C {m.get('head_C')}, {m.get('head_views')} views){', refit' if m['refit'] else ''}",
-            "seconds": seconds}
+            "seconds": seconds, "calibration": calibration, "ood": ood, "job_calibration": m.get("calibration")}
 
 
 def _key(row: str) -> tuple[str, str]:
@@ -144,16 +157,24 @@ def main() -> None:
             f"{torch.get_num_threads()} torch threads, load average {load:.1f} at the start (the machine was shared: "
             "job seconds are only comparable within this table).")
     rows: list[str] = []
+    ood_dir = Path(tempfile.mkdtemp(prefix="graft-acc-ood-"))
+    unfamiliar = ood_files(ood_dir)
     print(HEADER, HEADER_RULE, sep="\n", flush=True)
     for backbone in args.backbones.split(","):
         info = BACKBONES[backbone]
         prep = Preprocessing.for_size(info.image_size, info.mean, info.std)
         all_train = _draw(train_files, None, args.seed)
         ordered = [(c, p) for c in classes for p in all_train[c]]
-        crops = _crops([p for _, p in ordered], prep)
-        val_crops = _crops([p for _, p in val_list], prep)
-        feats = _features(backbone, np.concatenate([crops, crops[:, :, ::-1], val_crops, val_crops[:, :, ::-1]]), prep)
-        n, m = len(crops), len(val_crops)
+        names = [str(p) for _, p in ordered] + [str(p) for _, p in val_list]
+
+        def compute() -> np.ndarray:
+            crops = _crops([p for _, p in ordered], prep)
+            val_crops = _crops([p for _, p in val_list], prep)
+            return _features(backbone, np.concatenate([crops, crops[:, :, ::-1], val_crops, val_crops[:, :, ::-1]]),
+                             prep)
+
+        feats = cached_features(backbone, names, compute)
+        n, m = len(ordered), len(val_list)
         plain, mirror, val_plain, val_mirror = feats[:n], feats[n : 2 * n], feats[2 * n : 2 * n + m], feats[2 * n + m :]
         index = {p: i for i, (_, p) in enumerate(ordered)}
         for size in args.sizes.split(","):
@@ -163,18 +184,25 @@ def main() -> None:
             y = np.array([classes.index(c) for c in classes for _ in drawn[c]])
             probe, probe_tta = _probe(np.concatenate([plain[idx], mirror[idx]]), np.concatenate([y, y]),
                                       val_plain, val_mirror, val_y)
+            audit = audit_cells(plain[idx], y, classes, args.seed)
             work = Path(tempfile.mkdtemp(prefix="graft-acc-"))
             try:
-                g = _graft(_link_folder(drawn, work / "data"), backbone, work, val_list, val_y, classes)
+                g = _graft(_link_folder(drawn, work / "data"), backbone, work, val_list, val_y, classes, unfamiliar)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             shown = "all" if per_class is None else str(per_class)
+            trust = " | ".join(format_cells(g["calibration"], g["ood"], audit))
             row = (f"| {backbone} | {shown} ({len(idx)}) | {g['acc']:.3f} | {g['tta_acc']:.3f} | {probe:.3f} | "
-                   f"{probe_tta:.3f} | {g['estimate']} | {g['chosen']} | {g['seconds']:.0f} | ×{g['tta_time_ratio']:.2f} | — | — | — |")
+                   f"{probe_tta:.3f} | {g['estimate']} | {g['chosen']} | {g['seconds']:.0f} | ×{g['tta_time_ratio']:.2f} "
+                   f"| {trust} |")
             rows.append(row)
             print(row, flush=True)
+            details = {"row": [backbone, shown], "calibration": g["calibration"], "ood": g["ood"], "audit": audit,
+                       "job_calibration": g["job_calibration"]}
+            print("# details", json.dumps(details, default=float), flush=True)
             if not args.no_doc:
                 _write_doc(rows, note)
+    shutil.rmtree(ood_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def fit_trust(model: Classifier, train: Split, val: Split, classes: Sequence[str
         log.exception("label audit failed; the model is kept without it")
         audit = None
     meta = {"calibration": calibration, "ood": scorer.meta()}
-    summary = {k: calibration[k] for k in ("temperature", "ece_before", "ece_after", "images")}
+    summary = {k: calibration[k] for k in ("temperature", "kept", "why", "ece_before", "ece_after", "images")}
     metrics = {"calibration": summary, "ood": scorer.meta(), "label_audit": audit}
     return meta, {BANK_KEY: torch.from_numpy(scorer.bank).to(torch.float16)}, metrics
 
