@@ -45,9 +45,10 @@ def fit_temperature(logits: np.ndarray, labels: Sequence[int]) -> float:
     return float(np.exp(res.x))
 
 
-def _at_bound(t: float) -> bool:
-    """A fitted temperature on the search's edge: the NLL had no finite optimum (e.g. no validation errors)."""
-    return min(abs(np.log(t) - b) for b in LOG_T_BOUNDS) < 1e-2
+def _no_optimum(logits: np.ndarray, labels: np.ndarray, t: float) -> bool:
+    """The NLL has no finite optimum: every prediction right (it falls forever as T -> 0), or the fit hit an edge."""
+    # The bounded search stops short of its edge (log T -2.96 for the bound -3), hence the loose edge test.
+    return bool((np.argmax(logits, axis=1) == labels).all()) or min(abs(np.log(t) - b) for b in LOG_T_BOUNDS) < 0.1
 
 
 def cv_nll(logits: np.ndarray, labels: np.ndarray, folds: int = CV_FOLDS, seed: int = 0) -> tuple[float, float]:
@@ -75,7 +76,7 @@ def choose_temperature(logits: np.ndarray, labels: Sequence[int], seed: int = 0)
     if len(y) < MIN_IMAGES:
         return 1.0, f"fewer than {MIN_IMAGES} validation images"
     t = fit_temperature(logits, y)
-    if _at_bound(t):
+    if _no_optimum(np.asarray(logits), y, t):
         return 1.0, f"no finite optimum (fitted {t:.3g}: the validation predictions are separable)"
     held, plain = cv_nll(np.asarray(logits, dtype=np.float64), y, seed=seed)
     if held < plain:
