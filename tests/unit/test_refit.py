@@ -36,8 +36,9 @@ def test_small_data_is_refit_on_every_image_and_estimated_by_cv(shapes: Path, tm
     assert meta["backbone"] == "efficientnet_lite0" and meta["params"]["image_size"] == 64
 
 
-def test_calibration_and_stored_predictions_come_from_the_model_before_the_refit(shapes: Path, tmp_path: Path) -> None:
-    """The refit model has seen the validation images: what is fitted or shown on them comes from the holdout model."""
+def test_calibration_and_stored_predictions_are_out_of_sample_after_the_refit(shapes: Path, tmp_path: Path) -> None:
+    """The refit model has seen the validation images: its calibration comes from the refit head's out-of-fold logits
+    over every image (its own C), the stored predictions from the holdout model."""
     spec = {**TINY_TRAIN, "mode": "linear", "epochs": 1}
     refit = fit(shapes, TrainSpec(**spec), tmp_path / "j1", tmp_path / "m1")
     kept = fit(shapes, TrainSpec(**spec, refit=False), tmp_path / "j2", tmp_path / "m2")
@@ -45,8 +46,11 @@ def test_calibration_and_stored_predictions_come_from_the_model_before_the_refit
     refit_model, refit_meta = load_model_artifact(tmp_path / "m1" / "model.pt")
     kept_model, kept_meta = load_model_artifact(tmp_path / "m2" / "model.pt")
     assert not torch.allclose(refit_model.head.weight, kept_model.head.weight)  # the final models differ
-    assert refit_meta["calibration"] == kept_meta["calibration"]  # temperature and precision curves
-    assert refit.metrics["calibration"] == kept.metrics["calibration"]
+    images = refit.metrics["train_images"] + refit.metrics["val_images"]
+    assert refit.metrics["calibration"]["images"] == images and "out-of-fold" in refit.metrics["calibration"]["source"]
+    assert kept.metrics["calibration"]["images"] == kept.metrics["val_images"]
+    assert "validation" in kept.metrics["calibration"]["source"]
+    assert refit_meta["calibration"]["curves"] and kept_meta["calibration"]["curves"]
     assert refit.predictions == kept.predictions and refit.metrics["val_acc"] == kept.metrics["val_acc"]
 
 def test_a_fine_tuned_choice_is_refit_from_the_cache_without_running_the_trunk(tmp_path: Path) -> None:

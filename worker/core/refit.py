@@ -19,7 +19,8 @@ import torch
 from graft.worker.core.backbones import Classifier
 from graft.worker.core.dataset import TrainingData
 from graft.worker.core.features import ViewCache, cached_epoch
-from graft.worker.core.selection import LinearHead, best_c, cross_validate_head, fit_head, views_dataset
+from graft.worker.core.selection import (LinearHead, best_c, cross_validate_head, fit_head, out_of_fold_logits,
+                                          views_dataset)
 from graft.worker.core.spec import TrainSpec, frozen_stages
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ class Outcome:
     # and the stored validation predictions come from its outputs, the only out-of-sample ones.
     holdout: Classifier | None = None
     holdout_epoch: int = 0  # the epoch whose evaluation val_pred is (0: the linear head on the cached features)
+    # A refit linear head's out-of-fold (logits, labels) over every image at its own C: calibration is fitted on
+    # these instead of the holdout head's validation logits, whose C may differ (docs/accuracy.md).
+    calibration_set: tuple[np.ndarray, np.ndarray] | None = None
     trunk_changed: bool = False  # the final model's trunk differs from the cached (frozen) one: fine-tuned
 
     def __post_init__(self) -> None:
@@ -65,8 +69,10 @@ def _linear_candidate(cache: ViewCache, data: TrainingData, balanced: bool, seed
     return head, head.logits(cache.val_pooled).argmax(1).tolist(), "mirror"
 
 
-def _all_data_head(cache: ViewCache, data: TrainingData, balanced: bool, seed: int, views: str) -> LinearHead:
-    """The logistic head refit on every labelled image, C chosen again by k-fold CV over all of them."""
+def _all_data_head(cache: ViewCache, data: TrainingData, balanced: bool, seed: int, views: str,
+                   ) -> tuple[LinearHead, tuple[np.ndarray, np.ndarray] | None]:
+    """The logistic head refit on every labelled image, C chosen again by k-fold CV over all of them; its
+    out-of-fold logits at that C (calibration)."""
     count = _head_views(cache)
     val = cache.val_pooled[None]
     if count >= 2 and cache.val_mirror_pooled is not None:
@@ -75,7 +81,8 @@ def _all_data_head(cache: ViewCache, data: TrainingData, balanced: bool, seed: i
     cv = cross_validate_head(x, y, groups, plain, balanced, seed)
     # Every image weighs the same: a val image has fewer rows (no random crops) than a training image.
     weight = np.where(groups >= len(data.train), count / len(val), 1.0)
-    return fit_head(x, y, best_c(cv), len(data.classes), balanced, cv, sample_weight=weight)
+    head = fit_head(x, y, best_c(cv), len(data.classes), balanced, cv, sample_weight=weight)
+    return head, out_of_fold_logits(x, y, groups, plain, head.C, len(data.classes), balanced, seed, weight)
 
 
 def _with_head(fresh: Fresh, head: LinearHead) -> Classifier:
@@ -136,12 +143,12 @@ def choose_and_refit(
         holdout = _with_head(fresh, head)
         if not spec.refit:
             return Outcome(holdout, head_pred, meta)
-        final = _all_data_head(cache, data, balanced, spec.seed, views)
+        final, calibration_set = _all_data_head(cache, data, balanced, spec.seed, views)
         cv_acc = max(final.cv_acc.values())
         meta.update(refit=True, head_C=final.C, cv_acc=round(cv_acc, 5))
         if small:  # too few held-out images to trust: the all-data k-fold accuracy is the estimate
             meta.update(estimate="cv", estimated_acc=round(cv_acc, 5))
-        return Outcome(_with_head(fresh, final), head_pred, meta, holdout)
+        return Outcome(_with_head(fresh, final), head_pred, meta, holdout, calibration_set=calibration_set)
     kept = Outcome(selected, best["pred"], meta, holdout_epoch=best["epoch"], trunk_changed=tuned)
     if not spec.refit:
         return kept

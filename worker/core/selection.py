@@ -145,6 +145,33 @@ def fit_head(x: np.ndarray, y: np.ndarray, C: float, num_classes: int, balanced:
     return LinearHead(weight, bias, C, cv_acc)
 
 
+def out_of_fold_logits(x: np.ndarray, y: np.ndarray, groups: np.ndarray, plain: np.ndarray, C: float,
+                       num_classes: int, balanced: bool, seed: int,
+                       sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(logits, labels) of every image's plain view from the head at C fitted on the other folds; None below 2 a class.
+
+    Log-probabilities serve as logits: they differ by a per-row constant, which no temperature's softmax sees.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    per_class = int(np.bincount(y[plain], minlength=num_classes).min())
+    if per_class < 2:
+        return None
+    rows = np.flatnonzero(plain)
+    out = np.zeros((len(rows), num_classes))
+    where = {int(r): i for i, r in enumerate(rows)}
+    splitter = StratifiedGroupKFold(n_splits=min(FOLDS, per_class), shuffle=True, random_state=seed)
+    weight = np.ones(len(y)) if sample_weight is None else sample_weight
+    with threadpool_limits(1):
+        for train_idx, test_idx in splitter.split(x, y, groups):
+            test_idx = test_idx[plain[test_idx]]
+            lr = _lr(C, balanced, tol=1e-4).fit(x[train_idx], y[train_idx], sample_weight=weight[train_idx])
+            logp = np.full((len(test_idx), num_classes), np.log(1e-12))
+            logp[:, lr.classes_] = lr.predict_log_proba(x[test_idx])
+            out[[where[int(r)] for r in test_idx]] = logp
+    return out, y[rows]
+
+
 def best_c(cv_acc: dict[float, float]) -> float:
     """The best out-of-fold C; on a tie, the standard probe's C = 1 if it is tied, else the plateau's middle."""
     # With few images the best is a plateau. Leaving the standard probe only on evidence keeps the head from losing

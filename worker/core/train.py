@@ -272,11 +272,13 @@ def fit(
         "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
         "timings": timings, "caching": dict(caching.stats), **outcome.metrics, "backbone_choice": backbone_choice,
     }
-    # Calibration and precision curves from the selected model before the refit (out of sample); the OOD scorer
+    # Calibration and precision curves out of sample: a refit linear head's out-of-fold logits over every image at its
+    # own C, else the selected model's validation logits before the refit; the OOD scorer
     # from the final model's features (the cached ones unless its trunk was fine-tuned); the audit (trust.py).
     trust_meta, trust_tensors, trust_metrics = fit_trust(
         model, data.train, data.val, data.classes, cache, not outcome.trunk_changed, prep, spec.batch_size * 2,
-        spec.seed, outcome.holdout, best["epoch"] <= spec.frozen_phase() or outcome.holdout_epoch == 0)
+        spec.seed, outcome.holdout, best["epoch"] <= spec.frozen_phase() or outcome.holdout_epoch == 0,
+        outcome.calibration_set)
     metrics.update(trust_metrics)
     meta = {
         "backbone": spec.backbone, "classes": data.classes, "image_size": spec.image_size,

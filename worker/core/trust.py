@@ -74,11 +74,13 @@ def final_features(model: Classifier, train: Split, val: Split, cache: ViewCache
 def fit_trust(model: Classifier, train: Split, val: Split, classes: Sequence[str], cache: ViewCache | None,
               trunk_unchanged: bool, prep: Preprocessing, batch: int, seed: int,
               holdout: Classifier | None = None, holdout_unchanged: bool = True,
+              calibration_set: tuple[np.ndarray, np.ndarray] | None = None,
               ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
     """(meta to store in the model, tensors to store beside it, training-job metrics) after training.
 
     Calibration and the precision curves use the validation logits of holdout, the selected model before any
-    refit on train + val (default: model itself), so they stay out of sample; the OOD bank uses train and val
+    refit on train + val (default: model itself), so they stay out of sample, or calibration_set, a refit linear
+    head's out-of-fold (logits, labels) over every image at its own C (refit.Outcome); the OOD bank uses train and val
     features of the final model (trunk_unchanged: its trunk is the cached one); the audit uses the frozen ImageNet
     trunk's features when cached (not fitted to the labels it audits), else the final model's.
     """
@@ -90,9 +92,14 @@ def fit_trust(model: Classifier, train: Split, val: Split, classes: Sequence[str
             held_f = (_pooled(held, val, prep, batch) if cache is None else
                       _features(held, val, cache.val_pooled, cache.val_maps, cache.split_at, holdout_unchanged, prep,
                                 batch))
-    with torch.no_grad():
-        val_logits = held.eval().classify(held_f).float().numpy()
-    calibration = calibrate(val_logits, np.asarray(val.labels), classes)
+    if calibration_set is not None:
+        calibration = calibrate(*calibration_set, classes)
+        calibration["source"] = "out-of-fold logits of the refit head over every image"
+    else:
+        with torch.no_grad():
+            val_logits = held.eval().classify(held_f).float().numpy()
+        calibration = calibrate(val_logits, np.asarray(val.labels), classes)
+        calibration["source"] = "validation logits of the model before any refit"
     scorer = fit_knn(torch.cat([train_f, val_f]).float().numpy(), seed=seed)
     audit_f = torch.cat([cache.train_pooled[0], cache.val_pooled]) if cache is not None else torch.cat([train_f, val_f])
     try:
@@ -102,7 +109,7 @@ def fit_trust(model: Classifier, train: Split, val: Split, classes: Sequence[str
         log.exception("label audit failed; the model is kept without it")
         audit = None
     meta = {"calibration": calibration, "ood": scorer.meta()}
-    summary = {k: calibration[k] for k in ("temperature", "kept", "why", "ece_before", "ece_after", "images")}
+    summary = {k: calibration[k] for k in ("temperature", "kept", "why", "source", "ece_before", "ece_after", "images")}
     metrics = {"calibration": summary, "ood": scorer.meta(), "label_audit": audit}
     return meta, {BANK_KEY: torch.from_numpy(scorer.bank).to(torch.float16)}, metrics
 
