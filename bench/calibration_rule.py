@@ -1,11 +1,13 @@
-"""Which temperature rule calibrates best on held-out data: T = 1, the NLL-fitted T, or the fitted T kept only when
-it lowers the k-fold held-out NLL of the validation logits (worker/core/calibration.py:choose_temperature).
-
-Replays a default job's linear head on cached features (bench/accuracy_trust.py's cache, filled by
-bench/accuracy_bench.py): per backbone, per 10 / 20 / all images per class, per draw seed, it draws the images,
-splits off 20 % per class for validation, fits the CV-regularised logistic head on the rest (plain + mirror views,
-as worker/core/refit.py), takes its validation logits, refits on every drawn image, and scores each rule's
-temperature on the refit head's logits for hymenoptera's val/ (153 images, never drawn): ECE and NLL.
+"""Which temperature rule calibrates best on held-out data. Replays a default job's linear head on cached features
+(bench/accuracy_trust.py's cache, filled by bench/accuracy_bench.py): per backbone, per 10 / 20 / all images per
+class, per draw seed, it draws the images, splits off 20 % per class for validation, fits the CV-regularised
+logistic head on the rest (plain + mirror views, as worker/core/refit.py), refits it on every drawn image (C chosen
+again), and scores each rule's temperature on the refit head's logits for hymenoptera's val/ (153 images, never
+drawn): ECE and NLL. Rules:
+- one: T = 1;  fitted: the NLL-fitted T on the holdout head's validation logits (Graft before this rule);
+- cv rule: that T kept only when it lowers the 5-fold held-out NLL (calibration.choose_temperature), else 1;
+- oof fitted / oof cv rule: the same on the refit head's out-of-fold logits over every drawn image at its own C
+  (what a job with a refit linear head does now: refit.Outcome.calibration_set).
 
 Run: python bench/calibration_rule.py [--backbones efficientnet_lite0,...] [--draws 8]
 """

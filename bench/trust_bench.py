@@ -59,8 +59,8 @@ def main() -> None:
         s = train_and_score(args.data, Path(tmp))
         print(f"trained and scored in {time.monotonic() - t0:.0f} s (EfficientNet-Lite0, linear, train/ only)")
         c = s.metrics["calibration"]
-        print(f"calibration: temperature {c['temperature']:.3f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} "
-              f"on {c['images']} validation images")
+        print(f"calibration: temperature {c['temperature']:.3f} ({c['why']}), ECE {c['ece_before']:.4f} -> "
+              f"{c['ece_after']:.4f} on {c['images']} images: {c['source']}")
         n_val, n_ood = len(s.val_rows), len(s.ood_rows)
         ours_val = np.mean([r["label"] == "unknown" for r in s.val_rows])
         ours_ood = np.mean([r["label"] == "unknown" for r in s.ood_rows])
