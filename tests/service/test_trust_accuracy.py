@@ -22,9 +22,9 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Scored:
 
 def test_calibration_lowers_the_expected_calibration_error(scored: Scored) -> None:
     calibration = scored.metrics["calibration"]
-    # Since the accuracy merge, linear mode keeps the CV-regularised logistic head (no label smoothing), which is
-    # nearly calibrated already (temperature about 1; the epoch-trained head was underconfident, T 0.38): the
-    # NLL-fitted temperature may then move the ECE of 49 images either way by less than one image's weight.
+    # Linear mode keeps the CV-regularised logistic head, refit on all 245 images; its temperature is fitted on that
+    # head's out-of-fold logits and kept only when it lowers their 5-fold held-out NLL (2026-11-29: T 0.43, ECE
+    # 0.081 -> 0.030). A kept T that minimises NLL may still move the ECE by up to one image's weight.
     assert calibration["ece_after"] <= calibration["ece_before"] + 1 / calibration["images"], calibration
     assert calibration["ece_after"] < 0.1, calibration
 

@@ -41,10 +41,10 @@ class Outcome:
     # and the stored validation predictions come from its outputs, the only out-of-sample ones.
     holdout: Classifier | None = None
     holdout_epoch: int = 0  # the epoch whose evaluation val_pred is (0: the linear head on the cached features)
+    trunk_changed: bool = False  # the final model's trunk differs from the cached (frozen) one: fine-tuned
     # A refit linear head's out-of-fold (logits, labels) over every image at its own C: calibration is fitted on
     # these instead of the holdout head's validation logits, whose C may differ (docs/accuracy.md).
     calibration_set: tuple[np.ndarray, np.ndarray] | None = None
-    trunk_changed: bool = False  # the final model's trunk differs from the cached (frozen) one: fine-tuned
 
     def __post_init__(self) -> None:
         if self.holdout is None:
