@@ -75,6 +75,8 @@ def test_a_fine_tuned_choice_is_refit_from_the_cache_without_running_the_trunk(t
     assert outcome.metrics["selected"] == "epochs" and outcome.metrics["estimate"] == "holdout"
     assert outcome.metrics["refit"] is True and outcome.metrics["refit_epochs"] == 2
     assert outcome.val_pred == best["pred"] and trunk_runs == []  # every refit epoch ran from the cache
+    # a fine-tuned model is calibrated on its validation logits before the refit (no out-of-fold logits)
+    assert outcome.trunk_changed is True and outcome.calibration_set is None and outcome.holdout is selected
     pretrained = build_model(spec.backbone, 2, pretrained=True)
     tuned, untouched = outcome.model.stages[-1], outcome.model.stages[0]
     assert not torch.allclose(tuned[0].weight, pretrained.stages[-1][0].weight)  # fine-tuned on train + val
