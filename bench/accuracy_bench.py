@@ -11,7 +11,9 @@ and after the model's stored temperature; the share of tests/ood_images.py's unf
 on the row's training images' frozen ImageNet features with 5 % of their labels flipped.
 Prints the table and writes it into docs/accuracy.md between the bench markers.
 
-Run: python bench/accuracy_bench.py [--backbones efficientnet_lite0,...] [--sizes 10,20,all]
+Run: python bench/accuracy_bench.py [--backbones efficientnet_lite0,...] [--sizes 10,20,all] [--no-doc]
+Each backbone's frozen-trunk features are cached under ~/.cache/graft-bench (bench/accuracy_trust.py): with them,
+all nine rows took 11 minutes on the shared 2-core machine (2026-11-29).
 """
 from __future__ import annotations
 
