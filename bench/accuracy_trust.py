@@ -7,7 +7,6 @@ pooled features of every train/ and val/ image, plain and mirrored (they depend 
 """
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +25,6 @@ sys.path.insert(0, str(ROOT))  # tests.ood_images and tests.trust_real: the same
 from tests.ood_images import write_ood_images  # noqa: E402
 from tests.trust_real import flagged_at  # noqa: E402
 
-log = logging.getLogger(__name__)
 CACHE = Path.home() / ".cache" / "graft-bench"
 FLIP_RATE = 0.05
 

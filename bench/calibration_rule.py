@@ -23,7 +23,7 @@ import torch
 
 from graft.worker.core.calibration import choose_temperature, ece, fit_temperature, nll, softmax
 from graft.worker.core.dataset import find_files
-from graft.worker.core.selection import best_c, cross_validate_head, fit_head, views_dataset
+from graft.worker.core.selection import LinearHead, best_c, cross_validate_head, fit_head, views_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_trust import CACHE  # noqa: E402
@@ -31,7 +31,7 @@ from accuracy_trust import CACHE  # noqa: E402
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
 
 
-def _head(plain: np.ndarray, mirror: np.ndarray, y: np.ndarray, seed: int) -> torch.nn.Module:
+def _head(plain: np.ndarray, mirror: np.ndarray, y: np.ndarray, seed: int) -> LinearHead:
     x, yy, groups, is_plain = views_dataset((torch.from_numpy(np.stack([plain, mirror])), list(y)))
     cv = cross_validate_head(x, yy, groups, is_plain, False, seed)
     return fit_head(x, yy, best_c(cv), 2, False, cv)
