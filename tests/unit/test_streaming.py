@@ -94,6 +94,27 @@ def _last_file(root: Path) -> Path:
     return root / data.val.paths[-1]
 
 
+def test_a_streamed_load_returns_before_any_image_is_decoded(shapes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file is read and hashed, none decoded yet: the reads never queue behind the decodes."""
+    released = threading.Event()
+    events: list[str] = []
+    decode = cache_store.decode_bytes
+
+    def held_decode(data: np.ndarray, *args: Any) -> np.ndarray:  # noqa: ANN401 - decode_bytes' own arguments
+        if not released.wait(60):
+            events.append("timed out")
+            released.set()  # one timeout tells: the others need not wait too
+        return decode(data, *args)
+
+    monkeypatch.setattr(cache_store, "decode_bytes", held_decode)
+    data = load_dataset(shapes, 0.3, 0, PREP.resize, stream=True, cache_mb=0)
+    events.append("loaded")
+    released.set()
+    assert events == ["loaded"]
+    assert len(data.train) + len(data.val) == 20 and len(set(data.train.digests + data.val.digests)) == 20
+    assert data.settle() == ([], []) and data.train.images.nbytes == 0  # cache_mb=0: no pixels kept in memory
+
+
 def test_the_trunk_pass_starts_before_the_last_file_is_decoded(shapes: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     held = _HeldDecode(monkeypatch, _last_file(shapes))

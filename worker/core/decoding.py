@@ -113,14 +113,17 @@ class BackgroundDecoder:
     def __init__(self, short_side: int, max_pixels: int | None, store: CacheStore | None, budget_bytes: int,
                  workers: int | None = None) -> None:
         self.short_side, self.max_pixels, self.store = short_side, max_pixels, store
-        self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="decode")
+        workers = workers or os.cpu_count() or 1
+        # Two pools: reads queued behind decodes would hold the scan (and the pass) back until most files are decoded.
+        self._readers = ThreadPoolExecutor(workers, thread_name_prefix="read")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._lock = threading.Lock()
         self._left_bytes, self._held, self._queued = budget_bytes, 0, 0
 
     def scan(self, paths: Sequence[Path], tick: Callable[[], None]) -> list[Scanned | str]:
         """Per path, in order: (digest, future image), or why the file cannot be read; tick() after each file."""
         out: list[Scanned | str] = []
-        for path, got in zip(paths, self._pool.map(self._read, paths)):
+        for path, got in zip(paths, self._readers.map(self._read, paths)):
             tick()
             if isinstance(got, str):
                 out.append(got)
@@ -144,7 +147,8 @@ class BackgroundDecoder:
             return self._queued == 0
 
     def close(self) -> None:
-        """Drop the decodes not started (a cancel must not wait for the whole folder); running ones finish."""
+        """Drop the reads and decodes not started (a cancel must not wait for the whole folder); running ones finish."""
+        self._readers.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _read(self, path: Path) -> tuple[np.ndarray, str, np.ndarray | None] | str:
