@@ -18,7 +18,7 @@ from typing import Any
 import diskcache
 import numpy as np
 
-from graft.worker.core.images import DEFAULT_MAX_PIXELS, check_header, decode_bytes, read_bytes
+from graft.worker.core.images import check_header, decode_bytes
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +117,25 @@ class CacheStore:
         self._cache.close()
 
 
-def decode_cached(path: Path, short_side: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                  store: CacheStore | None = None) -> tuple[np.ndarray, str]:
-    """(decoded image, content digest) of path: from the store when these bytes were decoded before at short_side.
+def image_key(digest: str, short_side: int) -> str:
+    """The store key of a file's decoded image at short_side."""
+    return f"{IMAGE_FORMAT}:{digest}:{short_side}"
 
-    The pixel limit is checked on every call (the header is read even on a hit), so a lowered limit still refuses.
-    """
-    data = read_bytes(path)
-    digest = content_digest(data)
-    if store is None:
-        return decode_bytes(data, short_side, max_pixels), digest
-    key = f"{IMAGE_FORMAT}:{digest}:{short_side}"
-    img = store.get(key)
+
+def stored_image(data: np.ndarray, digest: str, short_side: int, max_pixels: int | None,
+                 store: CacheStore | None) -> np.ndarray | None:
+    """The decoded image of these bytes from the store, or None; the pixel limit is checked on the header of a hit."""
+    img = None if store is None else store.get(image_key(digest, short_side))
     if img is not None:
-        check_header(data, max_pixels)
-        return img, digest
+        check_header(data, max_pixels)  # a lowered limit still refuses an image decoded under a higher one
+    return img
+
+
+def decode_and_store(data: np.ndarray, digest: str, short_side: int, max_pixels: int | None,
+                     store: CacheStore | None) -> np.ndarray:
+    """Decode a file's bytes (images.decode_bytes) and put the image in the store under its content."""
     img = decode_bytes(data, short_side, max_pixels)
-    store.put(key, img)
-    return img, digest
+    if store is not None:
+        store.put(image_key(digest, short_side), img)
+    return img
+

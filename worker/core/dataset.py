@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, overload
+from typing import Callable, Sequence
 
 import numpy as np
 
 from graft.shared.files import display_name, is_junk_name
-from graft.worker.core.cache_store import CacheStore, decode_cached
-from graft.worker.core.images import ImageError, decode_image
+from graft.worker.core.cache_store import CacheStore
+from graft.worker.core.decoding import BackgroundDecoder, ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -22,41 +20,6 @@ class DatasetError(ValueError):
 
 
 DEFAULT_CACHE_MB = 1024
-
-
-class ImageStore(Sequence[np.ndarray]):
-    """Decoded images kept in memory up to a byte budget; past it, images are decoded again when used."""
-
-    def __init__(self, short_side: int = 0, max_pixels: int | None = None, budget_bytes: int = 2**62) -> None:
-        self.short_side, self.max_pixels, self.budget = short_side, max_pixels, budget_bytes
-        self._kept: list[np.ndarray | None] = []
-        self._paths: list[Path | None] = []
-        self.nbytes = 0
-
-    def append(self, img: np.ndarray, path: Path | None = None) -> None:
-        """Add a decoded image (kept if it fits the budget, else only its path)."""
-        keep = path is None or self.nbytes + img.nbytes <= self.budget
-        self._kept.append(img if keep else None)
-        self._paths.append(path)
-        self.nbytes += img.nbytes if keep else 0
-
-    def __len__(self) -> int:
-        return len(self._kept)
-
-    def release(self) -> None:
-        """Drop the decoded pixels held in memory (each image is decoded again if used later)."""
-        self._kept = [None if path is not None else img for img, path in zip(self._kept, self._paths)]
-        self.nbytes = sum(img.nbytes for img in self._kept if img is not None)
-
-    @overload
-    def __getitem__(self, index: int) -> np.ndarray: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
-    def __getitem__(self, index):  # noqa: ANN001, ANN204, E301
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        img = self._kept[index]
-        return img if img is not None else decode_image(self._paths[index], self.short_side, self.max_pixels)
 
 
 @dataclass
@@ -71,18 +34,89 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def keep_only(self, indices: Sequence[int]) -> None:
+        """Keep these entries (in this order) and drop the others."""
+        self.images.keep_only(indices)
+        self.labels = [self.labels[i] for i in indices]
+        self.paths = [self.paths[i] for i in indices]
+        self.digests = [self.digests[i] for i in indices]
+
+
+Order = list[tuple[str, "str | None"]]  # a split's files in order: (relative path, why skipped when read, or None)
+
+
+@dataclass
+class _Pending:
+    """What a streamed load has still to settle: the decoder, each split's file order, the files outside the roots."""
+
+    decoder: BackgroundDecoder
+    orders: tuple[Order, Order]
+    outside: list[dict[str, str]]
+    checked: bool = False
+
 
 @dataclass
 class TrainingData:
     """Decoded training data: class names, train and val splits, and files skipped as unreadable.
 
-    Not to be confused with a dataset's database record (graft.shared.models.DatasetRecord).
+    Loaded with stream=True, images may still be decoding: the splits then hold every file that could be read,
+    and settle() drops those that turn out not to be images (and lists them in skipped). Not to be confused with
+    a dataset's database record (graft.shared.models.DatasetRecord).
     """
 
     classes: list[str]
     train: Split
     val: Split
     skipped: list[dict[str, str]]
+    _pending: _Pending | None = field(default=None, repr=False, compare=False)
+
+    def check(self) -> None:
+        """Raise DatasetError once every image is decoded and too few are readable (cheap while still decoding)."""
+        pending = self._pending
+        if pending is None or pending.checked or not pending.decoder.done():
+            return
+        pending.checked = True
+        bad_train, bad_val = self.train.images.settle(), self.val.images.settle()
+        _check(self.classes, [y for i, y in enumerate(self.train.labels) if i not in bad_train],
+               len(self.val) - len(bad_val))
+
+    def settle(self, tick: Callable[[], None] = lambda: None) -> tuple[list[int], list[int]]:
+        """Wait for the images still decoding and drop the unreadable ones, listed in skipped in file order.
+
+        tick() is called after each file, in order, and may raise to stop. Returns the indices dropped from train
+        and from val (as they were before); DatasetError when too few are left.
+        """
+        pending = self._pending
+        if pending is None:
+            return [], []
+        skipped, bad = list(pending.outside), ([], [])
+        try:
+            for split, order, failed in zip((self.train, self.val), pending.orders, bad):
+                index = 0
+                for relative, reason in order:
+                    if reason is None:
+                        reason, index = split.images.settle_one(index), index + 1
+                        if reason is not None:
+                            failed.append(index - 1)
+                    if reason is not None:
+                        skipped.append({"path": relative, "reason": reason})
+                    tick()
+        finally:
+            pending.decoder.close()
+        self._pending, self.skipped = None, skipped
+        for split, failed in zip((self.train, self.val), bad):
+            split.images.settle()  # every image is resolved by now: this only counts the bytes kept
+            if failed:
+                split.keep_only([i for i in range(len(split)) if i not in set(failed)])
+        _check(self.classes, self.train.labels, len(self.val))
+        log.info("dataset: %d classes, %d train, %d val, %d skipped", len(self.classes), len(self.train),
+                 len(self.val), len(self.skipped))
+        return bad
+
+    def close(self) -> None:
+        """Stop decoding (the job failed or was cancelled before settle)."""
+        if self._pending is not None:
+            self._pending.decoder.close()
 
 
 OUTSIDE_ROOTS = "outside the data roots (a symlink): not read"
@@ -169,46 +203,47 @@ def stratified_split(
     return train, val
 
 
-def _decode_split(
-    files: dict[str, list[Path]], classes: list[str], short_side: int, root: Path,
-    skipped: list[dict[str, str]], max_pixels: int | None, tick: Callable[[], None], budget: int,
-    store: CacheStore | None = None,
-) -> Split:
-    split = Split(images=ImageStore(short_side, max_pixels, budget))
+def _scan_split(
+    files: dict[str, list[Path]], classes: list[str], root: Path, decoder: BackgroundDecoder,
+    tick: Callable[[], None],
+) -> tuple[Split, Order]:
+    """A split of every file that can be read, its images decoding in the background; and its files' order."""
+    split = Split(images=ImageStore(decoder.short_side, decoder.max_pixels))
     jobs = [(label, path) for label, name in enumerate(classes) for path in files.get(name, [])]
+    order: Order = []
+    for (label, path), got in zip(jobs, decoder.scan([p for _, p in jobs], tick)):
+        relative = display_name(str(path.relative_to(root)))  # reported in a job's metrics: text, not bytes
+        order.append((relative, got if isinstance(got, str) else None))
+        if isinstance(got, str):
+            continue
+        split.images.append_pending(got[1], path)
+        split.labels.append(label)
+        split.paths.append(relative)
+        split.digests.append(got[0])
+    return split, order
 
-    def decode(path: Path) -> tuple[np.ndarray, str] | str:
-        try:
-            return decode_cached(path, short_side, max_pixels, store)
-        except ImageError as exc:
-            return str(exc)
 
-    # OpenCV releases the GIL while decoding, so threads decode on every core.
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    try:
-        for (label, path), got in zip(jobs, pool.map(decode, [p for _, p in jobs])):
-            tick()
-            relative = display_name(str(path.relative_to(root)))  # reported in a job's metrics: text, not bytes
-            if isinstance(got, str):
-                skipped.append({"path": relative, "reason": got})
-                continue
-            split.images.append(got[0], path)
-            split.labels.append(label)
-            split.paths.append(relative)
-            split.digests.append(got[1])
-    finally:
-        pool.shutdown(cancel_futures=True)  # a cancel (raised by tick) must not wait for the whole folder
-    return split
+def _check(classes: list[str], train_labels: Sequence[int], n_val: int) -> None:
+    """DatasetError when a class has no training image or there is no validation image."""
+    counts = np.bincount(train_labels, minlength=len(classes)) if len(train_labels) else np.zeros(len(classes), int)
+    empty = [name for name, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise DatasetError(f"class(es) with no readable training image: {', '.join(empty)}")
+    if n_val == 0:
+        raise DatasetError("no validation images: add a val/ folder or use a val_split above 0 with 2+ images a class")
 
 
 def load_dataset(
     data_dir: str | Path, val_split: float, seed: int, short_side: int,
     max_pixels: int | None = None, on_file: Callable[[int, int], None] | None = None,
     cache_mb: int = DEFAULT_CACHE_MB, roots: Sequence[Path] | None = None, store: CacheStore | None = None,
+    stream: bool = False,
 ) -> TrainingData:
     """Scan, split and decode a dataset; unreadable files, and with roots those outside them, are skipped and listed.
 
-    With store, decoded images are looked up by content there first (and put there when decoded).
+    With store, decoded images are looked up by content there first (and put there when decoded). With stream,
+    it returns once every file is read and hashed, its images still decoding: the caller reads them as they come
+    and must call settle() (then close() on failure) before relying on the splits' contents or skipped.
     """
     root = Path(data_dir)
     outside: list[str] = []
@@ -226,16 +261,21 @@ def load_dataset(
         if on_file:
             on_file(done, total)
 
-    skipped: list[dict[str, str]] = [{"path": path, "reason": OUTSIDE_ROOTS} for path in outside]
-    budget = cache_mb * 2**20
-    train = _decode_split(train_files, classes, short_side, root, skipped, max_pixels, tick, budget, store)
-    val = _decode_split(val_files, classes, short_side, root, skipped, max_pixels, tick, budget - train.images.nbytes,
-                        store)
-    counts = np.bincount(train.labels, minlength=len(classes)) if len(train) else np.zeros(len(classes), int)
-    empty = [name for name, n in zip(classes, counts) if n == 0]
-    if empty:
-        raise DatasetError(f"class(es) with no readable training image: {', '.join(empty)}")
-    if len(val) == 0:
-        raise DatasetError("no validation images: add a val/ folder or use a val_split above 0 with 2+ images a class")
-    log.info("dataset %s: %d classes, %d train, %d val, %d skipped", root, len(classes), len(train), len(val), len(skipped))
-    return TrainingData(classes=classes, train=train, val=val, skipped=skipped)
+    skipped = [{"path": path, "reason": OUTSIDE_ROOTS} for path in outside]
+    decoder = BackgroundDecoder(short_side, max_pixels, store, cache_mb * 2**20)
+    scan_tick = tick if stream else lambda: None  # not streamed: progress (and a cancel) as each image is decoded
+    try:
+        train, train_order = _scan_split(train_files, classes, root, decoder, scan_tick)
+        val, val_order = _scan_split(val_files, classes, root, decoder, scan_tick)
+        data = TrainingData(classes, train, val, skipped + [{"path": p, "reason": r} for p, r in train_order + val_order
+                                                            if r is not None],
+                            _Pending(decoder, (train_order, val_order), skipped))
+        if not stream:
+            data.settle(tick)
+        else:
+            _check(classes, train.labels, len(val))  # the files that cannot even be read are known already
+    except BaseException:
+        decoder.close()
+        raise
+    log.info("dataset %s: %d classes, %d train, %d val files read", root, len(classes), len(train), len(val))
+    return data

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,21 @@ class ViewCache:
     def views(self) -> int:
         """Number of cached views per training image."""
         return self.train_pooled.shape[0]
+
+    def without(self, train: Sequence[int], val: Sequence[int]) -> "ViewCache":
+        """This cache less the rows of these train and val images (files found unreadable during the pass)."""
+        if not train and not val:
+            return self
+        keep_train = torch.tensor([i for i in range(self.train_pooled.shape[1]) if i not in set(train)], dtype=torch.long)
+        keep_val = torch.tensor([i for i in range(len(self.val_pooled)) if i not in set(val)], dtype=torch.long)
+
+        def pick(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> torch.Tensor | None:
+            return None if t is None else t.index_select(dim, keep)
+
+        return ViewCache(split_at=self.split_at, train_pooled=pick(self.train_pooled, 1, keep_train),
+                         val_pooled=pick(self.val_pooled, 0, keep_val), train_maps=pick(self.train_maps, 1, keep_train),
+                         val_maps=pick(self.val_maps, 0, keep_val),
+                         val_mirror_pooled=pick(self.val_mirror_pooled, 0, keep_val))
 
 
 def map_bytes(model: Classifier, split_at: int, size: int) -> int:

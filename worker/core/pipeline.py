@@ -1,7 +1,7 @@
 """The caching pass as a pipeline: crops are made, the trunk runs and the cache is written at the same time.
 
-A thread makes the uint8 crops of the next batches (decoding again any image past the memory budget, then the
-plain centre crop or a seeded augmentation), the calling thread runs the trunk (OpenVINO releases the GIL while it
+A thread makes the uint8 crops of the next batches (waiting for an image still decoding in the background, or
+decoding again one past the memory budget, then the plain centre crop or a seeded augmentation), the calling thread runs the trunk (OpenVINO releases the GIL while it
 computes), and another thread writes the new views to the on-disk store. Views found in the store are not
 computed at all. Each augmented view draws from its own generator, seeded by the job's seed, the file's content
 and the view's number: the same file gets the same views in any job, whatever else the dataset holds, which is
@@ -24,6 +24,7 @@ import torch
 from graft.worker.core.cache_store import CacheStore
 from graft.worker.core.runtimes import DEFAULT_RUNTIME
 from graft.worker.core.dataset import Split
+from graft.worker.core.images import ImageError
 from graft.worker.core.transforms import Preprocessing, augment, center_crop  # center_crop: eval_batch's pixels
 from graft.worker.core.trunk import TrunkRunner
 
@@ -84,8 +85,18 @@ def make_crop(split: Split, index: int, view: int, prep: Preprocessing, seed: in
     return augment(img, prep, gen).permute(1, 2, 0).contiguous().numpy()
 
 
-def _crops(items: Sequence[Item], batch: Sequence[int], prep: Preprocessing, seed: int) -> np.ndarray:
-    return np.stack([make_crop(*items[n], prep, seed) for n in batch])
+def _crops(items: Sequence[Item], batch: Sequence[int], prep: Preprocessing, seed: int) -> tuple[np.ndarray, list[bool]]:
+    """The batch's crops, and which are real: an image that turns out not to decode gets a zero crop (its rows are
+    computed but never stored; the caller drops them once the dataset is settled)."""
+    crops, ok = [], []
+    for n in batch:
+        try:
+            crops.append(make_crop(*items[n], prep, seed))
+            ok.append(True)
+        except ImageError:
+            crops.append(np.zeros((prep.crop, prep.crop, 3), np.uint8))
+            ok.append(False)
+    return np.stack(crops), ok
 
 
 def trunk_pass(
@@ -123,7 +134,7 @@ def trunk_pass(
     try:
         ahead: deque[Future] = deque(crop_pool.submit(_crops, items, b, prep, seed) for b in batches[:LOOKAHEAD])
         for index, batch in enumerate(batches):
-            x = ahead.popleft().result()
+            x, ok = ahead.popleft().result()
             if index + LOOKAHEAD < len(batches):
                 ahead.append(crop_pool.submit(_crops, items, batches[index + LOOKAHEAD], prep, seed))
             m, p = trunk(x)  # type: ignore[misc]
@@ -131,7 +142,7 @@ def trunk_pass(
             if maps is not None:
                 maps[batch] = m
             if use_store:
-                write_pool.submit(_write, store, [keys[n] for n in batch], m, p)  # type: ignore[index]
+                write_pool.submit(_write, store, [keys[n] for n in batch], m, p, ok)  # type: ignore[index]
             tick(len(batch))
     except BaseException:
         write_pool.shutdown(cancel_futures=True)  # a cancel drops the writes not started; those made are whole
@@ -149,6 +160,7 @@ def trunk_pass(
     return PassOutput(pooled, maps)
 
 
-def _write(store: CacheStore, keys: Sequence[str], maps: np.ndarray, pooled: np.ndarray) -> None:
-    for key, m, p in zip(keys, maps, pooled):
-        store.put(key, np.concatenate([m.ravel(), p]))
+def _write(store: CacheStore, keys: Sequence[str], maps: np.ndarray, pooled: np.ndarray, ok: Sequence[bool]) -> None:
+    for key, m, p, real in zip(keys, maps, pooled, ok):
+        if real:
+            store.put(key, np.concatenate([m.ravel(), p]))

@@ -136,6 +136,7 @@ def _prepare_cache(
         nonlocal done
         if should_stop():
             raise Cancelled()
+        data.check()  # an unusable dataset stops the pass as soon as the last image is decoded
         done += n
         on_progress({"phase": "caching", "done": done, "total": total})
 
@@ -173,6 +174,31 @@ def _epoch(
     return loss, acc, val[0], val[1], val[2].numpy(), len(model.stages) - frozen
 
 
+def _start(
+    data: TrainingData, spec: TrainSpec, workdir: Path, resnet18_weights: str | None,
+) -> tuple[Classifier, torch.optim.Optimizer, Any, torch.Generator, dict[str, Any]]:
+    """The model, optimizer, scheduler and generator, restored from workdir's checkpoint when it is this job's.
+
+    The last item is the checkpoint's state (history, best, epoch, elapsed), or {} for a fresh start.
+    """
+    model = build_model(spec.backbone, len(data.classes), spec.pretrained, resnet18_weights)
+    optimizer = _optimizer(model, spec)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(spec))
+    gen = torch.Generator().manual_seed(spec.seed)
+    ckpt_path = workdir / CHECKPOINT_NAME
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        if state["classes"] == data.classes and state["config"] == asdict(spec):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            gen.set_state(state["rng"])
+            torch.set_rng_state(state["torch_rng"])
+            log.info("resuming from %s at epoch %d", ckpt_path, state["epoch"] + 1)
+            return model, optimizer, scheduler, gen, state
+    return model, optimizer, scheduler, gen, {}
+
+
 def fit(
     data_dir: str | Path, spec: TrainSpec, workdir: Path, model_dir: Path,
     on_progress: ProgressFn = lambda _: None, should_stop: Callable[[], bool] = lambda: False,
@@ -197,32 +223,26 @@ def fit(
             raise Cancelled()
         on_progress({"phase": "loading", "done": done, "total": total})
 
+    # Every mode but "full" streams: the trunk pass starts on the first images while the others still decode.
     data: TrainingData = load_dataset(data_dir, spec.val_split, spec.seed, prep.resize, max_pixels, on_file=on_file,
-                                      roots=roots, store=caching.store)
+                                      roots=roots, store=caching.store, stream=mode != "full")
     loading_s = time.monotonic() - started
-    weights = class_weights(data.train.labels, len(data.classes))
-    model = build_model(spec.backbone, len(data.classes), spec.pretrained, resnet18_weights)
-    optimizer = _optimizer(model, spec)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(spec))
-    gen = torch.Generator().manual_seed(spec.seed)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"val_acc": -1.0, "epoch": 0}
-    ckpt_path = workdir / CHECKPOINT_NAME
-    start_epoch, stopped = 0, None
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        if state["classes"] == data.classes and state["config"] == asdict(spec):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            gen.set_state(state["rng"])
-            torch.set_rng_state(state["torch_rng"])
-            history, best, start_epoch = state["history"], state["best"], state["epoch"]
-            started -= state.get("elapsed", 0.0)
-            log.info("resuming from %s at epoch %d", ckpt_path, start_epoch + 1)
-    cached = time.monotonic()
-    cache = _prepare_cache(model, data, prep, spec, on_progress, should_stop, caching) if start_epoch < spec.epochs else None
+    try:
+        model, optimizer, scheduler, gen, resumed = _start(data, spec, workdir, resnet18_weights)
+        history: list[dict[str, Any]] = resumed.get("history", [])
+        best: dict[str, Any] = resumed.get("best", {"val_acc": -1.0, "epoch": 0})
+        start_epoch = resumed.get("epoch", 0)
+        started -= resumed.get("elapsed", 0.0)
+        cached = time.monotonic()
+        cache = _prepare_cache(model, data, prep, spec, on_progress, should_stop, caching) if start_epoch < spec.epochs else None
+        dropped = data.settle()  # files found not to be images during the pass leave the splits and the cache
+    except BaseException:
+        data.close()
+        raise
+    cache = cache.without(*dropped) if cache is not None else None
     timings = {"loading_s": round(loading_s, 2), "caching_s": round(time.monotonic() - cached, 2)}
+    weights = class_weights(data.train.labels, len(data.classes))
+    ckpt_path, stopped = workdir / CHECKPOINT_NAME, None
     if cache is not None and (mode == "linear" or cache.train_maps is not None):
         data.train.images.release()  # every epoch now reads the cache: ~100 MB fewer during fine-tuning
         data.val.images.release()
