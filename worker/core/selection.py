@@ -24,11 +24,14 @@ log = logging.getLogger(__name__)
 
 # Seconds per image on the project's 2-core machine, each backbone at its own input size: (the caching pass as a job
 # runs it, per view: OpenVINO trunk, crops, cache writes; one fine-tune epoch of the unfrozen stages from cached
-# activations, per training image, validation included). PROVISIONAL: to be re-measured quiet.
+# activations, per training image, validation included). `python bench/backbone_costs.py`, quiet, 2026-11-29 13:28
+# UTC: model-only forward 11.1 / 17.7 / 22.2 ms and fine-tune step 2.2 / 2.7 / 3.4 ms for Lite0 / 1 / 2; a default
+# Lite0 job on ants/bees spent 15.1 ms per view in its caching pass (x1.36) and 2.3 ms per training image per
+# fine-tune epoch (x1.05), so Lite1's and Lite2's are their model-only figures times those ratios.
 COSTS: dict[str, tuple[float, float]] = {
     "efficientnet_lite0": (0.0151, 0.0023),
-    "efficientnet_lite1": (0.0198, 0.0040),
-    "efficientnet_lite2": (0.0292, 0.0060),
+    "efficientnet_lite1": (0.0241, 0.0028),
+    "efficientnet_lite2": (0.0302, 0.0036),
 }
 AUTO_ORDER = ("efficientnet_lite2", "efficientnet_lite1", "efficientnet_lite0")  # largest first
 BUDGET_SHARE = 0.5  # an estimate must fit half the budget: the costs vary with the machine's load
