@@ -56,7 +56,7 @@ def run_tutorial(data: Path, epochs: int) -> dict:
     tfs = {
         "train": transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
                                      transforms.ToTensor(), norm]),
-        "val": transforms.Compose([transforms.Resize(round(size * 8 / 7)), transforms.CenterCrop(size), transforms.ToTensor(), norm]),
+        "val": transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm]),
     }
     sets = {k: datasets.ImageFolder(str(data / k), tfs[k]) for k in ("train", "val")}
     loaders = {k: torch.utils.data.DataLoader(sets[k], batch_size=4, shuffle=k == "train", num_workers=2)
