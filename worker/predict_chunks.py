@@ -68,6 +68,8 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
         return {"chunk": index, "files": 0, "skipped": True}
     held, names, params = claimed
     rows: list[dict[str, Any]] | None = None
+    # The dashboard's result thumbnails (bounded), cut from the decoded pixels; a synchronous answer waits for none.
+    thumbs = RESULT_THUMBS_PER_CHUNK if index < RESULT_THUMB_CHUNKS and not params.get("interactive") else 0
     with Heartbeat(lambda: _renew(config, held), beat_interval(config.lease_s), f"chunk-{job_id[:8]}-{index}") as beat:
         try:
             folder, roots = input_folder(config, params)
@@ -76,9 +78,8 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
             rows = predictor.predict_files([(name, listed_path(folder, name)) for name in names], params.get("top_k", 1),
                                            params.get("threshold"), roots, should_stop=beat.should_stop,
                                            target_precision=params.get("target_precision"),
-                                           reject_ood=params.get("reject_ood", True), tta=bool(params.get("tta")))
-            if index < RESULT_THUMB_CHUNKS and not params.get("interactive"):  # a synchronous answer waits for none
-                _thumbnails(config, job_id, folder, roots, rows)
+                                           reject_ood=params.get("reject_ood", True), tta=bool(params.get("tta")),
+                                           thumbs_dir=job_thumbs_dir(config.artifacts_dir, job_id), thumbs=thumbs)
         except Stopped:
             log.info("predict job %s: chunk %d stopped (job ended or chunk taken over)", job_id, index)
         except Exception as exc:  # noqa: BLE001 - any error: try the chunk again, or fail the job after the last try
@@ -93,17 +94,6 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
     release_job_upload(config, job_id)  # removes it only when this chunk was the last
     return {"chunk": index, "files": len(rows), "errors": sum(1 for r in rows if r["error"]),
             "runtime": predictor.runtime}
-
-
-def _thumbnails(config: Config, job_id: str, folder: Path, roots: list[Path], rows: list[dict[str, Any]]) -> None:
-    """The dashboard's result thumbnails (bounded; the upload goes away with the job); never fails the chunk."""
-    from graft.worker.core.thumbnails import write_file_thumbnails
-
-    ok = [(r["path"], folder / r["path"]) for r in rows if not r["error"]][:RESULT_THUMBS_PER_CHUNK]
-    try:
-        write_file_thumbnails(ok, job_thumbs_dir(config.artifacts_dir, job_id), config.max_image_pixels, roots)
-    except OSError as exc:  # a full disk: no thumbnails, same results
-        log.warning("predict job %s: no result thumbnails (%s)", job_id, exc)
 
 
 def _let_go(config: Config, held: Held) -> None:

@@ -1,4 +1,5 @@
-"""Choices made for the user: the CV-regularised linear head, the backbone that fits the budget, test-time mirroring."""
+"""Choices made for the user: the CV-regularised linear head, the backbone that fits the budget, test-time mirroring;
+and the predict core's result thumbnails."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -146,3 +147,28 @@ def test_tta_reaches_the_rows(predictor: Predictor, tmp_path: Path) -> None:
     both = predictor.predict_files(files, top_k=3, tta=True)
     assert [r["path"] for r in both] == [r["path"] for r in plain]
     assert any(a["top_k"] != b["top_k"] for a, b in zip(plain, both))
+
+
+def test_predict_files_writes_the_first_readable_files_thumbnails_from_their_decoded_pixels(
+        predictor: Predictor, tmp_path: Path) -> None:
+    import cv2
+    from PIL import Image
+
+    from graft.shared.thumbs import THUMB_SIDE, result_thumb_name
+
+    rng = np.random.default_rng(5)
+    files = []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+        files.append((f"in/{i}.png", path))
+    (tmp_path / "1.png").write_bytes(b"not an image")  # unreadable: an error row, no thumbnail
+    rows = predictor.predict_files(files, thumbs_dir=tmp_path / "thumbs", thumbs=3)
+    assert [r["error"] is not None for r in rows] == [False, True, False, False]
+    written = sorted(p.name for p in (tmp_path / "thumbs").iterdir())
+    assert written == sorted(result_thumb_name(f"in/{i}.png") for i in (0, 2))  # the first 3 files, less the bad one
+    with Image.open(tmp_path / "thumbs" / result_thumb_name("in/0.png")) as thumb:
+        assert max(thumb.size) <= THUMB_SIDE and thumb.size[0] > thumb.size[1]  # the whole 4:3 image, not the square crop
+    # A folder that cannot be made (its parent is a file: fails even as root) refuses the thumbnails: same rows.
+    again = predictor.predict_files(files, thumbs_dir=tmp_path / "0.png" / "thumbs", thumbs=3)
+    assert [r["label"] for r in again] == [r["label"] for r in rows]

@@ -21,8 +21,10 @@ from graft.worker.core.backbones import Classifier
 from graft.worker.core.batching import choose_batch_size
 from graft.worker.core.checkpoint import load_model_artifact
 from graft.shared.files import display_name, is_junk_name
+from graft.shared.thumbs import result_thumb_name
 from graft.shared.params import PRECISIONS  # bf16 (eager PyTorch only): ~2x faster, top-1 may differ on near-ties
 from graft.worker.core.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from graft.worker.core.thumbnails import save_thumbnail
 from graft.worker.core.runtimes import DEFAULT_RUNTIME, RUNTIMES, TORCH, Normalized, Runner, RuntimeUnavailable, make_runner
 from graft.worker.core.transforms import Preprocessing, center_crop
 from graft.worker.core.trust import UNKNOWN, Options, Trust
@@ -96,10 +98,17 @@ def _decode(path: Path, short_side: int, max_pixels: int | None, roots: Sequence
 
 
 def _decode_crop(path: Path, short_side: int, crop: int, max_pixels: int | None,
-                 roots: Sequence[Path] | None) -> np.ndarray | str:
-    """_decode, then the centre crop, on the decode thread: the inference thread only stacks ready crops."""
+                 roots: Sequence[Path] | None, thumb: Path | None = None) -> np.ndarray | str:
+    """_decode, then the centre crop, on the decode thread: the inference thread only stacks ready crops.
+
+    With thumb, the decoded image's thumbnail is written there too (decoding the file again for it cost a predict
+    job a fifth of its time)."""
     img = _decode(path, short_side, max_pixels, roots)
-    return img if isinstance(img, str) else np.ascontiguousarray(center_crop(img, crop))
+    if isinstance(img, str):
+        return img
+    if thumb is not None:
+        save_thumbnail(img, thumb)
+    return np.ascontiguousarray(center_crop(img, crop))
 
 
 def bf16_native() -> bool:
@@ -250,8 +259,11 @@ class Predictor:
 
     def predict_files(self, files: Sequence[tuple[str, Path]], top_k: int = 1, threshold: float | None = None,
                       roots: Sequence[Path] | None = None, should_stop: Callable[[], bool] | None = None,
-                      target_precision: float | None = None, reject_ood: bool = True, tta: bool = False) -> list[Row]:
+                      target_precision: float | None = None, reject_ood: bool = True, tta: bool = False,
+                      thumbs_dir: Path | None = None, thumbs: int = 0) -> list[Row]:
         """One row per (name, path), in order; the next batches decode and crop on a thread pool while this one runs.
+
+        With thumbs_dir, the first `thumbs` readable files' thumbnails are written there as result_thumb_name(name).
 
         tta averages each image's and its mirror image's calibrated probabilities (Predictor.probabilities).
 
@@ -268,17 +280,19 @@ class Predictor:
         pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
         try:
 
-            def submit(batch: Iterable[tuple[str, Path]]) -> list[Future]:
-                return [pool.submit(_decode_crop, path, short, self.prep.crop, self.max_pixels, roots)
-                        for _, path in batch]
+            def submit(index: int) -> list[Future]:
+                first = index * self.batch_size
+                return [pool.submit(_decode_crop, path, short, self.prep.crop, self.max_pixels, roots,
+                                    thumbs_dir / result_thumb_name(name) if thumbs_dir and first + j < thumbs else None)
+                        for j, (name, path) in enumerate(batches[index])]
 
-            pending = deque(submit(b) for b in batches[:LOOKAHEAD])
+            pending = deque(submit(i) for i in range(min(LOOKAHEAD, len(batches))))
             for index, batch in enumerate(batches):
                 if should_stop is not None and should_stop():
                     raise Stopped(f"stopped before batch {index + 1} of {len(batches)}")
                 decoded = [future.result() for future in pending.popleft()]
                 if index + LOOKAHEAD < len(batches):
-                    pending.append(submit(batches[index + LOOKAHEAD]))
+                    pending.append(submit(index + LOOKAHEAD))
                 rows.extend(self._rows([name for name, _ in batch], decoded, top_k, options, tta))  # crop again = same
         finally:
             pool.shutdown(cancel_futures=True)  # a stop does not wait for the batches decoded ahead

@@ -58,21 +58,15 @@ def _file_thumbnail(path: Path, max_pixels: int | None) -> bytes | None:
         return None
 
 
-def write_file_thumbnails(files: Sequence[tuple[str, Path]], folder: Path, max_pixels: int | None,
-                          roots: Sequence[Path]) -> int:
-    """Thumbnails of (name, path) files as folder/result_thumb_name(name); files outside roots are skipped."""
-    real_roots = [Path(r).resolve() for r in roots]
-    made = 0
-    for name, path in files:
-        real = Path(path).resolve()
-        if not any(real.is_relative_to(r) for r in real_roots):
-            continue
-        data = _file_thumbnail(real, max_pixels)
-        if data is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            _write(folder / result_thumb_name(name), data)
-            made += 1
-    return made
+def save_thumbnail(img: np.ndarray, path: Path) -> bool:
+    """Write img's thumbnail at path (its folder made); False, logged, when the disk refuses: never fails a job."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, jpeg_thumbnail(img))
+        return True
+    except OSError as exc:
+        log.warning("no thumbnail %s: %s", path.name, exc)
+        return False
 
 
 def write_class_thumbnails(root: Path, folder: Path, max_pixels: int | None, roots: Sequence[Path] | None = None,
