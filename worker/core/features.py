@@ -43,8 +43,9 @@ class ViewCache:
         """This cache less the rows of these train and val images (files found unreadable during the pass)."""
         if not train and not val:
             return self
-        keep_train = torch.tensor([i for i in range(self.train_pooled.shape[1]) if i not in set(train)], dtype=torch.long)
-        keep_val = torch.tensor([i for i in range(len(self.val_pooled)) if i not in set(val)], dtype=torch.long)
+        gone_train, gone_val = set(train), set(val)
+        keep_train = torch.tensor([i for i in range(self.train_pooled.shape[1]) if i not in gone_train], dtype=torch.long)
+        keep_val = torch.tensor([i for i in range(len(self.val_pooled)) if i not in gone_val], dtype=torch.long)
 
         def pick(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> torch.Tensor | None:
             return None if t is None else t.index_select(dim, keep)
