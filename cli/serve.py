@@ -14,7 +14,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from graft.shared.config import Config, get_config
-from graft.shared.db import forget_inherited_connections
 from graft.shared.schema import SchemaOutOfDate
 
 if TYPE_CHECKING:
@@ -41,10 +40,6 @@ def serve(app: "Flask", options: dict[str, Any]) -> None:
     Server().run()
 
 
-def _post_fork(_server: Any, _worker: Any) -> None:  # noqa: ANN401 - gunicorn's arbiter and worker
-    forget_inherited_connections()  # the master's pooled database connections are not the worker's to use
-
-
 def _worker_exit(_server: Any, worker: Any) -> None:  # noqa: ANN401 - gunicorn's arbiter and worker
     # A worker is a fork of the master: finalising the whole interpreter it inherited takes seconds and does nothing
     # the worker needs (every request's session is closed, log lines are written as they come). Only a worker that
@@ -62,7 +57,6 @@ def server_options(config: Config, args: argparse.Namespace) -> dict[str, Any]:
         "worker_class": "gthread",
         "workers": args.workers,
         "threads": args.threads,
-        "post_fork": _post_fork,
         "worker_exit": _worker_exit,
         "proc_name": "graft-api",
         "control_socket_disable": True,  # it would be one path ($HOME/.gunicorn) shared by every server on the host

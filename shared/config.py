@@ -96,6 +96,11 @@ class Config:
     database_url: str = "sqlite:///var/graft.db"
     # Off: the API and workers refuse a schema that is behind (`graft db upgrade` first). On: they upgrade it at start.
     db_auto_upgrade: bool = False
+    # Per process (each API process, each worker child and each worker's main process has its own pool): at most
+    # size + overflow PostgreSQL connections, waiting up to timeout for one (docs/operations.md sizes them).
+    db_pool_size: int = 5
+    db_pool_overflow: int = 5
+    db_pool_timeout_s: int = 30
     insecure_no_auth: bool = False  # no token needed at all: local development on loopback only (`graft api` checks)
     auth_fail_limit: str = "30/minute"  # failed authentications per client address before 429 (limits' notation)
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -144,6 +149,9 @@ class Config:
         return cls(
             database_url=_secret(env, "GRAFT_DATABASE_URL") or f"sqlite:///{(var / 'graft.db').absolute()}",
             db_auto_upgrade=_flag(env, "GRAFT_DB_AUTO_UPGRADE", cls.db_auto_upgrade),
+            db_pool_size=_int(env, "GRAFT_DB_POOL_SIZE", cls.db_pool_size, 1),
+            db_pool_overflow=_int(env, "GRAFT_DB_POOL_OVERFLOW", cls.db_pool_overflow, 0),
+            db_pool_timeout_s=_int(env, "GRAFT_DB_POOL_TIMEOUT", cls.db_pool_timeout_s, 1),
             insecure_no_auth=_flag(env, "GRAFT_INSECURE_NO_AUTH", cls.insecure_no_auth),
             auth_fail_limit=_rate(env, "GRAFT_AUTH_FAIL_LIMIT", cls.auth_fail_limit),
             redis_url=_secret(env, "GRAFT_REDIS_URL") or cls.redis_url,

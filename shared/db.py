@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -52,10 +53,21 @@ def get_engine(url: str) -> Engine:
 
 
 def forget_inherited_connections() -> None:
-    """In a process just forked: drop the parent's pooled connections without closing them (the parent owns them)."""
-    with _engines_lock:
-        for engine in _engines.values():
-            engine.dispose(close=False)
+    """In a process just forked: drop the parent's pooled connections without closing them (the parent owns them).
+
+    Runs by itself in every child forked by os.fork (gunicorn's workers, Celery's pool children, a child Celery forks
+    again after one died): a connection used by two processes is one server session with two talkers, which on
+    PostgreSQL ends in errors such as DuplicatePreparedStatement or results read by the wrong process.
+    """
+    global _engines_lock
+    # Another thread of the parent may have held the lock at the fork; in the child it would never be released.
+    _engines_lock = threading.Lock()
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+
+
+# Every fork, whoever makes it: a child must never reuse its parent's sockets (SQLAlchemy's documented recipe).
+os.register_at_fork(after_in_child=forget_inherited_connections)
 
 
 def _create_engine(url: str) -> Engine:
@@ -66,7 +78,16 @@ def _create_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        from graft.shared.config import get_config
+
+        config = get_config()
+        # prepare_threshold=None: no server-side prepared statements. Graft's queries are short and varied, so they
+        # save little, and they fail behind PgBouncer in transaction mode (a statement prepared on one server
+        # session, executed on another).
+        connect_args = {"prepare_threshold": None} if parsed.get_driver_name() == "psycopg" else {}
+        engine = create_engine(url, pool_pre_ping=True, pool_size=config.db_pool_size,
+                               max_overflow=config.db_pool_overflow, pool_timeout=config.db_pool_timeout_s,
+                               connect_args=connect_args)
     return engine
 
 
