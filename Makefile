@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?=
 EPOCHS ?= 4
+DATABASE_URL ?=
 
-.PHONY: install demo test test-unit test-fast api worker bench clean
+.PHONY: install demo test test-unit test-postgres test-fast api worker bench clean
 
 install: $(VENV)/.installed
 
@@ -16,13 +17,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $@
 
+# DATABASE_URL=postgresql+psycopg://... runs the demo on PostgreSQL instead of the SQLite file under var/.
 demo: install
-	$(BIN)/graft demo $(DATA) --epochs $(EPOCHS)
+	$(if $(DATABASE_URL),GRAFT_DATABASE_URL='$(DATABASE_URL)' )$(BIN)/graft demo $(DATA) --epochs $(EPOCHS)
 
-# The browser and service tests share running services and go one at a time; the unit tests (private schemas and
-# folders) run on every core: 112 s instead of about 200 s on 2 cores (measured 2026-11-29).
+# The browser and service tests run in two processes, each module and backend (SQLite, PostgreSQL) on one of them
+# (much of their time is spent waiting on workers and services); the `serial` ones (a restart of the shared
+# PostgreSQL, recovery timed against short leases) run alone after them; then the unit tests on every core.
 test: install
-	$(BIN)/python -m pytest tests/browser tests/service
+	$(BIN)/python -m pytest tests/browser tests/service -m "not serial" -n 2 --dist loadgroup
+	$(BIN)/python -m pytest tests/browser tests/service -m serial
 	$(BIN)/python -m pytest tests/unit -n auto
 
 # No Redis, PostgreSQL or worker processes: storage, checkpoints, datasets, the training core, archives,
@@ -30,6 +34,11 @@ test: install
 # On every core (pytest-xdist): on 2 cores one process took 67 s, two take about 50 s (measured 2026-11-29).
 test-unit: install
 	$(BIN)/python -m pytest tests/unit -m "not postgres" -n auto
+
+# The PostgreSQL service tier alone: every flow's PostgreSQL run and the PostgreSQL-only tests.
+test-postgres: install
+	$(BIN)/python -m pytest tests/browser tests/service -m "postgres and not serial" -n 2 --dist loadgroup
+	$(BIN)/python -m pytest tests/browser tests/service -m "postgres and serial"
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

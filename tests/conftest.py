@@ -17,8 +17,42 @@ from sqlalchemy.engine import Engine
 from graft.shared.config import Config
 from graft.shared.schema import upgrade
 from tests.helpers import (
-    HYMENOPTERA, POSTGRES_URL, REDIS_URL, TOKEN, WEBHOOK_SECRET, WorkerProcess, ensure_redis, running_worker,
+    HYMENOPTERA, POSTGRES_URL, REDIS_URL, SCHEMAS, TOKEN, WEBHOOK_SECRET, WorkerProcess, ensure_redis, postgres_schema,
+    running_worker,
 )
+
+# The session's database backends. Tests marked `both_databases` (every flow that runs a job end to end) run on each;
+# the rest only on SQLite. pytest groups the tests by backend, so each backend's worker starts once.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep a test's PostgreSQL variant only where it is marked `both_databases`; group each module's tests on one
+    backend for pytest-xdist (`--dist loadgroup`), so that a module's fixtures are built once per backend."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend", "") if callspec is not None else ""
+        (drop if backend == "postgres" and item.get_closest_marker("both_databases") is None else keep).append(item)
+        item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}-{backend}" if item.module else backend))
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_private_schemas() -> Iterator[None]:
+    """Drop the PostgreSQL schemas tests made (tests.helpers.postgres_schema) once everything else has stopped."""
+    yield
+    if not SCHEMAS:
+        return
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            for schema in SCHEMAS:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -70,15 +104,24 @@ def empty_postgres_url(postgres_url: str, postgres_admin: Engine) -> Iterator[st
         get_engine(url).dispose()
 
 
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database the service tests run on: "sqlite" (the default install) or "postgres" (production)."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> dict[str, str]:
+def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str, backend: str) -> dict[str, str]:
     """GRAFT_* variables for one test session: private database, artifacts, data root and queue."""
-    base = tmp_path_factory.mktemp("graft")
+    base = tmp_path_factory.mktemp(f"graft-{backend}")
     data_root = base / "data"
     data_root.mkdir()
     roots = [str(data_root)] + ([str(HYMENOPTERA.resolve())] if HYMENOPTERA.is_dir() else [])
-    database_url = f"sqlite:///{base / 'graft.db'}"
-    upgrade(database_url)  # as `graft db upgrade` would, before anything starts: tests may open sessions first
+    if backend == "postgres":
+        database_url = postgres_schema()  # upgraded there
+    else:
+        database_url = f"sqlite:///{base / 'graft.db'}"
+        upgrade(database_url)  # as `graft db upgrade` would, before anything starts: tests may open sessions first
     return {
         "GRAFT_DATABASE_URL": database_url,
         # Tests that point the API or workers at a database of their own get it upgraded at start, one process at a

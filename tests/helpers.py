@@ -47,11 +47,13 @@ def ensure_redis() -> None:
 class WorkerProcess:
     """A real `graft worker` subprocess in its own process group."""
 
-    def __init__(self, env: dict[str, str], name: str, log_path: Path, queues: str = "all") -> None:
+    def __init__(self, env: dict[str, str], name: str, log_path: Path, queues: str = "all",
+                 concurrency: int = 1) -> None:
         self.name, self.log_path = name, log_path
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "graft.cli.main", "worker", "--name", name, "--concurrency", "1", "--loglevel", "INFO",
+            [sys.executable, "-m", "graft.cli.main", "worker", "--name", name, "--concurrency", str(concurrency),
+             "--loglevel", "INFO",
              "--queues", queues],
             cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -124,10 +126,40 @@ def at_once(fn: Callable[[int], T], n: int, timeout: float = 60) -> list[T]:
     return results
 
 
+# Private PostgreSQL schemas made during the session; tests/conftest.py drops them when the session ends.
+SCHEMAS: list[str] = []
+
+
+def postgres_schema() -> str:
+    """A new, upgraded schema in the PostgreSQL test database; a URL whose search_path is it."""
+    from sqlalchemy import create_engine, text
+
+    from graft.shared.schema import upgrade
+
+    schema = f"graft_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    finally:
+        admin.dispose()
+    SCHEMAS.append(schema)
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    upgrade(url)
+    return url
+
+
+def is_postgres(env: dict[str, str]) -> bool:
+    """True when env's database is PostgreSQL."""
+    return env["GRAFT_DATABASE_URL"].startswith("postgresql")
+
+
 def private_env(service_env: dict[str, str], base: Path, queue_prefix: str, **overrides: str) -> dict[str, str]:
-    """The session's settings with a database (SQLite under base) and queue of one test module's own."""
-    return {**service_env, "GRAFT_DATABASE_URL": f"sqlite:///{base / 'graft.db'}",
-            "GRAFT_QUEUE": f"{queue_prefix}-{uuid.uuid4().hex[:6]}", **overrides}
+    """The session's settings with a database and queue of one test module's own, on the session's backend: a
+    SQLite file under base, or a new PostgreSQL schema."""
+    database = postgres_schema() if is_postgres(service_env) else f"sqlite:///{base / 'graft.db'}"
+    return {**service_env, "GRAFT_DATABASE_URL": database, "GRAFT_QUEUE": f"{queue_prefix}-{uuid.uuid4().hex[:6]}",
+            **overrides}
 
 
 def api_client(env: dict[str, str]):  # noqa: ANN201 - a FlaskClient

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -180,6 +181,7 @@ def _batch_predict(driver: WebDriver, model_id: str, images: Path, screenshots: 
     assert len(table) == 6 and {r["label"] for r in table} <= {"ants", "bees"}
 
 
+@pytest.mark.both_databases
 def test_end_to_end(dashboard: dict[str, Any], browser: WebDriver, hymenoptera_zip: Path, screenshots: Path,
                     tmp_path: Path) -> None:
     sign_in(browser, dashboard["url"], TOKEN)

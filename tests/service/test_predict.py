@@ -105,6 +105,7 @@ def _all_results(client, job_id: str, limit: int = 1000) -> list[dict]:  # noqa:
     return items
 
 
+@pytest.mark.both_databases
 def test_nested_folder_every_file_one_row(client, model: dict, messy: dict[str, Path], data_root: Path) -> None:  # noqa: ANN001
     job = _submit(client, model_id=model["id"], input_dir=str(data_root / "messy"), top_k=2)
     assert job["kind"] == "predict" and job["status"] == "queued"
@@ -151,6 +152,7 @@ def test_results_csv_sorted_with_columns(client, model: dict, messy: dict[str, P
                for p, _, c, _, o, _ in table[1:] if c)
 
 
+@pytest.mark.both_databases
 def test_chunks_run_on_two_workers(client, model: dict, second_worker: WorkerProcess, data_root: Path) -> None:  # noqa: ANN001
     root = make_shapes_dataset(data_root / "many", per_class=16, size=64)
     job = _submit(client, model_id=model["id"], input_dir=str(root), chunk_size=4)
@@ -314,6 +316,7 @@ def test_non_utf8_names_are_classified_and_shown_escaped(client, model: dict, me
     assert sorted(rows) == ["na%EFve.jpg", "pics/caf%E9.jpg"] and all(r["label"] in CLASSES for r in rows.values())
 
 
+@pytest.mark.both_databases
 def test_synchronous_predict(client, model: dict, messy: dict[str, Path]) -> None:  # noqa: ANN001
     url = f"/api/v1/models/{model['id']}/predict"
     files = [(io.BytesIO(messy[n].read_bytes()), n) for n in ("odd/gray.jpg", "broken/empty.jpg", "odd/cmyk.jpg")]
@@ -336,6 +339,7 @@ def test_synchronous_predict(client, model: dict, messy: dict[str, Path]) -> Non
     assert job["kind"] == "predict" and job["status"] == "succeeded" and job["params"]["interactive"]
 
 
+@pytest.mark.both_databases
 def test_synchronous_predict_runs_on_an_interactive_worker(app, service_env: dict[str, str], model: dict,  # noqa: ANN001
                                                            messy: dict[str, Path], data_root: Path,
                                                            tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ def shapes(data_root: Path) -> Path:
     return root
 
 
+@pytest.mark.both_databases
 def test_train_job_end_to_end(client, worker, shapes: Path, service_config) -> None:  # noqa: ANN001
     from graft.worker.core.checkpoint import load_model_artifact
     from graft.worker.core.images import decode_image

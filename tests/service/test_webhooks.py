@@ -30,6 +30,7 @@ def _wait_delivered(client, job_id: str, timeout: float = 30) -> dict:  # noqa: 
     raise AssertionError(f"callback of job {job_id} not delivered after {timeout}s: {job['callback']}")
 
 
+@pytest.mark.both_databases
 def test_webhook_is_received_verified_and_retried(client, worker, shapes: Path) -> None:  # noqa: ANN001
     with Receiver([500]) as receiver:  # the first POST fails, so the worker must retry
         url = f"{receiver.url}/hooks/graft?source=test"
