@@ -15,6 +15,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from graft.shared.config import get_config
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -78,8 +80,6 @@ def _create_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        from graft.shared.config import get_config
-
         config = get_config()
         # prepare_threshold=None: no server-side prepared statements. Graft's queries are short and varied, so they
         # save little, and they fail behind PgBouncer in transaction mode (a statement prepared on one server
