@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 from graft.shared.config import Config
 from graft.shared.schema import upgrade
 from tests.helpers import (
-    HYMENOPTERA, POSTGRES_URL, REDIS_URL, SCHEMAS, TOKEN, WEBHOOK_SECRET, WorkerProcess, ensure_redis, postgres_schema,
-    running_worker,
+    HYMENOPTERA, POSTGRES_URL, REDIS_URL, SCHEMAS, TOKEN, WEBHOOK_SECRET, WorkerProcess, ensure_redis, new_schema,
+    postgres_schema, running_worker,
 )
 
 # The session's database backends. Tests marked `both_databases` (every flow that runs a job end to end) run on each;
@@ -68,13 +68,11 @@ def redis_url() -> str:
 @contextmanager
 def _private_schema(engine: Engine) -> Iterator[str]:
     """A new schema in the PostgreSQL test database, dropped afterwards; yields a URL whose search_path is it."""
-    schema = f"graft_test_{uuid.uuid4().hex[:8]}"
     try:
-        with engine.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        schema, url = new_schema(engine)
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}")
-    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    yield url
     with engine.begin() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 

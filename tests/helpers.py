@@ -15,9 +15,12 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from graft.shared.queue import redis_ping
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
@@ -130,21 +133,29 @@ def at_once(fn: Callable[[int], T], n: int, timeout: float = 60) -> list[T]:
 SCHEMAS: list[str] = []
 
 
+def new_schema(engine: "Engine") -> tuple[str, str]:
+    """A new, empty schema in the PostgreSQL test database made through engine: (its name, a URL whose search_path
+    is it)."""
+    from sqlalchemy import text
+
+    schema = f"graft_test_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    return schema, f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
 def postgres_schema() -> str:
-    """A new, upgraded schema in the PostgreSQL test database; a URL whose search_path is it."""
-    from sqlalchemy import create_engine, text
+    """A new, upgraded schema in the PostgreSQL test database, dropped when the session ends; its URL."""
+    from sqlalchemy import create_engine
 
     from graft.shared.schema import upgrade
 
-    schema = f"graft_test_{uuid.uuid4().hex[:8]}"
     admin = create_engine(POSTGRES_URL)
     try:
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        schema, url = new_schema(admin)
     finally:
         admin.dispose()
     SCHEMAS.append(schema)
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     upgrade(url)
     return url
 

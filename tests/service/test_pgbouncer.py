@@ -18,6 +18,7 @@ from typing import Iterator
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from graft.cli.demo import _free_port
 from graft.shared import lifecycle
 from graft.shared.db import get_engine, session_scope
 from graft.shared.models import Job, JobEvent
@@ -28,12 +29,6 @@ pytestmark = [pytest.mark.postgres,
               pytest.mark.skipif(shutil.which("pgbouncer") is None and not Path("/usr/sbin/pgbouncer").exists(),
                                  reason="pgbouncer is not installed (.ci/run installs Debian's)")]
 THREADS, ROUNDS = 8, 12
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
