@@ -22,8 +22,8 @@ demo: install
 	$(if $(DATABASE_URL),GRAFT_DATABASE_URL='$(DATABASE_URL)' )$(BIN)/graft demo $(DATA) --epochs $(EPOCHS)
 
 # The browser and service tests run in two processes, each module and backend (SQLite, PostgreSQL) on one of them
-# (much of their time is spent waiting on workers and services); the `serial` ones (a restart of the shared
-# PostgreSQL, recovery timed against short leases) run alone after them; then the unit tests on every core.
+# (much of their time is spent waiting on workers and services; tests.helpers.SHARED_CORES gives each worker one
+# torch thread); the `serial` one (a restart of the shared PostgreSQL) runs alone after them; then the unit tests.
 test: install
 	$(BIN)/python -m pytest tests/browser tests/service -m "not serial" -n 2 --dist loadgroup
 	$(BIN)/python -m pytest tests/browser tests/service -m serial

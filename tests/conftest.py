@@ -4,6 +4,7 @@ Service fixtures start nothing until a test asks for them, so tests/unit runs wi
 """
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from contextlib import contextmanager
@@ -18,8 +19,12 @@ from graft.shared.config import Config
 from graft.shared.schema import upgrade
 from tests.helpers import (
     HYMENOPTERA, POSTGRES_URL, REDIS_URL, SCHEMAS, TOKEN, WEBHOOK_SECRET, WorkerProcess, ensure_redis, new_schema,
-    postgres_schema, running_worker,
+    SHARED_CORES, postgres_schema, running_worker,
 )
+
+if SHARED_CORES:  # before torch, numpy or OpenVINO load here or in a child: one thread per process (tests.helpers)
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 # The session's database backends. Tests marked `both_databases` (every flow that runs a job end to end) run on each;
 # the rest only on SQLite. pytest groups the tests by backend, so each backend's worker starts once.

@@ -30,6 +30,10 @@ TOKEN = "test-token"
 WEBHOOK_SECRET = "test-webhook-secret"
 # The smallest training spec the unit tests fit with: Lite0 at 64 px, one extra view, no early stop.
 TINY_TRAIN = {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 8, "views": 1, "patience": 0}
+# Under pytest-xdist the test processes share the cores, and each starts workers of its own: one torch thread per
+# job (and one BLAS/OpenMP thread in every process, tests/conftest.py) instead of cores / concurrency each, which
+# oversubscribes the cores and leaves OpenMP threads spinning against each other (measured: a job 3x slower).
+SHARED_CORES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
 
 
 def ensure_redis() -> None:
@@ -54,10 +58,10 @@ class WorkerProcess:
                  concurrency: int = 1) -> None:
         self.name, self.log_path = name, log_path
         self.log = open(log_path, "wb")
+        threads = ["--threads", "1"] if SHARED_CORES else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "graft.cli.main", "worker", "--name", name, "--concurrency", str(concurrency),
-             "--loglevel", "INFO",
-             "--queues", queues],
+             "--loglevel", "INFO", "--queues", queues, *threads],
             cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 

@@ -21,8 +21,8 @@ from graft.shared.db import session_scope
 from graft.shared.models import Job, PredictChunk, PredictionResult, TrainedModel
 from tests.helpers import WorkerProcess, api_client, private_env, wait_for_job
 
-# Every recovery path on SQLite and on PostgreSQL, alone (`serial`): recovery is timed against 4 s leases.
-pytestmark = [pytest.mark.both_databases, pytest.mark.serial]
+# Every recovery path on SQLite and on PostgreSQL; recovery is timed against 4 s leases (see test_resilience).
+pytestmark = pytest.mark.both_databases
 # Short leases so recovery takes seconds; the same as test_resilience's.
 FAST_RECOVERY = {"GRAFT_LEASE_SECONDS": "4", "GRAFT_SWEEP_SECONDS": "1", "GRAFT_MAX_ATTEMPTS": "3",
                  "GRAFT_REQUEUE_SECONDS": "3"}

@@ -20,9 +20,9 @@ from graft.shared.models import Job
 from graft.shared.queue import enqueue_train, make_celery, redis_ping
 from tests.helpers import WorkerProcess, api_client, private_env, wait_for_job
 
-# Resume after SIGKILL, duplicates, cancel, Redis faults: on both backends; alone (`serial`), since recovery is timed
-# against 4 s leases that a second test process loading both cores can make a worker miss.
-pytestmark = [pytest.mark.both_databases, pytest.mark.serial]
+# Resume after SIGKILL, duplicates, cancel, Redis faults: on both backends. Recovery is timed against 4 s leases; beside
+# the other test process it holds because every test worker then runs one torch thread (tests.helpers.SHARED_CORES).
+pytestmark = pytest.mark.both_databases
 
 FAST_RECOVERY = {"GRAFT_LEASE_SECONDS": "4", "GRAFT_SWEEP_SECONDS": "1", "GRAFT_MAX_ATTEMPTS": "3",
                  "GRAFT_REQUEUE_SECONDS": "3"}
