@@ -1,19 +1,18 @@
-"""Graft's default training job against a plain logistic-regression probe, per backbone and images per class.
+"""Graft's default job against plain probes on four domains, per images per class, over seeded draws.
 
-For each EfficientNet-Lite and 10 / 20 / all images per class of hymenoptera's train split (a fixed seeded
-draw), it trains Graft's default job (only the backbone named) on those images, and fits scikit-learn's
-LogisticRegression (defaults) on the same backbone's pooled features of the same images and their mirror
-images. Both are scored on hymenoptera's val split (never seen by either): Graft with and without
-test-time augmentation (`tta`), the probe on plain val features and on plain + mirrored val features averaged.
-The trust columns (bench/accuracy_trust.py), each on held-out data: the expected calibration error on val/ before
-and after the model's stored temperature; the share of tests/ood_images.py's unfamiliar images and of val/ flagged
-`unknown`, beside the top-softmax baseline's share at the same false flags; the label audit's precision and recall
-on the row's training images' frozen ImageNet features with 5 % of their labels flipped.
-Prints the table and writes it into docs/accuracy.md between the bench markers.
+For each set of ../shared/datasets (hymenoptera, flowers, trash, rps), each size (10, 20, 50 images per class and
+all of the train pool) and each seed (the draws of bench/domain_features.py: hymenoptera's val/ is its test split,
+the other sets hold out 30 % of each class per seed; the test images are never seen by either side), it
+- trains Graft's default job (TrainSpec(): backbone `auto`, every default) on the drawn images and classifies the
+  test images through the predict path exactly as a user gets them (Predictor.predict_files, default options):
+  accuracy counting `unknown` as wrong, accuracy of the class chosen (the top class, `unknown` or not), the
+  `unknown` rate on these familiar images, and the share of 100 images from each other set answered `unknown`;
+- fits the plain probes: scikit-learn's LogisticRegression() on the frozen Lite0 / Lite1 / Lite2 pooled features of
+  the same images and their mirrors, scored on the plain test features and on plain + mirrored averaged.
+Per cell it prints mean ± spread (population std over draws) and writes the table into docs/accuracy.md between
+the markers. Per-draw results are kept in a JSON file (--runs), so an interrupted run resumes where it stopped.
 
-Run: python bench/accuracy_bench.py [--backbones efficientnet_lite0,...] [--sizes 10,20,all] [--no-doc]
-Each backbone's frozen-trunk features are cached under ~/.cache/graft-bench (bench/accuracy_trust.py): with them,
-all nine rows took 11 minutes on the shared 2-core machine (2026-11-29).
+Run: python bench/accuracy_bench.py [--sets flowers,...] [--sizes 10,20,50,all] [--seeds 3] [--no-doc]
 """
 from __future__ import annotations
 
@@ -21,190 +20,152 @@ import argparse
 import json
 import logging
 import os
-import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from graft.worker.core.backbones import BACKBONES, build_model
-from graft.worker.core.dataset import find_files
-from graft.worker.core.images import decode_image
-from graft.worker.core.predict import Predictor, crop_batch
-from graft.worker.core.runtimes import Normalized, make_runner
+from graft.worker.core.predict import Predictor
 from graft.worker.core.spec import TrainSpec
 from graft.worker.core.train import fit
-from graft.worker.core.transforms import Preprocessing
+from graft.worker.core.trust import UNKNOWN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_trust import (audit_cells, cached_features, calibration_cells, format_cells,  # noqa: E402
-                            ood_cells, ood_files)  # noqa: E402
+from domain_features import LITES, SETS, SetImages, draw, features, images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 DOC = ROOT / "docs" / "accuracy.md"
 START, END = "<!-- accuracy_bench:start -->", "<!-- accuracy_bench:end -->"
-LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-HEADER = ("| backbone | images/class | Graft | Graft, `tta` | probe | probe, mirrored test | Graft's estimate "
-          "| chosen | job s | `tta` predict time | ECE before → after | OOD flagged / false flags | audit precision / recall |")
+RUNS = Path.home() / ".cache" / "graft-bench" / "accuracy-runs.json"
+OTHERS_PER_SET = 100
+HEADER = ("| set | images/class | Graft (`unknown` = wrong) | Graft, class chosen | `unknown` on familiar | other sets "
+          "flagged | probe Lite0 | probe Lite1 | probe Lite2 | best probe, mirrored test | Graft − best probe | "
+          "backbone | job s |")
 
 
-def _draw(files: dict[str, list[Path]], per_class: int | None, seed: int) -> dict[str, list[Path]]:
-    rng = random.Random(seed)
+def _probes(data: SetImages, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
     out = {}
-    for name, paths in files.items():
-        paths = sorted(paths)
-        rng.shuffle(paths)
-        out[name] = paths if per_class is None else paths[:per_class]
+    y, yt = data.labels[train], data.labels[test]
+    for backbone in LITES:
+        plain, mirror = features(data, backbone)
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lr = LogisticRegression(max_iter=5000).fit(np.concatenate([plain[train], mirror[train]]),
+                                                       np.concatenate([y, y]))
+        p = lr.predict_proba(plain[test])
+        out[backbone] = float((p.argmax(1) == yt).mean())
+        out[backbone + "+mirror"] = float((((p + lr.predict_proba(mirror[test])) / 2).argmax(1) == yt).mean())
     return out
 
 
-def _link_folder(files: dict[str, list[Path]], folder: Path) -> Path:
-    for name, paths in files.items():
-        (folder / name).mkdir(parents=True)
-        for path in paths:
-            (folder / name / path.name).symlink_to(path)
-    return folder
+def _others(name: str, seed: int) -> list[tuple[str, Path]]:
+    rng = np.random.default_rng(seed)
+    files = []
+    for other in SETS:
+        if other != name:
+            paths = images(other).paths
+            files += [(f"{other}/{i}", paths[i]) for i in rng.choice(len(paths), OTHERS_PER_SET, replace=False)]
+    return files
 
 
-def _crops(paths: list[Path], prep: Preprocessing) -> np.ndarray:
-    return crop_batch([decode_image(p, prep.resize) for p in paths], prep)
+def _graft(data: SetImages, train: np.ndarray, test: np.ndarray, seed: int) -> dict[str, float | str]:
+    work = Path(tempfile.mkdtemp(prefix="graft-acc-"))
+    try:
+        for i in train:
+            folder = work / "data" / data.classes[data.labels[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i}{data.paths[i].suffix}").symlink_to(data.paths[i])
+        t0 = time.monotonic()
+        result = fit(work / "data", TrainSpec(), work / "job", work / "model")
+        seconds = time.monotonic() - t0
+        predictor = Predictor.from_artifact(result.model_path)
+        rows = predictor.predict_files([(str(i), data.paths[i]) for i in test])
+        truth = [data.classes[data.labels[i]] for i in test]
+        others = predictor.predict_files(_others(data.name, seed))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"acc": float(np.mean([r["label"] == t for r, t in zip(rows, truth)])),
+            "chosen_acc": float(np.mean([r["top_k"][0]["label"] == t for r, t in zip(rows, truth)])),
+            "unknown": float(np.mean([r["label"] == UNKNOWN for r in rows])),
+            "others_flagged": float(np.mean([r["label"] == UNKNOWN for r in others])),
+            "backbone": result.backbone, "seconds": seconds, "selected": str(result.metrics.get("selected"))}
 
 
-def _features(backbone: str, crops: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """Pooled features of uint8 crops through the ImageNet trunk (OpenVINO, as predict jobs run)."""
-    model = build_model(backbone, 2, pretrained=True).eval()
-    model.head = nn.Identity()
-    runner = make_runner("openvino", Normalized(model, prep.mean, prep.std), prep.crop)
-    return np.concatenate([runner(crops[i : i + 32]) for i in range(0, len(crops), 32)])
+def _ms(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    v = np.asarray(values) * scale
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
 
 
-def _probe(train_x: np.ndarray, train_y: np.ndarray, val_plain: np.ndarray, val_mirror: np.ndarray,
-           val_y: np.ndarray) -> tuple[float, float]:
-    from sklearn.linear_model import LogisticRegression
-
-    lr = LogisticRegression(max_iter=5000).fit(train_x, train_y)
-    plain = lr.predict_proba(val_plain)
-    both = (plain + lr.predict_proba(val_mirror)) / 2
-    return float((plain.argmax(1) == val_y).mean()), float((both.argmax(1) == val_y).mean())
-
-
-def _graft(folder: Path, backbone: str, work: Path, val_files: list[tuple[str, Path]], val_y: np.ndarray,
-           classes: list[str], unfamiliar: list[tuple[str, Path]]) -> dict:
-    t0 = time.monotonic()
-    result = fit(folder, TrainSpec(backbone=backbone), work / "job", work / "model")
-    seconds = time.monotonic() - t0
-    predictor = Predictor.from_artifact(result.model_path)
-    scores, times, rows = {}, {}, {}
-    for tta in (False, True):
-        t1 = time.monotonic()
-        # reject_ood off: accuracy counts the class chosen, not whether the image also looked unfamiliar
-        rows[tta] = predictor.predict_files(val_files, tta=tta, reject_ood=False)
-        times[tta] = time.monotonic() - t1
-        scores[tta] = float(np.mean([classes.index(r["label"]) == y for r, y in zip(rows[tta], val_y)]))
-    m = result.metrics
-    calibration = calibration_cells(predictor, [p for _, p in val_files], val_y)
-    ood = ood_cells(predictor, rows[False], unfamiliar)
-    return {"acc": scores[False], "tta_acc": scores[True], "tta_time_ratio": times[True] / times[False],
-            "estimate": f"{m['estimated_acc']:.3f} ({m['estimate']})",
-            "chosen": f"{m['selected']} (epochs {m['epochs_val_acc']:.3f}, head {m.get('head_val_acc', 0):.3f}, "
-                      f"C {m.get('head_C')}, {m.get('head_views')} views){', refit' if m['refit'] else ''}",
-            "seconds": seconds, "calibration": calibration, "ood": ood, "job_calibration": m.get("calibration")}
-
-
-def _key(row: str) -> tuple[str, str]:
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    return cells[0], cells[1].split(" ")[0]
+def _row(name: str, size: str, draws: list[dict]) -> str:
+    g = [d["graft"] for d in draws]
+    p = [d["probes"] for d in draws]
+    best = max(LITES, key=lambda b: np.mean([x[b] for x in p]))
+    best_mirror = max(np.mean([x[b + "+mirror"] for x in p]) for b in LITES)
+    gap = np.mean([x["acc"] for x in g]) - max(np.mean([x[b] for x in p]) for b in LITES)
+    backbones = sorted({x["backbone"].replace("efficientnet_", "") for x in g})
+    return (f"| {name} | {size} ({draws[0]['train_images']} → {draws[0]['test_images']}) | {_ms([x['acc'] for x in g])} "
+            f"| {_ms([x['chosen_acc'] for x in g])} | {_ms([x['unknown'] for x in g], 100, 1)} % "
+            f"| {_ms([x['others_flagged'] for x in g], 100, 1)} % | "
+            + " | ".join(_ms([x[b] for x in p]) + (" **best**" if b == best else "") for b in LITES)
+            + f" | {best_mirror:.3f} | {gap:+.3f} | {', '.join(backbones)} | {np.mean([x['seconds'] for x in g]):.0f} |")
 
 
 def _write_doc(rows: list[str], note: str) -> None:
-    """Put rows into the table between the markers, replacing earlier rows of the same backbone and size."""
-    text = DOC.read_text() if DOC.is_file() else f"# Accuracy\n\n{START}\n{END}\n"
+    text = DOC.read_text()
     before, _, rest = text.partition(START)
-    old, _, after = rest.partition(END)
-    kept = {_key(r): r for r in old.splitlines() if r.startswith("| efficientnet")}
-    notes = [line for line in old.splitlines() if line.startswith("Measured")]
-    kept.update({_key(r): r for r in rows})
-    order = sorted(kept, key=lambda k: (k[0], 10**6 if k[1] == "all" else int(k[1])))
-    notes = list(dict.fromkeys([*notes, note]))
-    block = "\n".join([START, *notes, "", HEADER, HEADER_RULE, *(kept[k] for k in order), END])
-    DOC.write_text(before + block + after)
-
-
-HEADER_RULE = "|" + "---|" * (HEADER.count("|") - 1)
+    _, _, after = rest.partition(END)
+    DOC.write_text(before + "\n".join([START, note, "", HEADER, "|" + "---|" * (HEADER.count("|") - 1), *rows, END])
+                   + after)
 
 
 def main() -> None:
-    """Run every (backbone, size) row and write the table."""
+    """Run every (set, size, seed) not yet in --runs, then print and write the table."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--backbones", default=",".join(LITES))
-    parser.add_argument("--sizes", default="10,20,all")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/accuracy.md alone")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--sizes", default="10,20,50,all")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--runs", type=Path, default=RUNS)
+    parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    classes, train_files, val_files = find_files(args.data)
-    assert val_files is not None, "the data folder needs train/ and val/"
-    val_list = [(f"{c}/{p.name}", p) for c in classes for p in sorted(val_files[c])]
-    val_y = np.array([classes.index(name.split("/")[0]) for name, _ in val_list])
-    load = os.getloadavg()[0]
-    note = (f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC by `python bench/accuracy_bench.py --backbones "
-            f"{args.backbones} --sizes {args.sizes}`, seed {args.seed}, "
-            f"{torch.get_num_threads()} torch threads, load average {load:.1f} at the start (the machine was shared: "
-            "job seconds are only comparable within this table).")
-    rows: list[str] = []
-    ood_dir = Path(tempfile.mkdtemp(prefix="graft-acc-ood-"))
-    unfamiliar = ood_files(ood_dir)
-    print(HEADER, HEADER_RULE, sep="\n", flush=True)
-    for backbone in args.backbones.split(","):
-        info = BACKBONES[backbone]
-        prep = Preprocessing.for_size(info.image_size, info.mean, info.std)
-        all_train = _draw(train_files, None, args.seed)
-        ordered = [(c, p) for c in classes for p in all_train[c]]
-        names = [str(p) for _, p in ordered] + [str(p) for _, p in val_list]
-
-        def compute() -> np.ndarray:
-            crops = _crops([p for _, p in ordered], prep)
-            val_crops = _crops([p for _, p in val_list], prep)
-            return _features(backbone, np.concatenate([crops, crops[:, :, ::-1], val_crops, val_crops[:, :, ::-1]]),
-                             prep)
-
-        feats = cached_features(backbone, names, compute)
-        n, m = len(ordered), len(val_list)
-        plain, mirror, val_plain, val_mirror = feats[:n], feats[n : 2 * n], feats[2 * n : 2 * n + m], feats[2 * n + m :]
-        index = {p: i for i, (_, p) in enumerate(ordered)}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    runs = json.loads(args.runs.read_text()) if args.runs.is_file() else {}
+    rows = []
+    for name in args.sets.split(","):
+        data = images(name)
         for size in args.sizes.split(","):
-            per_class = None if size == "all" else int(size)
-            drawn = _draw(train_files, per_class, args.seed)
-            idx = np.array([index[p] for c in classes for p in drawn[c]])
-            y = np.array([classes.index(c) for c in classes for _ in drawn[c]])
-            probe, probe_tta = _probe(np.concatenate([plain[idx], mirror[idx]]), np.concatenate([y, y]),
-                                      val_plain, val_mirror, val_y)
-            audit = audit_cells(plain[idx], y, classes, args.seed)
-            work = Path(tempfile.mkdtemp(prefix="graft-acc-"))
-            try:
-                g = _graft(_link_folder(drawn, work / "data"), backbone, work, val_list, val_y, classes, unfamiliar)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            shown = "all" if per_class is None else str(per_class)
-            trust = " | ".join(format_cells(g["calibration"], g["ood"], audit))
-            row = (f"| {backbone} | {shown} ({len(idx)}) | {g['acc']:.3f} | {g['tta_acc']:.3f} | {probe:.3f} | "
-                   f"{probe_tta:.3f} | {g['estimate']} | {g['chosen']} | {g['seconds']:.0f} | ×{g['tta_time_ratio']:.2f} "
-                   f"| {trust} |")
-            rows.append(row)
-            print(row, flush=True)
-            details = {"row": [backbone, shown], "calibration": g["calibration"], "ood": g["ood"], "audit": audit,
-                       "job_calibration": g["job_calibration"]}
-            print("# details", json.dumps(details, default=float), flush=True)
-            if not args.no_doc:
-                _write_doc(rows, note)
-    shutil.rmtree(ood_dir, ignore_errors=True)
+            draws = []
+            for seed in range(args.seeds):
+                key = f"{name}/{size}/{seed}"
+                if key not in runs:
+                    train, test = draw(data, None if size == "all" else int(size), seed)
+                    runs[key] = {"graft": _graft(data, train, test, seed), "probes": _probes(data, train, test),
+                                 "train_images": len(train), "test_images": len(test), "commit": commit,
+                                 "load": os.getloadavg()[0]}
+                    args.runs.parent.mkdir(parents=True, exist_ok=True)
+                    args.runs.write_text(json.dumps(runs, indent=1))
+                    print("#", key, json.dumps(runs[key]), flush=True)
+                draws.append(runs[key])
+            rows.append(_row(name, size, draws))
+            print(rows[-1], flush=True)
+    commits = sorted({runs[k]["commit"] for k in runs})
+    note = (f"Measured by `python bench/accuracy_bench.py`, {args.seeds} draws a cell, at commit(s) {', '.join(commits)}, "
+            f"finished {time.strftime('%Y-%m-%d %H:%M')} UTC, {torch.get_num_threads()} torch threads on the 2-core "
+            "machine; ± is the spread (population standard deviation) over draws.")
+    print(HEADER)
+    print("\n".join(rows))
+    if not args.no_doc:
+        _write_doc(rows, note)
 
 
 if __name__ == "__main__":

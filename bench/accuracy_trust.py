@@ -1,4 +1,4 @@
-"""The trust columns of bench/accuracy_bench.py, measured on held-out data for one row's model: calibration error
+"""The trust columns of bench/backbone_accuracy.py, measured on held-out data for one row's model: calibration error
 on hymenoptera's val/ before and after the model's stored temperature, "none of the above" rates against the
 top-softmax baseline, and the label audit on 5 % flipped labels of the row's training images.
 

@@ -1,5 +1,5 @@
 """Which temperature rule calibrates best on held-out data. Replays a default job's linear head on cached features
-(bench/accuracy_trust.py's cache, filled by bench/accuracy_bench.py): per backbone, per 10 / 20 / all images per
+(bench/accuracy_trust.py's cache, filled by bench/backbone_accuracy.py): per backbone, per 10 / 20 / all images per
 class, per draw seed, it draws the images, splits off 20 % per class for validation, fits the CV-regularised
 logistic head on the rest (plain + mirror views, as worker/core/refit.py), refits it on every drawn image (C chosen
 again), and scores each rule's temperature on the refit head's logits for hymenoptera's val/ (153 images, never

@@ -17,7 +17,7 @@ BACKBONE, PER_CLASS = "efficientnet_lite0", 20
 def _draw(folder: Path, target: Path) -> list[str]:
     """A seeded draw of PER_CLASS training images a class, linked into target/<class>/."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    rng = random.Random(0)  # the draw of bench/accuracy_bench.py, so this is its efficientnet_lite0 row of 20
+    rng = random.Random(0)  # the draw of bench/backbone_accuracy.py, so this is its efficientnet_lite0 row of 20
     for name in classes:
         files = sorted((folder / name).iterdir())
         rng.shuffle(files)
