@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
+from graft.client import Client
 from tests.browser.pages import console_errors, css, heading, serious_violations, shot, sign_in, wait
 from tests.helpers import HYMENOPTERA, TOKEN
 
@@ -95,6 +98,8 @@ def _train(driver: WebDriver, dataset_id: str, screenshots: Path) -> str:
     css(driver, "a.button[href^='#/train']").click()
     heading(driver, "Train a model")
     wait(driver, lambda d: Select(css(d, "#f-dataset_id")).first_selected_option.get_attribute("value") == dataset_id)
+    # the form starts from the API's own default, as the CLI and the client do; Lite0 here only to be quick
+    assert Select(css(driver, "#f-backbone")).first_selected_option.get_attribute("value") == "auto"
     Select(css(driver, "#f-backbone")).select_by_value("efficientnet_lite0")
     Select(css(driver, "#f-mode")).select_by_value(TRAIN["mode"])
     for name in ("epochs", "time_budget_s"):
@@ -131,9 +136,40 @@ def _train(driver: WebDriver, dataset_id: str, screenshots: Path) -> str:
     return job_id
 
 
-def _model(driver: WebDriver, screenshots: Path) -> str:
+def noise_image(path: Path) -> Path:
+    """Seeded RGB noise: nothing like a training photo, so the model answers `unknown`."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _answer(client: Client, model_id: str, image: Path) -> dict[str, Any]:
+    """What the API answers for one image (the synchronous endpoint, or its job's results)."""
+    answer = client.predict_now(model_id, [image])
+    if "items" not in answer:  # 202: no worker answered in time, the page waits for the job the same way
+        answer = {"items": list(client.results(client.wait(answer["id"])["id"]))}
+    return answer["items"][0]
+
+
+def _try(driver: WebDriver, client: Client, model_id: str, image: Path) -> str:
+    """Try one image on the model page; the verdict it shows must be the API's answer for that file."""
+    css(driver, "#try-files").send_keys(str(image))
+    answer = _answer(client, model_id, image)
+    shown = f"unknown: {answer['reason']}" if answer["label"] == "unknown" else answer["label"]
+
+    def verdict(d: WebDriver) -> str | None:  # the input keeps earlier choices: read this image's own entry
+        for entry in d.find_elements(By.CSS_SELECTOR, ".try"):
+            if entry.find_element(By.TAG_NAME, "strong").text == image.name:
+                return entry.find_element(By.CLASS_NAME, "verdict").text
+        return None
+
+    wait(driver, lambda d: verdict(d) == f"Answer: {shown}", 60, f"the page does not say the API's answer {shown!r}")
+    return answer["label"]
+
+
+def _model(driver: WebDriver, screenshots: Path, api_url: str, tmp_path: Path) -> str:
     css(driver, "a.button[href^='#/models/']").click()
     heading(driver, "Model")
+    model_id = driver.current_url.rsplit("/", 1)[-1]
     cells = wait(driver, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button.cell") if b.is_enabled()])
     off_diagonal = [b for b in cells if b.find_element(By.XPATH, "..").get_attribute("class") == "wrong"]
     cell = (off_diagonal or cells)[0]
@@ -146,25 +182,35 @@ def _model(driver: WebDriver, screenshots: Path) -> str:
          what="validation thumbnails not loaded")
     caption = figures[0].find_element(By.TAG_NAME, "figcaption").text
     assert "true:" in caption and "predicted:" in caption and "confidence:" in caption
-    # try an image: the synchronous predict endpoint's top-k, as bars
-    css(driver, "#try-files").send_keys(str(sorted((HYMENOPTERA / "val" / "bees").iterdir())[-1]))
+    # try an image: the API's verdict, then the synchronous predict endpoint's top-k, as bars
+    client = Client(api_url, TOKEN)
+    assert _try(driver, client, model_id, sorted((HYMENOPTERA / "val" / "bees").iterdir())[-1]) in ("ants", "bees")
     bars = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".try .bar-row"), 60, "no top-k bars")
     assert len(bars) == 2 and {b.find_element(By.CLASS_NAME, "bar-label").text for b in bars} == {"ants", "bees"}
+    # an image like nothing it was trained on: the page says `unknown` and why, as the API does
+    assert _try(driver, client, model_id, noise_image(tmp_path / "noise.png")) == "unknown"
     _accessible(driver, "model page")
     shot(driver, screenshots, "model-page")
-    return driver.current_url.rsplit("/", 1)[-1]
+    return model_id
 
 
 def _batch_predict(driver: WebDriver, model_id: str, images: Path, screenshots: Path) -> None:
     driver.get(driver.current_url.split("#")[0] + f"#/predict?model={model_id}")
     heading(driver, "Batch predict")
     css(driver, "#predict-folder").send_keys(str(images))
-    wait(driver, lambda d: css(d, "#predict-drop p:last-child").text == "6 file(s) chosen", what="folder not read")
+    wait(driver, lambda d: css(d, "#predict-drop p:last-child").text == "7 file(s) chosen", what="folder not read")
     _accessible(driver, "batch predict form")
     css(driver, "form button[type=submit]").click()
     wait(driver, lambda d: "succeeded" in css(d, "main section .badge").text, 90, "batch prediction did not succeed")
     rows = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "table.results tbody tr"))
-    assert len(rows) == 6
+    assert len(rows) == 7
+    # `unknown` has one filter entry, and its rows say why, with no rejected class's confidence
+    options = [o.get_attribute("value") for o in Select(css(driver, "#result-filter")).options]
+    assert "unknown" in options and "label:unknown" not in options, options
+    Select(css(driver, "#result-filter")).select_by_value("unknown")
+    [noise] = driver.find_elements(By.CSS_SELECTOR, "table.results tbody tr")
+    cells = [td.text for td in noise.find_elements(By.TAG_NAME, "td")]
+    assert cells[1].endswith("/noise.png") and cells[2].startswith("unknown: unlike the training images") and cells[3] == "–"
     Select(css(driver, "#result-filter")).select_by_value("label:bees")
     shown = driver.find_elements(By.CSS_SELECTOR, "table.results tbody tr")
     assert all(r.find_elements(By.TAG_NAME, "td")[2].text == "bees" for r in shown)
@@ -178,7 +224,7 @@ def _batch_predict(driver: WebDriver, model_id: str, images: Path, screenshots: 
     csv_file = wait(driver, lambda d: next(iter(d.downloads.glob("predictions-*.csv")), None), 20, "no CSV downloaded")
     with open(csv_file, newline="") as handle:
         table = list(csv.DictReader(handle))
-    assert len(table) == 6 and {r["label"] for r in table} <= {"ants", "bees"}
+    assert len(table) == 7 and {r["label"] for r in table if not r["path"].endswith("noise.png")} <= {"ants", "bees"}
 
 
 @pytest.mark.both_databases
@@ -188,9 +234,10 @@ def test_end_to_end(dashboard: dict[str, Any], browser: WebDriver, hymenoptera_z
     _accessible(browser, "datasets")
     dataset_id = _upload_dataset(browser, hymenoptera_zip, screenshots)
     _train(browser, dataset_id, screenshots)
-    model_id = _model(browser, screenshots)
+    model_id = _model(browser, screenshots, dashboard["url"], tmp_path)
     images = tmp_path / "to-classify"  # a folder: the page zips it (fflate) and uploads the zip
     images.mkdir()
+    noise_image(images / "noise.png")
     for cls in ("ants", "bees"):
         for image in sorted((HYMENOPTERA / "val" / cls).iterdir())[-3:]:
             shutil.copy(image, images / f"{cls}-{image.name}")

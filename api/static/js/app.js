@@ -6,6 +6,7 @@ const POLL_MS = 1500;
 const MAIN_TRAIN_FIELDS = ["dataset_id", "backbone", "mode", "time_budget_s", "epochs"];
 const charts = {};  // Chart.js objects live outside Alpine's reactive proxies
 
+const UNKNOWN = "unknown";  // the label of a rejected image (worker/core/trust.py)
 function pct(x) { return x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`; }
 function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
 function eta(s) {
@@ -202,9 +203,6 @@ document.addEventListener("alpine:init", () => {
         values[f.name] = f.default === null || f.default === undefined ? "" : f.default;
       }
       values.dataset_id = this.route.params.dataset || (this.readyDatasets[0] || {}).id || "";
-      if (this.trainFields.some((f) => f.name === "backbone" && (f.choices || []).includes("efficientnet_lite0"))) {
-        values.backbone = "efficientnet_lite0";  // ships its weights offline
-      }
       this.trainValues = values;
       this.trainErrors = {};
     },
@@ -391,13 +389,25 @@ document.addEventListener("alpine:init", () => {
       this.resultsNext = page.next;
     },
 
-    resultLabels() { return [...new Set(this.results.filter((r) => r.label).map((r) => r.label))].sort(); },
+    // "unknown" has its own filter entry ("unknown only")
+    resultLabels() {
+      return [...new Set(this.results.filter((r) => r.label && r.label !== UNKNOWN).map((r) => r.label))].sort();
+    },
+
+    // What the API answered for one row, as the page says it: the label, or `unknown` with the API's reason.
+    verdict(row) {
+      if (row.error || !row.label) return "";
+      return row.label === UNKNOWN ? `unknown: ${row.reason || "rejected"}` : row.label;
+    },
+
+    // The confidence column: none for `unknown` (the top class was rejected; the reason gives the numbers).
+    verdictConfidence(row) { return row.label === UNKNOWN ? "–" : pct(row.confidence); },
 
     filteredResults() {
       const f = this.resultFilter;
       if (f === "all") return this.results;
       if (f === "errors") return this.results.filter((r) => r.error);
-      if (f === "unknown") return this.results.filter((r) => r.label === "unknown");
+      if (f === "unknown") return this.results.filter((r) => r.label === UNKNOWN);
       return this.results.filter((r) => r.label === f.replace(/^label:/, ""));
     },
 
