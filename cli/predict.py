@@ -11,6 +11,8 @@ from typing import Any
 from graft.cli.client import Bars, ClientError, ProgressPrinter
 from graft.client import Client, Upload
 
+UNKNOWN = "unknown"  # a rejected row's label (worker/core/trust.py: the CLI loads no torch to read it there)
+
 
 def upload_folder(client: Client, root: Path, recursive: bool) -> Upload:
     """Upload root's files in parts, showing a bar; returns the upload (id, files sent, unreadable files)."""
@@ -36,13 +38,15 @@ def write_results(client: Client, job: dict[str, Any], output: Path) -> None:
 
 
 def print_summary(job: dict[str, Any], output: Path, unreadable: list[str]) -> None:
-    """Counts per label, unknowns and errors."""
+    """Files classified out of those read, then counts per label, `unknown` and errors, each once."""
     summary = (job.get("metrics") or {}).get("summary") or {}
-    print(f"job {job['id']}: {summary.get('files', 0)} files classified -> {output}")
+    files, errors = summary.get("files", 0), summary.get("errors", 0)
+    print(f"job {job['id']}: {files - errors} of {files} files classified -> {output}")
     for label, count in (summary.get("labels") or {}).items():
-        print(f"  {label:<24}{count:>8}")
-    print(f"  {'(unknown)':<24}{summary.get('unknown', 0):>8}")
-    print(f"  {'(errors)':<24}{summary.get('errors', 0):>8}")
+        if label != UNKNOWN:  # the summary's labels count `unknown` too; it has its own line below
+            print(f"  {label:<24}{count:>8}")
+    print(f"  {UNKNOWN:<24}{summary.get('unknown', 0):>8}  (unlike the training images, or below the threshold)")
+    print(f"  {'errors':<24}{errors:>8}  (unreadable: see the error column)")
     if summary.get("ignored"):
         print(f"  hidden or system files ignored: {summary['ignored']}")
     for line in unreadable:

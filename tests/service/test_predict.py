@@ -414,7 +414,12 @@ def test_cli_predict_uploads_and_writes_csv_and_json(http_app: str, model: dict,
     table = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert table[0] == ["path", "label", "confidence", "error", "ood_score", "reason", "top_k"]
     assert [r[0] for r in table[1:]] == sorted(messy)  # the symlink is read here and uploaded as a plain file
-    assert "(errors)" in done.stdout and "files classified" in done.stdout
+    # one line each: how many of the files read were classified, every label, unknown, errors (never twice)
+    lines = done.stdout.splitlines()
+    errors = sum(1 for r in table[1:] if r[3])
+    assert lines[0].endswith(f": {len(table) - 1 - errors} of {len(table) - 1} files classified -> {out}"), lines
+    words = [line.split()[0] for line in lines[1:] if line.startswith("  ")]
+    assert words.count("unknown") == 1 and words.count("errors") == 1 and "(unknown)" not in done.stdout, lines
     out_json = tmp_path / "out.json"
     done = subprocess.run(base + ["--server-dir", str(data_root / "messy"), "-o", str(out_json)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
