@@ -21,6 +21,7 @@ def test_a_jobs_log_lines_through_the_api_and_the_cli(client, worker, data_root:
     lines = client.get(f"/api/v1/jobs/{job['id']}/logs").get_json()["items"]
     messages = [line["message"] for line in lines]
     assert any(m.startswith("epoch 1/2") for m in messages) and any(m.startswith("epoch 2/2") for m in messages)
+    assert not any("{" in m for m in messages), messages  # sentences, not Python reprs
     assert all(line["level"] in ("INFO", "WARNING", "ERROR") and line["worker"] for line in lines)
     assert not any(str(service_config.artifacts_dir) in m for m in messages)  # Graft's own folders stay private
     # A cursor for tailing: the lines after the first, one per page.

@@ -1,6 +1,7 @@
 """The final model is refit on every labelled image from the cached trunk outputs; the reported accuracy stays out of sample."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,14 @@ from tests.helpers import TINY_TRAIN
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_small_data_is_refit_on_every_image_and_estimated_by_cv(shapes: Path, tmp_path: Path) -> None:
-    metrics = fit(shapes, TrainSpec(**TINY_TRAIN, mode="auto", epochs=2, freeze_epochs=1), tmp_path / "j1", tmp_path / "m1").metrics
+def test_small_data_is_refit_on_every_image_and_estimated_by_cv(shapes: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="graft.worker.core"):
+        metrics = fit(shapes, TrainSpec(**TINY_TRAIN, mode="auto", epochs=2, freeze_epochs=1), tmp_path / "j1",
+                      tmp_path / "m1").metrics
+    # the job's log says which candidate was kept and why, in words
+    assert "kept the linear head: too few validation images a class to compare" in caplog.messages, caplog.messages
+    assert not any("{" in m for m in caplog.messages), caplog.messages
     assert metrics["train_images"] == 16 and metrics["val_images"] == 4  # 2 a class held out: under CV_BELOW
     assert metrics["refit"] is True and metrics["selected"] == "linear_head"
     assert metrics["estimate"] == "cv" and metrics["estimated_acc"] == metrics["cv_acc"]

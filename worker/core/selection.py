@@ -60,7 +60,8 @@ def choose_backbone(images: int, budget_s: float, **job: Any) -> tuple[str, dict
     estimates = {name: round(estimate_seconds(name, images, **job), 1) for name in AUTO_ORDER}
     chosen = next((name for name in AUTO_ORDER if estimates[name] <= budget_s * BUDGET_SHARE), AUTO_ORDER[-1])
     why = {"chosen": chosen, "images": images, "budget_s": budget_s, "estimated_s": estimates}
-    log.info("backbone auto: %s", why)
+    log.info("backbone auto: %s for %d images (estimated %s; budget %.0f s, half of it for the estimate)", chosen, images,
+             ", ".join(f"{name.removeprefix('efficientnet_')} {s:.0f} s" for name, s in estimates.items()), budget_s)
     return chosen, why
 
 

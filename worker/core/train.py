@@ -271,7 +271,8 @@ def fit(
             torch_rng=torch.get_rng_state(), elapsed=time.monotonic() - started,
         )
         mean_s = sum(h["seconds"] for h in history) / len(history)
-        log.info("epoch %d/%d %s", epoch + 1, spec.epochs, entry)
+        log.info("epoch %d/%d (%s): train loss %.4f, accuracy %.3f; validation loss %.4f, accuracy %.3f; %.1f s",
+                 epoch + 1, spec.epochs, entry["phase"], train_loss, train_acc, val_loss, val_acc, entry["seconds"])
         on_progress({
             "phase": "training", "epoch": epoch + 1, "epochs": spec.epochs, "history": history,
             "best_val_acc": best["val_acc"], "eta_s": round(mean_s * (spec.epochs - epoch - 1), 1),
