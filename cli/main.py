@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -274,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"graft: {exc}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
+    if args.func not in (cmd_api, cmd_worker, cmd_demo):
+        # A command a person runs and reads: its own output, then warnings and errors only (no alembic progress, no
+        # urllib3 retry notices before the one message that says the API cannot be reached).
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except GraftError as exc:  # the API's answer or a usage error (ClientError): a message, not a traceback

@@ -181,5 +181,6 @@ def test_cli_unreachable_api_and_version() -> None:
     """69 when nothing listens at --url; --version prints the installed version."""
     down = _graft("jobs", "list", "--url", "http://127.0.0.1:9", env={})
     assert down.returncode == 69 and "cannot reach the Graft API" in down.stderr
+    assert down.stderr.count("\n") == 1, down.stderr  # the one message, no retry notices before it
     version = _ok(_graft("--version", env={}))
     assert version.stdout.startswith("graft ") and version.stdout.split()[1][0].isdigit()

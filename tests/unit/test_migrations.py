@@ -186,6 +186,15 @@ def test_the_api_refuses_a_schema_that_is_behind(tmp_path: Path) -> None:
     get_engine(url).dispose()
 
 
+def test_graft_db_upgrade_says_what_it_did_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'graft.db'}"}
+    done = subprocess.run([sys.executable, "-m", "graft.cli.main", "db", "upgrade"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("upgraded the database from empty to ") and done.stdout.count("\n") == 1
+    assert done.stderr == "", done.stderr  # no migration-by-migration log lines
+
+
 def test_graft_api_and_graft_worker_refuse_to_start_on_a_schema_that_is_behind(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'graft.db'}"
     _previous_release(url)
