@@ -32,11 +32,21 @@ def resolve_under_roots(path: str | os.PathLike[str], roots: Iterable[Path]) -> 
     return resolved
 
 
+def _file_mode() -> int:
+    """The mode open() gives a new file here (0o666 less the umask), read without changing the umask."""
+    try:  # os.umask can only be read by setting it, which races with other threads creating files
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        return 0o644
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write data to path through a temp file in the same folder and os.replace, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())  # mkstemp's 0600 would leave exports and JSON unlike every other file beside them
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

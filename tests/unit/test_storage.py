@@ -93,6 +93,17 @@ def test_atomic_write_json_leaves_no_temp_files(tmp_path: Path) -> None:
     assert _all_files(tmp_path) == ["nested", "nested/meta.json"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path: Path, umask: int) -> None:
+    before = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_atomic_write_json_failure_keeps_old_file_and_cleans_up(tmp_path: Path) -> None:
     target = tmp_path / "meta.json"
     atomic_write_json(target, {"v": 1})
