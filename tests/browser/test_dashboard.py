@@ -37,6 +37,9 @@ def test_a_wrong_token_is_refused_and_sign_out_forgets_the_token(dashboard: dict
     browser.get(dashboard["url"] + "/")
     heading(browser, "Sign in")
     _accessible(browser, "sign in")
+    # users sign in with their own token: the page says where one comes from, not the server's admin variable
+    assert "graft tokens create" in css(browser, "#token-help").text
+    assert "GRAFT_API_TOKENS" not in css(browser, "main").text
     css(browser, "#token").send_keys("not-the-token" + Keys.ENTER)  # the keyboard alone submits
     wait(browser, lambda d: "refused" in css(d, "form [role=alert]").text, what="no refusal shown")
     assert browser.execute_script("return sessionStorage.getItem('graft.token')") is None
