@@ -219,6 +219,7 @@ def delete_dataset(dataset_id: str) -> Response:
     """Delete a dataset (and the uploaded files; a server folder is left alone); 409 while a job uses it."""
     session = db()
     dataset = get_dataset_or_404(dataset_id)
+    dataset_id = dataset.id  # the full id, also when the path gave a prefix
     users = jobs_using(session, dataset_id)
     if users:
         raise APIError(409, f"dataset {dataset_id} is used by {len(users)} queued or running job(s)", jobs=users)
@@ -238,6 +239,7 @@ def training_source(params: dict[str, Any]) -> DatasetRecord | None:
         raise APIError(400, "give exactly one of data_dir or dataset_id", field=given[-1] if given else "data_dir")
     if given == ["dataset_id"]:
         dataset = get_dataset_or_404(params["dataset_id"])
+        params["dataset_id"] = dataset.id  # the full id, also when the request gave a prefix
         reason = not_trainable_reason(dataset)
         if reason is not None:
             raise APIError(409, reason, field="dataset_id", dataset_status=dataset.status)

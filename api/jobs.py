@@ -94,7 +94,7 @@ def job_events(job_id: str) -> Response:
 @bp.problems(401, 404)
 def job_logs(args: dict[str, Any], job_id: str) -> Response:
     """The lines the job's workers logged (epochs, warnings, errors), oldest first; ?after=<id> for the next ones."""
-    _get_job(job_id)
+    job_id = _get_job(job_id).id  # the full id, also when the path gave a prefix
     limit = args["limit"]
     rows = db().scalars(select(JobLogLine).where(JobLogLine.job_id == job_id, JobLogLine.id > args["after"])
                         .order_by(JobLogLine.id).limit(limit + 1)).all()

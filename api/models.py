@@ -112,6 +112,7 @@ def delete_model(model_id: str) -> Response:
     """Delete a model's row and its folder (weights, exports); 409 while a queued or running predict job uses it."""
     session = db()
     model = get_owned(TrainedModel, model_id, "model")
+    model_id = model.id  # the full id, also when the path gave a prefix
     rows = session.execute(select(Job.id, Job.params).where(Job.kind == "predict", Job.status.in_(ACTIVE)))
     users = [job_id for job_id, params in rows if (params or {}).get("model_id") == model_id]
     if users:

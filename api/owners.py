@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import g
-from sqlalchemy import Select
+from sqlalchemy import Select, select
 
 from graft.api.context import db
 from graft.api.errors import APIError
@@ -55,9 +55,21 @@ def may_see(row: Any) -> bool:  # noqa: ANN401 - any row with owner_id
     return who.admin or (who.user_id is not None and row.owner_id == who.user_id)
 
 
+MIN_PREFIX = 8  # characters of an id that find its row: the dashboard shows 8
+
+
 def get_owned(model: type[T], row_id: str, what: str, **extra: Any) -> T:  # noqa: ANN401
-    """The row of model with row_id if the caller may see it; otherwise 404, exactly as for an unknown id."""
+    """The row of model with row_id (or the one the caller may see whose id starts with it, MIN_PREFIX characters or
+    more) if the caller may see it; otherwise 404, exactly as for an unknown id. Views use the row's own id after."""
     row = db().get(model, row_id)
+    if row is None and len(row_id) >= MIN_PREFIX:
+        # Only among the caller's own rows, so a prefix says nothing about anyone else's ids.
+        escaped = row_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = visible(select(model).where(model.id.like(f"{escaped}%", escape="\\")), model).limit(2)
+        found = db().scalars(query).all()
+        if len(found) > 1:
+            raise APIError(404, f"more than one {what} has an id starting with {row_id}: give more of it", **extra)
+        row = found[0] if found else None
     if row is None or not may_see(row):
         raise APIError(404, f"no {what} with id {row_id}", **extra)
     return row

@@ -46,6 +46,7 @@ def submit_predict() -> Response:
     params, parts = _predict_params()
     check_callback(params, config())
     model = get_model_or_404(params["model_id"])
+    params["model_id"] = model.id  # the full id, also when the request gave a prefix
     params["top_k"] = min(params["top_k"], len(model.classes))
     sources = [k for k in ("input_dir", "upload_id") if params[k] is not None] + (["file"] if parts else [])
     if len(sources) != 1:

@@ -18,6 +18,7 @@ import redis
 import requests
 from sqlalchemy import create_engine, func, select, text
 
+from graft.api.owners import MIN_PREFIX
 from graft.client import Client, QuotaExceeded
 from graft.shared import lifecycle, users
 from graft.shared.db import session_scope
@@ -155,8 +156,10 @@ FOREIGN = [
 
 
 def _request(world: World, who: str, owner: str, method: str, path: str,
-             body: Any) -> requests.Response:  # noqa: ANN401
+             body: Any, prefix: bool = False) -> requests.Response:  # noqa: ANN401
     values = {**world.ids[owner], "own_model": world.ids[who]["model"] if who in world.ids else ""}
+    if prefix:  # each id's first MIN_PREFIX characters, as the dashboard shows them
+        values = {k: v if k == "data" else v[:MIN_PREFIX] for k, v in values.items()}
     kwargs: dict[str, Any] = {}
     if body == FILES:
         kwargs["files"] = {"file": ("x.jpg", io.BytesIO(JPEG))}
@@ -175,23 +178,53 @@ def _intact(world: World, owner: str) -> None:
     assert [p.name for p in upload_dir(world.env["GRAFT_ARTIFACTS_DIR"], ids["upload"]).iterdir()] == ["x.jpg"]
 
 
+@pytest.mark.parametrize("prefix", [False, True], ids=["id", "prefix"])
 @pytest.mark.parametrize(("who", "owner"), [("bob", "alice"), ("alice", "legacy")])
 @pytest.mark.parametrize(("method", "path", "body"), FOREIGN)
 def test_another_users_id_answers_404_and_changes_nothing(world: World, who: str, owner: str, method: str,
-                                                          path: str, body: Any) -> None:  # noqa: ANN401
-    response = _request(world, who, owner, method, path, body)
+                                                          path: str, body: Any, prefix: bool) -> None:  # noqa: ANN401
+    response = _request(world, who, owner, method, path, body, prefix)
     assert response.status_code == 404, response.text
     assert response.headers["Content-Type"] == "application/problem+json"
     assert "no " in response.json()["error"]  # worded as for an id that does not exist: nothing to probe
     _intact(world, owner)
 
 
+@pytest.mark.parametrize("prefix", [False, True], ids=["id", "prefix"])
 @pytest.mark.parametrize("who", ["alice", "root", "legacy"])
 @pytest.mark.parametrize(("method", "path", "body"), [c for c in FOREIGN if c[0] == "GET"])
 def test_the_owner_and_admins_read_it(world: World, who: str, method: str, path: str,
-                                      body: Any) -> None:  # noqa: ANN401
-    response = _request(world, who, "alice", method, path, body)
+                                      body: Any, prefix: bool) -> None:  # noqa: ANN401
+    response = _request(world, who, "alice", method, path, body, prefix)
     assert response.status_code in (200, 202), response.text  # 202: a download being exported (no worker here)
+
+
+def test_an_id_prefix_works_in_the_cli_and_an_ambiguous_one_is_refused(world: World) -> None:
+    model_id = world.ids["alice"]["model"]
+    env = {**os.environ, "GRAFT_URL": world.url, "GRAFT_TOKEN": world.tokens["alice"]}
+    shown = subprocess.run([sys.executable, "-m", "graft.cli.main", "models", "show", model_id[:MIN_PREFIX]],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and model_id in shown.stdout, shown.stdout + shown.stderr
+    assert world.call("alice", "GET", f"/api/v1/models/{model_id[:MIN_PREFIX - 1]}").status_code == 404  # too short
+    # a job made with a prefix records the full id: its worker must find the model
+    made = world.call("alice", "POST", "/api/v1/jobs/predict",
+                      json={"model_id": model_id[:MIN_PREFIX], "input_dir": world.ids["alice"]["data"]})
+    with session_scope(world.env["GRAFT_DATABASE_URL"]) as session:
+        job = session.get(Job, made.json()["id"])
+        assert made.status_code == 202 and job.params["model_id"] == model_id, made.text
+        session.delete(job)  # the module's other tests count alice's jobs
+    twins = [f"{'ab' * 4}{n}{uuid.uuid4().hex[:23]}" for n in range(2)]  # two of alice's jobs share 8 characters
+    with session_scope(world.env["GRAFT_DATABASE_URL"]) as session:
+        session.add_all(Job(id=job_id, kind="train", status=lifecycle.QUEUED, params={}, progress={}, metrics={},
+                            attempts=0, owner_id=world.user_ids["alice"]) for job_id in twins)
+    try:
+        both = world.call("alice", "GET", f"/api/v1/jobs/{twins[0][:MIN_PREFIX]}")
+        assert both.status_code == 404 and "more than one job" in both.json()["error"], both.text
+        assert world.call("alice", "GET", f"/api/v1/jobs/{twins[1][:MIN_PREFIX + 1]}").json()["id"] == twins[1]
+    finally:  # the module's other tests count alice's jobs
+        with session_scope(world.env["GRAFT_DATABASE_URL"]) as session:
+            for job_id in twins:
+                session.delete(session.get(Job, job_id))
 
 
 @pytest.mark.parametrize(("path", "key"), [("/api/v1/jobs?limit=100", ("queued", "trained", "predicted")),
