@@ -161,7 +161,8 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
                  if k in result.metrics},
         path=str(result.model_path), size_bytes=tree_bytes(model_dir(config.artifacts_dir, model_id)),
     )
-    progress = {"phase": "done", "epoch": spec.epochs, "epochs": spec.epochs, "fraction": 1.0, "eta_s": 0}
+    ran = len(result.metrics.get("history") or [])  # fewer than spec.epochs after an early stop
+    progress = {"phase": "done", "epoch": ran, "epochs": spec.epochs, "fraction": 1.0, "eta_s": 0}
     if _finish(config, lease, lifecycle.SUCCEEDED, f"model {model_id}", model=model, metrics=metrics,
                progress=progress):
         record_label_audit(config, dataset_id, result.mislabel_issue(job_id), job_id)

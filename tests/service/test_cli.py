@@ -50,12 +50,15 @@ def test_cli_train_wait_status_and_jobs(api_server: str, worker, data_root: Path
 
     data = make_shapes_dataset(data_root / "cli-shapes", per_class=8, size=64, classes=("circles", "squares"))
     env = {"GRAFT_URL": api_server, "GRAFT_TOKEN": TOKEN}
-    done = _graft("train", str(data), "--no-pretrained", "--epochs", "1", "--image-size", "64", "--wait", env=env)
+    done = _graft("train", str(data), "--no-pretrained", "--epochs", "6", "--patience", "1", "--image-size", "64",
+                  "--wait", env=env)
     assert done.returncode == 0, done.stderr
     assert "succeeded" in done.stdout and "val accuracy:" in done.stdout and "download with:" in done.stdout
     job_id = done.stdout.split()[2]
-    status = _graft("status", job_id, env=env)
-    assert json.loads(status.stdout)["status"] == "succeeded"
+    status = json.loads(_graft("status", job_id, env=env).stdout)
+    assert status["status"] == "succeeded"
+    # the final progress counts the epochs that ran (an early stop is not "epoch 6/6")
+    assert status["progress"]["epoch"] == len(status["metrics"]["history"]), status["progress"]
     listing = _graft("jobs", env=env)
     assert job_id in listing.stdout
     finished = _graft("cancel", job_id, env=env)
@@ -169,8 +172,9 @@ def test_cli_cancelled_job_exits_1(api_server: str, worker, data_root: Path) -> 
 
     data = make_shapes_dataset(data_root / "cli-cancel", per_class=8, size=64, classes=("circles", "squares"))
     env = {"GRAFT_URL": api_server, "GRAFT_TOKEN": TOKEN}
-    job = json.loads(_ok(_graft("--json", "train", "--server-dir", str(data), "--no-pretrained", "--epochs", "50",
-                                "--image-size", "64", env=env)).stdout)
+    # 500 epochs: far longer than a cancel takes to reach the job (one heartbeat, 2 s), however fast the machine
+    job = json.loads(_ok(_graft("--json", "train", "--server-dir", str(data), "--no-pretrained", "--epochs", "500",
+                                "--patience", "0", "--image-size", "64", env=env)).stdout)
     assert Path(job["params"]["data_dir"]).resolve() == data.resolve()
     _ok(_graft("cancel", job["id"], env=env))  # the old alias of `graft jobs cancel`
     waited = _graft("jobs", "wait", job["id"], env=env)
