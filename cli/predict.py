@@ -10,8 +10,7 @@ from typing import Any
 
 from graft.cli.client import Bars, ClientError, ProgressPrinter
 from graft.client import Client, Upload
-
-UNKNOWN = "unknown"  # a rejected row's label (worker/core/trust.py: the CLI loads no torch to read it there)
+from graft.shared.params import UNKNOWN
 
 
 def upload_folder(client: Client, root: Path, recursive: bool) -> Upload:

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# The label a prediction gets when reject_ood or a threshold rejects it: the worker sets it, the CLI and summaries
+# read it (a pure module, so neither needs torch to know it).
+UNKNOWN = "unknown"
+
 BACKBONES = ("resnet18", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 """Names of the pretrained trunks (keys of worker.core.backbones.BACKBONES)."""
 AUTO_BACKBONE = "auto"

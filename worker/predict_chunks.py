@@ -17,6 +17,7 @@ from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
 from graft.shared.files import listed_path
 from graft.shared.models import Job, PredictionResult, utcnow
+from graft.shared.params import UNKNOWN
 from graft.shared.serializers import as_utc, stored_result
 from graft.shared.thumbs import RESULT_THUMB_CHUNKS, RESULT_THUMBS_PER_CHUNK, job_thumbs_dir
 from graft.worker.lease import Heartbeat, beat_interval, holder_alive
@@ -165,8 +166,6 @@ def _progress(session: Session, job: Job) -> None:
 
 def result_summary(session: Session, job_id: str) -> dict[str, Any]:
     """Counts over a job's stored rows: files, per label, unknown, errors, and files per worker."""
-    from graft.worker.core.predict import UNKNOWN
-
     where = PredictionResult.job_id == job_id
     files = session.scalar(select(func.count()).where(where))
     errors = session.scalar(select(func.count()).where(where, PredictionResult.error.is_not(None)))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from graft.shared.params import UNKNOWN
 from graft.worker.core.audit import audit_labels
 from graft.worker.core.backbones import Classifier
 from graft.worker.core.calibration import calibrate, class_thresholds, softmax
@@ -23,7 +24,6 @@ from graft.worker.core.transforms import Preprocessing, eval_batch
 log = logging.getLogger(__name__)
 
 BANK_KEY = "ood_bank"  # the model.pt entry holding the scorer's training features (a tensor, not in model.json)
-UNKNOWN = "unknown"
 
 
 class WithFeatures(nn.Module):

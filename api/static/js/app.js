@@ -6,7 +6,7 @@ const POLL_MS = 1500;
 const MAIN_TRAIN_FIELDS = ["dataset_id", "backbone", "mode", "time_budget_s", "epochs"];
 const charts = {};  // Chart.js objects live outside Alpine's reactive proxies
 
-const UNKNOWN = "unknown";  // the label of a rejected image (worker/core/trust.py)
+const UNKNOWN = "unknown";  // the label of a rejected image (shared/params.py:UNKNOWN)
 function pct(x) { return x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`; }
 function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
 function eta(s) {
