@@ -64,8 +64,7 @@ def get_owned(model: type[T], row_id: str, what: str, **extra: Any) -> T:  # noq
     row = db().get(model, row_id)
     if row is None and len(row_id) >= MIN_PREFIX:
         # Only among the caller's own rows, so a prefix says nothing about anyone else's ids.
-        escaped = row_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = visible(select(model).where(model.id.like(f"{escaped}%", escape="\\")), model).limit(2)
+        query = visible(select(model).where(model.id.startswith(row_id, autoescape=True)), model).limit(2)
         found = db().scalars(query).all()
         if len(found) > 1:
             raise APIError(404, f"more than one {what} has an id starting with {row_id}: give more of it", **extra)

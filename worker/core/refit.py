@@ -136,11 +136,11 @@ def choose_and_refit(
     # model is kept only when it beats the one-shot linear head clearly (docs/accuracy.md: on hymenoptera the
     # head equalled or beat fine-tuning in every row where the epochs won by a single image).
     margin = MARGIN_IMAGES / max(1, len(val_y))
-    use_head = small or spec.resolved_mode() == "linear" or head_acc + margin > best["val_acc"]
-    compared = (f"linear head {head_acc:.3f} on {len(val_y)} validation images against the best epoch "
-                f"({best['epoch']}) {best['val_acc']:.3f}, a fine-tuned model kept only with {MARGIN_IMAGES} more right")
-    reason = ("too few validation images a class to compare" if small else
-              "mode linear" if spec.resolved_mode() == "linear" else compared)
+    linear = spec.resolved_mode() == "linear"
+    use_head = small or linear or head_acc + margin > best["val_acc"]
+    reason = ("too few validation images a class to compare" if small else "mode linear" if linear else
+              f"linear head {head_acc:.3f} on {len(val_y)} validation images against the best epoch ({best['epoch']}) "
+              f"{best['val_acc']:.3f}, a fine-tuned model kept only with {MARGIN_IMAGES} more right")
     log.info("kept the %s: %s", "linear head" if use_head else f"model of epoch {best['epoch']}", reason)
     if use_head:
         meta.update(selected="linear_head", selection_val_acc=round(head_acc, 5), estimated_acc=round(head_acc, 5))
