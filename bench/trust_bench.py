@@ -65,7 +65,7 @@ def main() -> None:
         ours_val = np.mean([r["label"] == "unknown" for r in s.val_rows])
         ours_ood = np.mean([r["label"] == "unknown" for r in s.ood_rows])
         print(f"ood: {n_ood} unfamiliar images, {n_val} held-out ants/bees; threshold {s.threshold:.4f} "
-              f"(kNN k={s.metrics['ood']['k']}, quantile {s.metrics['ood']['quantile']})")
+              f"(kNN k={s.metrics['ood']['k']}; {s.metrics['ood']['rule']})")
         print(f"  ood_score at the model's threshold: unfamiliar flagged {ours_ood:.3f}, ants/bees flagged {ours_val:.3f}")
         for rate in (0.01, 0.02, 0.05):
             print(f"  at <= {rate:.0%} ants/bees flagged: ood_score flags {flagged_at(s.val_ood, s.ood_ood, rate):.3f}, "

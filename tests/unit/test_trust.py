@@ -15,11 +15,11 @@ from graft.worker.core.backbones import BACKBONES, build_model
 from graft.worker.core.calibration import calibrate, class_thresholds, ece, fit_temperature, precision_curves, softmax
 from graft.worker.core.dataset import load_dataset
 from graft.worker.core.features import build_cache
-from graft.worker.core.ood import fit_knn
+from graft.worker.core.ood import fit_knn, threshold_for
 from graft.worker.core.predict import Predictor
 from graft.worker.core.train import TrainSpec, fit
 from graft.worker.core.transforms import Preprocessing
-from graft.worker.core.trust import Options, Trust, _pooled, final_features
+from graft.worker.core.trust import Options, Trust, _pooled, final_features, fit_trust
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -77,7 +77,7 @@ def _clusters(n: int = 300, d: int = 16, seed: int = 0) -> np.ndarray:
 
 def test_knn_scorer_threshold_and_bound() -> None:
     train = _clusters()
-    scorer = fit_knn(train, quantile=0.95, max_bank=200)
+    scorer = fit_knn(train, alpha=0.05, max_bank=200)
     assert scorer.bank.shape == (200, 16) and scorer.k == 5
     held_out = _clusters(seed=1)
     assert (scorer.score(held_out) > scorer.threshold).mean() < 0.15
@@ -142,6 +142,27 @@ def test_fine_tuned_features_from_the_cache_equal_a_full_pass(shapes: Path) -> N
     assert torch.allclose(val_f, _pooled(model, data.val, prep, 8), atol=1e-4)
 
 
+
+def test_a_fine_tuned_trunk_takes_its_threshold_from_images_it_never_saw(shapes: Path) -> None:
+    # Its training images' own features were fitted on: their leave-one-out scores would set the bar too low.
+    info = BACKBONES["efficientnet_lite0"]
+    prep = Preprocessing.for_size(64, info.mean, info.std)
+    data = load_dataset(shapes, 0.3, 0, prep.resize)
+    model = build_model("efficientnet_lite0", 2, True).eval()
+    cache = build_cache(model, data.train, data.val, prep, 0, len(model.stages) - info.finetune_stages, True, 8, 0,
+                        lambda n: None)
+    with torch.no_grad():
+        for p in model.stages[-1].parameters():
+            p.add_(0.01)
+    meta, _, _ = fit_trust(model, data.train, data.val, ["circles", "squares"], cache, False, prep, 8, 0)
+    train_f, val_f = final_features(model, data.train, data.val, cache, False, prep, 8)
+    bank = fit_knn(train_f.numpy())
+    expected, rule = threshold_for(bank.score(val_f.numpy()))
+    assert meta["ood"]["rule"] == f"fine-tuned trunk, validation images against the training images: {rule}"
+    assert meta["ood"]["threshold"] == pytest.approx(expected, abs=1e-6)
+    linear, _, _ = fit_trust(model, data.train, data.val, ["circles", "squares"], cache, True, prep, 8, 0)
+    assert linear["ood"]["rule"].startswith("exponential tail")  # 20 leave-one-out scores, below the conformal rank
+
 def test_trained_model_carries_calibration_ood_and_audit(shapes: Path, tmp_path: Path) -> None:
     spec = TrainSpec(backbone="efficientnet_lite0", image_size=64, batch_size=8, views=1, patience=0, mode="linear",
                      epochs=3, val_split=0.3)
@@ -186,3 +207,27 @@ def test_audit_lands_in_the_dataset_report(tmp_path: Path) -> None:
     record_label_audit(Config(database_url=url), "d1", None, "job10")  # a later audit with no suspects
     with session_scope(url) as session:
         assert session.get(DatasetRecord, "d1").report["issues"] == [kept]
+
+
+@pytest.mark.parametrize("n", [300, 1000])
+def test_conformal_threshold_flags_at_most_alpha_of_new_scores(n: int) -> None:
+    # Exchangeable scores: a new score exceeds the conformal rank with probability <= alpha, averaged over draws.
+    rng = np.random.default_rng(n)
+    rates = []
+    for _ in range(400):
+        threshold, rule = threshold_for(rng.gamma(4.0, 1.0, n), alpha=0.01)
+        rates.append((rng.gamma(4.0, 1.0, 2000) > threshold).mean())
+    assert rule.startswith("conformal") and 0.004 < np.mean(rates) <= 0.0105, np.mean(rates)
+
+
+@pytest.mark.parametrize("n", [30, 60, 120])  # at 10 scores 2.6 %, at 20 about 1 %: too few to read a tail off
+def test_few_scores_extrapolate_the_tail_above_every_score(n: int) -> None:
+    # Below 1/alpha - 1 scores no rank promises alpha: the threshold extrapolates the tail and stays above the max.
+    rng = np.random.default_rng(n)
+    rates = []
+    for _ in range(400):
+        scores = rng.gamma(4.0, 1.0, n)
+        threshold, rule = threshold_for(scores, alpha=0.0075, tail_alpha=0.0025)
+        assert rule.startswith("exponential tail") and threshold >= scores.max()
+        rates.append((rng.gamma(4.0, 1.0, 2000) > threshold).mean())
+    assert np.mean(rates) <= 0.0075, np.mean(rates)
