@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
-HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
+DATASETS = ROOT.parent / "shared" / "datasets"  # the real sets beside the checkout (never copied into it)
+HYMENOPTERA = DATASETS / "hymenoptera"
 REDIS_URL = os.environ.get("GRAFT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TOKEN = "test-token"

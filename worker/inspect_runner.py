@@ -1,8 +1,10 @@
-"""Dataset inspection runner: load the dataset's record, run the pure inspection, record ready or failed."""
+"""Dataset inspection runner: load the dataset's record, run the pure inspection and the label audit, record ready
+or failed."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from graft.shared.config import Config, get_config
 from graft.shared.datasets import report_status
@@ -32,6 +34,7 @@ def run_inspection(dataset_id: str, config: Config | None = None) -> None:
         # a few thumbnails per class for the dashboard, where the images are read anyway (bounded: PER_CLASS_THUMBS)
         report["thumbnails"] = write_class_thumbnails(root, dataset_thumbs_dir(config.artifacts_dir, dataset_id),
                                                       config.max_image_pixels, roots=config.train_roots)
+        _audit_labels(config, dataset_id, root, report)
     except DatasetError as exc:
         report, error = {"issues": []}, str(exc)
     except Exception as exc:  # noqa: BLE001 - any crash must end the inspection with a readable reason
@@ -49,3 +52,24 @@ def run_inspection(dataset_id: str, config: Config | None = None) -> None:
         dataset.report = report
         log.info("dataset %s: %s, %d images, %d issues", dataset_id, dataset.status, dataset.num_images,
                  len(report["issues"]))
+
+
+def _audit_labels(config: Config, dataset_id: str, root: Path, report: dict[str, Any]) -> None:
+    """Add the label audit's suspected_mislabel warning to report; the audit is advice: its failure is only logged."""
+    from graft.worker.core.audit import mislabel_issue
+    from graft.worker.core.dataset_audit import audit_dataset
+    from graft.worker.core.pipeline import Caching
+
+    if len(report["classes"]) < 2 or min(report["classes"].values()) < 2:
+        return  # nothing to audit: the report already says why no model can be trained
+    try:
+        result = audit_dataset(root, Caching.on_disk(config.worker_cache_dir, config.cache_mb),
+                               config.max_image_pixels, config.train_roots)
+    except Exception:  # noqa: BLE001 - a dataset that cannot be audited is still inspected
+        log.exception("dataset %s: label audit failed; the report is kept without it", dataset_id)
+        return
+    issue = mislabel_issue(result.audit)
+    if issue is not None:
+        report["issues"].append(issue)
+    log.info("dataset %s: label audit on %s, %d suspects (%d views computed, %d reused from the cache)", dataset_id,
+             result.backbone, issue["count"] if issue else 0, result.views_computed, result.views_reused)

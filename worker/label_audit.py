@@ -1,7 +1,8 @@
 """Write a training job's label audit into its dataset's report, as the `suspected_mislabel` warning.
 
-The audit runs in training, where the trunk's features are already cached (worker.core.trust); inspection stays
-model-free. A later job's audit of the same dataset replaces the earlier one.
+Inspection audits the labels first (worker.core.dataset_audit, on the default job's frozen trunk); a training job
+audits them again on its own trunk's cached features (worker.core.trust), and the latest audit replaces the one
+before it.
 """
 from __future__ import annotations
 

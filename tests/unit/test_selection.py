@@ -93,9 +93,19 @@ def test_auto_picks_the_largest_backbone_that_fits() -> None:
     costs = {name: estimate_seconds(name, 1000, **JOB) for name in AUTO_ORDER}
     assert costs["efficientnet_lite2"] > costs["efficientnet_lite1"] > costs["efficientnet_lite0"]
     # Between: the budget that just fits Lite1 but not Lite2 gets Lite1.
-    budget = (costs["efficientnet_lite1"] + costs["efficientnet_lite2"]) / 2 / selection.BUDGET_SHARE
+    budget = (costs["efficientnet_lite1"] + costs["efficientnet_lite2"]) / 2
     assert choose_backbone(1000, budget, **JOB)[0] == "efficientnet_lite1"
     assert estimate_seconds("efficientnet_lite0", 2000, **JOB) == pytest.approx(2 * costs["efficientnet_lite0"])
+
+
+@pytest.mark.parametrize(("images", "chosen"), [
+    (100, "efficientnet_lite2"), (300, "efficientnet_lite2"),  # small sets: the most accurate fits 45 s
+    (398, "efficientnet_lite0"),  # ants/bees: 25x faster than the tutorial's 1035 s needs Lite0's ~32 s
+    (1000, "efficientnet_lite1"), (5000, "efficientnet_lite1"),  # 2 minutes a 1,000 images fit Lite1
+])
+def test_the_default_budget_grows_with_the_data(images: int, chosen: str) -> None:
+    assert selection.default_budget_s(1000) == pytest.approx(120.0)
+    assert choose_backbone(images, selection.default_budget_s(images), **JOB)[0] == chosen
 
 
 def test_resolve_backbone_counts_the_folder_and_sets_the_input_size(tmp_path: Path) -> None:
