@@ -201,6 +201,20 @@ def test_a_server_folder_is_inspected_in_place(client, worker, data_root: Path, 
     assert (folder / "circles").is_dir()  # the user's own folder is never deleted
 
 
+
+def test_inspection_lists_misfiled_images_before_any_training(client, worker, data_root: Path) -> None:  # noqa: ANN001
+    folder = make_shapes_dataset(data_root / "misfiled", per_class=40, size=64, classes=("circles", "squares"))
+    for path in sorted((folder / "circles").iterdir())[:2]:
+        path.rename(folder / "squares" / f"misfiled-{path.name}")
+    response = client.post("/api/v1/datasets", json={"path": str(folder)})
+    assert response.status_code == 202, response.get_json()
+    dataset = wait_for_dataset(client, response.get_json()["id"], timeout=300)
+    assert dataset["status"] == "ready", dataset
+    issues = {i["code"]: i for i in dataset["issues"]}
+    suspects = issues["suspected_mislabel"]
+    assert suspects["level"] == "warning" and suspects["job_id"] is None, suspects
+    assert {"squares/misfiled-circles_000.jpg", "squares/misfiled-circles_001.jpg"} <= set(suspects["files"])
+
 def test_cli_adds_a_folder_and_shows_the_report(http_app: str, worker, tmp_path: Path) -> None:  # noqa: ANN001
     folder = make_shapes_dataset(tmp_path / "my photos", per_class=3, size=40, classes=("circles", "squares"))
     (folder / ".DS_Store").write_bytes(b"junk")

@@ -1,10 +1,11 @@
 """Label audit: which training images are likely mislabeled, most suspicious first.
 
-Out-of-fold probabilities from a k-fold logistic regression on pooled features (milliseconds: the features are the
-training job's cache), then cleanlab's confident learning (`find_label_issues`, pruned by the estimated noise
-rate, ranked by self-confidence). A suspect must also be predicted as another class with at least MIN_CONFIDENCE:
-on hymenoptera with 5 % of labels flipped that raised precision from 0.82 to 0.89 on average for a recall of 0.81
-instead of 0.88 (bench/trust_bench.py). Pure: no Flask, Celery or SQLAlchemy.
+Out-of-fold probabilities from a k-fold logistic regression on pooled features (the frozen trunk's: inspection
+computes them, a training job has them cached), then cleanlab's confident learning (`find_label_issues`, pruned by
+the estimated noise rate, ranked by self-confidence). A suspect must also be predicted as another class with at
+least MIN_CONFIDENCE. C and MIN_CONFIDENCE were chosen on four sets with 5 % of labels flipped
+(bench/audit_bench.py --grid, docs/accuracy.md): the pair with the best worst cell over sets, sizes and backbones.
+Pure: no Flask, Celery or SQLAlchemy.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 FOLDS = 5
-C = 0.03  # inverse L2 strength on raw pooled features; measured on hymenoptera (0.01-0.1 all close)
-MIN_CONFIDENCE = 0.8  # over 16 random 5 % flips of hymenoptera: both targets met in 81 % of them (0.7: 50 %)
+C = 0.1  # inverse L2 strength on raw pooled features (grid 0.03-1; 0.03, chosen on hymenoptera alone, missed more)
+MIN_CONFIDENCE = 0.7  # grid 0-0.8: 0.8 halved recall on flowers and trash, lower let their hard images in
 MAX_SUSPECTS = 1000  # listed per audit (the count is complete)
 CODE = "suspected_mislabel"
 
@@ -37,30 +38,38 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_clas
     return probs
 
 
+def ranked_issues(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0,
+                  folds: int = FOLDS) -> tuple[np.ndarray, np.ndarray]:
+    """(out-of-fold probabilities, confident learning's issues ranked most suspicious first)."""
+    from cleanlab.filter import find_label_issues
+
+    probs = out_of_fold_probabilities(features, labels, num_classes, folds, seed)
+    # n_jobs=1: cleanlab's default multiprocessing cannot start inside a Celery pool child (daemonic)
+    ranked = find_label_issues(labels, probs, filter_by="prune_by_noise_rate",
+                               return_indices_ranked_by="self_confidence", n_jobs=1)
+    return probs, np.asarray(ranked, dtype=int)
+
+
+def confident(ranked: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+              min_confidence: float = MIN_CONFIDENCE) -> list[int]:
+    """The ranked issues predicted as another class with at least min_confidence, in rank order."""
+    return [int(i) for i in ranked if probs[i].argmax() != labels[i] and probs[i].max() >= min_confidence]
+
+
 def audit_labels(features: np.ndarray, labels: Sequence[int], paths: Sequence[str], classes: Sequence[str],
                  seed: int = 0) -> dict[str, Any] | None:
     """The suspects (path, label, suggested class, its out-of-fold confidence), or None when too few images."""
-    from cleanlab.filter import find_label_issues
-
     y = np.asarray(labels, dtype=int)
     counts = np.bincount(y, minlength=len(classes))
     folds = min(FOLDS, int(counts.min()))
     if folds < 2 or len(classes) < 2:
         log.info("label audit skipped: a class has fewer than 2 images")
         return None
-    x = np.asarray(features, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence and cleanlab's small-class chatter say nothing about labels
-        probs = out_of_fold_probabilities(x, y, len(classes), folds, seed)
-        # n_jobs=1: cleanlab's default multiprocessing cannot start inside a Celery pool child (daemonic)
-        ranked = find_label_issues(y, probs, filter_by="prune_by_noise_rate",
-                                   return_indices_ranked_by="self_confidence", n_jobs=1)
-    suspects = []
-    for i in ranked:
-        other = int(probs[i].argmax())
-        if other != y[i] and probs[i, other] >= MIN_CONFIDENCE:
-            suspects.append({"path": paths[i], "label": classes[y[i]], "suggested": classes[other],
-                             "confidence": round(float(probs[i, other]), 4)})
+        probs, ranked = ranked_issues(np.asarray(features, dtype=np.float64), y, len(classes), seed, folds)
+    suspects = [{"path": paths[i], "label": classes[y[i]], "suggested": classes[int(probs[i].argmax())],
+                 "confidence": round(float(probs[i].max()), 4)} for i in confident(ranked, probs, y)]
     log.info("label audit: %d suspects among %d images", len(suspects), len(y))
     return {"method": f"cleanlab confident learning on {folds}-fold logistic regression of pooled features",
             "images": int(len(y)), "count": len(suspects), "suspects": suspects[:MAX_SUSPECTS]}
