@@ -15,6 +15,7 @@ from marshmallow import INCLUDE, Schema, fields, validate
 from graft.api.errors import REQUIRED, UNKNOWN
 from graft.api.pagination import MAX_OFFSET, MAX_PAGE, RESULTS_MAX_PAGE, RESULTS_PAGE
 from graft.shared import lifecycle
+from graft.shared.accuracy import SOURCES
 from graft.shared.exports import EXPORT_FORMATS
 from graft.shared.models import DATASET_FAILED, INSPECTING, READY, SERVER_PATH, UPLOAD
 from graft.shared.params import DATASET_PATH_PARAMS, PREDICT_PARAMS, TRAIN_PARAMS, Param
@@ -206,6 +207,15 @@ class Callback(Schema):
     attempts = fields.List(fields.Dict())
 
 
+class AccuracySchema(Schema):
+    """A model's one accuracy: its out-of-sample estimate (graft.shared.accuracy)."""
+
+    value = fields.Float(required=True)
+    source = fields.String(required=True, validate=validate.OneOf(SOURCES))
+    images = _nullable(fields.Integer, required=True)
+    kept = fields.String(required=True)
+
+
 class JobSchema(Schema):
     """A job of any kind."""
 
@@ -215,6 +225,7 @@ class JobSchema(Schema):
     params = fields.Dict(required=True)
     progress = fields.Dict(required=True)
     metrics = fields.Dict(required=True)
+    accuracy = fields.Nested(AccuracySchema, allow_none=True, required=True)  # a succeeded training job's model's
     model_id = _nullable(fields.String, required=True)
     error = _nullable(fields.String, required=True)
     worker = _nullable(fields.String, required=True)
@@ -245,6 +256,7 @@ class ModelSchema(Schema):
     classes = fields.List(fields.String(), required=True)
     image_size = fields.Integer(required=True)
     metrics = fields.Dict(required=True)
+    accuracy = fields.Nested(AccuracySchema, allow_none=True, required=True)
     created_at = fields.DateTime(required=True)
 
 

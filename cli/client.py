@@ -7,6 +7,7 @@ from typing import Any
 from tqdm import tqdm
 
 from graft.client import GraftError
+from graft.shared.accuracy import describe
 
 # On a TTY the bar redraws ten times a second; into a file or a pipe (CI logs, tests) a line every 10 s at most,
 # plus the final one when the bar closes, so logs stay short.
@@ -37,8 +38,10 @@ def job_status(job: dict[str, Any]) -> str:
     elif progress.get("epochs"):
         parts.append(f"epoch {progress.get('epoch', 0)}/{progress['epochs']}")
     best = (job.get("metrics") or {}).get("best_val_acc")
-    if best is not None:
-        parts.append(f"best val_acc {best:.3f}")
+    if best is not None and job["status"] != "succeeded":  # a training curve, not the model's accuracy
+        parts.append(f"best epoch's validation accuracy {best:.3f}")
+    if job.get("accuracy"):
+        parts.append(f"accuracy {describe(job['accuracy'])}")
     if progress.get("eta_s") and job["status"] == "running":
         parts.append(f"eta {progress['eta_s']:.0f}s")
     return "  ".join(parts)

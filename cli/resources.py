@@ -10,6 +10,7 @@ from typing import Any
 from graft.cli.client import Bars, ProgressPrinter
 from graft.cli.summary import print_training_summary
 from graft.client import Client
+from graft.shared.accuracy import describe
 from graft.shared.exports import EXPORT_FORMATS
 
 
@@ -23,9 +24,12 @@ def emit(args: argparse.Namespace, resource: Any) -> bool:  # noqa: ANN401 - any
 
 def job_line(job: dict[str, Any]) -> str:
     """One job as a line of the list."""
-    best = (job.get("metrics") or {}).get("best_val_acc")
-    acc = f"{best:.3f}" if best is not None else "-"
-    return f"{job['id']}  {job['kind']:<7} {job['status']:<9} val_acc={acc:<6} {job['created_at']}"
+    return f"{job['id']}  {job['kind']:<7} {job['status']:<9} accuracy={_short(job.get('accuracy')):<7} {job['created_at']}"
+
+
+def _short(accuracy: dict[str, Any] | None) -> str:
+    """The model's one accuracy as a list column ('86.7%'), '-' for none."""
+    return "-" if not accuracy else f"{100 * accuracy['value']:.1f}%"
 
 
 def print_job(job: dict[str, Any]) -> None:
@@ -91,8 +95,8 @@ def print_model(model: dict[str, Any]) -> None:
     metrics = model.get("metrics") or {}
     print(f"model {model['id']}  (job {model['job_id']}, {model['backbone']}, {model['image_size']} px)")
     print(f"  classes:       {', '.join(model['classes'])}")
-    if metrics.get("val_acc") is not None:
-        print(f"  val accuracy:  {metrics['val_acc']:.4f}")
+    if model.get("accuracy"):
+        print(f"  accuracy:      {describe(model['accuracy'])}")
     for name, row in (metrics.get("per_class") or {}).items():
         print(f"  {name:<20}precision {row['precision']:.3f}  recall {row['recall']:.3f}  support {row['support']}")
 
@@ -104,9 +108,8 @@ def run_models(client: Client, args: argparse.Namespace) -> int:
         models = list(islice(client.models(args.job), args.limit))
         if not emit(args, models):
             for model in models:
-                acc = (model.get("metrics") or {}).get("val_acc")
-                shown = f"{acc:.3f}" if acc is not None else "-"
-                print(f"{model['id']}  {model['backbone']:<20} val_acc={shown:<6} {len(model['classes']):>3} classes  "
+                print(f"{model['id']}  {model['backbone']:<20} accuracy={_short(model.get('accuracy')):<7} "
+                      f"{len(model['classes']):>3} classes  "
                       f"{model['created_at']}")
         return 0
     if action == "show":

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from graft.client import Client
+from graft.shared.accuracy import describe
 from graft.shared.exports import EXPORT_FORMATS
 
 
@@ -16,7 +17,7 @@ def print_training_summary(job: dict[str, Any], client: Client) -> None:
     metrics = model["metrics"]
     print(f"job {job['id']} succeeded")
     print(f"model id:      {model['id']}  ({model['backbone']}, classes: {', '.join(model['classes'])})")
-    print(f"val accuracy:  {metrics['val_acc']:.4f} (best epoch {metrics.get('best_epoch')})")
+    print(f"accuracy:      {describe(model.get('accuracy'))}")
     print(f"{'class':<20}{'precision':>10}{'recall':>10}{'support':>9}")
     for name, row in metrics["per_class"].items():
         print(f"{name:<20}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['support']:>9}")

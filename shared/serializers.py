@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
+from graft.shared.accuracy import accuracy_of
 from graft.shared.models import (
     SERVER_PATH, DatasetRecord, Job, JobEvent, JobLogLine, PredictionResult, TrainedModel, WebhookDelivery,
 )
@@ -41,6 +42,7 @@ def serialize_job(job: Job, model_id: str | None = None) -> dict[str, Any]:
         "params": public_params(job.params or {}),
         "progress": progress,
         "metrics": metrics,
+        "accuracy": _accuracy(metrics) if job.status == "succeeded" else None,
         "model_id": model_id,
         "error": job.error,
         "worker": job.worker,
@@ -103,8 +105,14 @@ def serialize_model(model: TrainedModel) -> dict[str, Any]:
         "classes": model.classes,
         "image_size": model.image_size,
         "metrics": model.metrics,
+        "accuracy": _accuracy(model.metrics),
         "created_at": iso(model.created_at),
     }
+
+
+def _accuracy(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    accuracy = accuracy_of(metrics)
+    return accuracy.to_dict() if accuracy else None
 
 
 def serialize_dataset(dataset: DatasetRecord, full: bool = True) -> dict[str, Any]:

@@ -157,7 +157,8 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
     model = TrainedModel(
         id=model_id, job_id=job_id, backbone=result.backbone, classes=result.classes, image_size=result.image_size,
         metrics={k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch", "calibration",
-                                                "ood", "selected", "estimate", "estimated_acc", "refit")
+                                                "ood", "selected", "estimate", "estimated_acc", "refit",
+                                                "train_images", "val_images")
                  if k in result.metrics},
         path=str(result.model_path), size_bytes=tree_bytes(model_dir(config.artifacts_dir, model_id)),
     )

@@ -21,6 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from graft.client import Client
+from graft.shared.accuracy import describe
 from tests.browser.pages import console_errors, css, heading, serious_violations, shot, sign_in, wait
 from tests.helpers import HYMENOPTERA, TOKEN
 
@@ -185,8 +186,12 @@ def _model(driver: WebDriver, screenshots: Path, api_url: str, tmp_path: Path) -
          what="validation thumbnails not loaded")
     caption = figures[0].find_element(By.TAG_NAME, "figcaption").text
     assert "true:" in caption and "predicted:" in caption and "confidence:" in caption
-    # try an image: the API's verdict, then the synchronous predict endpoint's top-k, as bars
+    # one accuracy: the model page says what the API says the model's accuracy is, worded as the CLI words it
     client = Client(api_url, TOKEN)
+    model = client.model(model_id)
+    assert css(driver, "strong.accuracy").text == describe(model["accuracy"]), model["accuracy"]
+    assert "kept the" in css(driver, "strong.accuracy").text
+    # try an image: the API's verdict, then the synchronous predict endpoint's top-k, as bars
     assert _try(driver, client, model_id, sorted((HYMENOPTERA / "val" / "bees").iterdir())[-1]) in ("ants", "bees")
     bars = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".try .bar-row"), 60, "no top-k bars")
     assert len(bars) == 2 and {b.find_element(By.CLASS_NAME, "bar-label").text for b in bars} == {"ants", "bees"}

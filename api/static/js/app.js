@@ -8,6 +8,14 @@ const charts = {};  // Chart.js objects live outside Alpine's reactive proxies
 
 const UNKNOWN = "unknown";  // the label of a rejected image (shared/params.py:UNKNOWN)
 function pct(x) { return x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`; }
+// A model's one accuracy, worded as graft.shared.accuracy.describe words it for the CLI.
+function accuracyText(a) {
+  if (!a) return "–";
+  const how = a.source === "holdout"
+    ? `holdout${a.images ? `, ${a.images} validation images` : ""}`
+    : `k-fold cross-validation${a.images ? ` over ${a.images} images` : ""}`;
+  return `${pct(a.value)} (${how}; kept the ${a.kept})`;
+}
 function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
 function eta(s) {
   if (s === null || s === undefined) return "–";
@@ -69,7 +77,7 @@ document.addEventListener("alpine:init", () => {
       setInterval(() => this.poll(), POLL_MS);
     },
 
-    pct, when, eta,
+    pct, accuracyText, when, eta,
 
     say(text) { this.notice = text; this.noticeAt = Date.now(); },
 
