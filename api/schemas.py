@@ -17,7 +17,7 @@ from graft.api.pagination import MAX_OFFSET, MAX_PAGE, RESULTS_MAX_PAGE, RESULTS
 from graft.shared import lifecycle
 from graft.shared.accuracy import SOURCES
 from graft.shared.exports import EXPORT_FORMATS
-from graft.shared.models import DATASET_FAILED, INSPECTING, READY, SERVER_PATH, UPLOAD
+from graft.shared.models import DATASET_STATUSES, SERVER_PATH, UPLOAD
 from graft.shared.params import DATASET_PATH_PARAMS, PREDICT_PARAMS, TRAIN_PARAMS, Param
 
 
@@ -266,7 +266,7 @@ class DatasetSummary(Schema):
     id = fields.String(required=True)
     name = fields.String(required=True)
     source = fields.String(required=True, validate=validate.OneOf((UPLOAD, SERVER_PATH)))
-    status = fields.String(required=True, validate=validate.OneOf((INSPECTING, READY, DATASET_FAILED)))
+    status = fields.String(required=True, validate=validate.OneOf(DATASET_STATUSES))
     classes = _nullable(fields.Dict, required=True)
     num_images = _nullable(fields.Integer, required=True)
     has_errors = _nullable(fields.Boolean, required=True)

@@ -34,7 +34,7 @@ import torch
 from graft.worker.core.predict import Predictor
 from graft.worker.core.spec import TrainSpec
 from graft.worker.core.train import fit
-from graft.worker.core.trust import UNKNOWN
+from graft.shared.params import UNKNOWN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from domain_features import LITES, SETS, SetImages, draw, features, images  # noqa: E402

@@ -17,7 +17,7 @@ from graft.worker.core.audit import audit_labels
 from graft.worker.core.calibration import ece, nll, softmax
 from graft.worker.core.images import decode_image
 from graft.worker.core.predict import Predictor
-from graft.worker.core.trust import UNKNOWN
+from graft.shared.params import UNKNOWN
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.ood_images and tests.trust_real: the same generator and rates as the tests

@@ -152,11 +152,6 @@ def efficientnet_lite_weights(variant: int = 0) -> Path:
     return path
 
 
-def efficientnet_lite0_weights() -> Path:
-    """The ImageNet weights file of EfficientNet-Lite0."""
-    return efficientnet_lite_weights(0)
-
-
 def lite_imagenet(variant: int = 0, pretrained: bool = True) -> nn.Module:
     """The original EfficientNet-Lite{variant} with its 1000-class ImageNet head."""
     from efficientnet_lite_pytorch import EfficientNet

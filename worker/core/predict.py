@@ -12,7 +12,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from graft.worker.core.images import DEFAULT_MAX_PIXELS, ImageError, decode_imag
 from graft.worker.core.thumbnails import save_thumbnail
 from graft.worker.core.runtimes import DEFAULT_RUNTIME, RUNTIMES, TORCH, Normalized, Runner, RuntimeUnavailable, make_runner
 from graft.worker.core.transforms import Preprocessing, center_crop
-from graft.worker.core.trust import UNKNOWN, Options, Trust
+from graft.worker.core.trust import Options, Trust
 
 log = logging.getLogger(__name__)
 
@@ -298,15 +298,3 @@ class Predictor:
             pool.shutdown(cancel_futures=True)  # a stop does not wait for the batches decoded ahead
         return rows
 
-
-def summarize(rows: Iterable[Row]) -> dict[str, Any]:
-    """Counts: files, per label, unknown, errors."""
-    labels: dict[str, int] = {}
-    files = errors = 0
-    for row in rows:
-        files += 1
-        if row["error"]:
-            errors += 1
-        elif row["label"] is not None:
-            labels[row["label"]] = labels.get(row["label"], 0) + 1
-    return {"files": files, "labels": dict(sorted(labels.items())), "unknown": labels.get(UNKNOWN, 0), "errors": errors}
