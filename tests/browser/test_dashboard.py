@@ -7,7 +7,11 @@ uploaded zip and download its CSV. axe-core checks every page it visits. Screens
 from __future__ import annotations
 
 import csv
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -195,6 +199,23 @@ def _try(driver: WebDriver, client: Client, model_id: str, image: Path) -> str:
     return answer["label"]
 
 
+def _use_snippets(driver: WebDriver, client: Client, model_id: str, folder: Path) -> None:
+    """The "use this model" curl and Python snippets, run as the page shows them, answer what the API answers."""
+    folder.mkdir()
+    photo = folder / "photo.jpg"
+    shutil.copy(sorted((HYMENOPTERA / "val" / "ants").iterdir())[0], photo)
+    expected = _answer(client, model_id, photo)["label"]
+    env = {**os.environ, "GRAFT_TOKEN": TOKEN}
+    curl = subprocess.run(["bash", "-c", css(driver, "#snippet-curl").text], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert json.loads(curl.stdout)["items"][0]["label"] == expected, curl.stdout
+    python = subprocess.run([sys.executable, "-c", css(driver, "#snippet-python").text], cwd=folder, env=env,
+                            capture_output=True, text=True, timeout=120, check=True)
+    assert python.stdout.strip() == expected, python.stdout + python.stderr
+    assert f"graft predict {model_id} " in css(driver, "#snippet-cli").text
+    assert f"graft models download {model_id} --format onnx" in css(driver, "#snippet-onnx").text
+
+
 def _model(driver: WebDriver, screenshots: Path, api_url: str, tmp_path: Path) -> str:
     css(driver, "a.button[href^='#/models/']").click()
     heading(driver, "Model")
@@ -216,6 +237,7 @@ def _model(driver: WebDriver, screenshots: Path, api_url: str, tmp_path: Path) -
     model = client.model(model_id)
     assert css(driver, "strong.accuracy").text == describe(model["accuracy"]), model["accuracy"]
     assert "kept the" in css(driver, "strong.accuracy").text
+    _use_snippets(driver, client, model_id, tmp_path / "use")
     # try an image: the API's verdict, then the synchronous predict endpoint's top-k, as bars
     assert _try(driver, client, model_id, sorted((HYMENOPTERA / "val" / "bees").iterdir())[-1]) in ("ants", "bees")
     bars = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".try .bar-row"), 60, "no top-k bars")

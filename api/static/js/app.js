@@ -7,6 +7,23 @@ const MAIN_TRAIN_FIELDS = ["dataset_id", "backbone", "mode", "time_budget_s", "e
 const charts = {};  // Chart.js objects live outside Alpine's reactive proxies
 
 const UNKNOWN = "unknown";  // the label of a rejected image (shared/params.py:UNKNOWN)
+// Ready-to-run ways to call a model from outside the dashboard: the same endpoint, client method and CLI command
+// the README documents (the browser test runs the curl and Python ones against the live server).
+function useSnippets(model) {
+  const origin = window.location.origin;
+  return [
+    { id: "curl", name: "curl", code:
+      `curl -s -X POST "${origin}/api/v1/models/${model.id}/predict" \\\n  -H "Authorization: Bearer $GRAFT_TOKEN" -F "file=@photo.jpg"` },
+    { id: "python", name: "Python", code:
+      `import os\nfrom graft.client import Client\n\nclient = Client("${origin}", os.environ["GRAFT_TOKEN"])\n` +
+      `print(client.predict_now("${model.id}", ["photo.jpg"])["items"][0]["label"])` },
+    { id: "cli", name: "CLI (a folder)", code:
+      `GRAFT_URL=${origin} graft predict ${model.id} photos/ -o predictions.csv` },
+    { id: "onnx", name: "ONNX bundle", code:
+      `GRAFT_URL=${origin} graft models download ${model.id} --format onnx -o model.zip` },
+  ];
+}
+
 function pct(x) { return x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`; }
 // A model's one accuracy, worded as graft.shared.accuracy.describe words it for the CLI.
 function accuracyText(a) {
@@ -77,9 +94,17 @@ document.addEventListener("alpine:init", () => {
       setInterval(() => this.poll(), POLL_MS);
     },
 
-    pct, accuracyText, when, eta,
+    pct, accuracyText, useSnippets, when, eta,
 
     say(text) { this.notice = text; this.noticeAt = Date.now(); },
+    async copy(text) {
+      try {
+        await navigator.clipboard.writeText(text);
+        this.say("Copied.");
+      } catch {  // no clipboard (an insecure origin, a headless browser): the text stays selectable
+        this.say("Copy failed: select the text instead.");
+      }
+    },
 
     // ---- sign in ---------------------------------------------------------------------------------------------
     async signIn() {
