@@ -13,7 +13,8 @@ from graft.worker.core.backbones import BACKBONES, build_model
 from graft.worker.core.checkpoint import load_model_artifact
 from graft.worker.core.dataset import load_dataset
 from graft.worker.core.features import build_cache
-from graft.worker.core.refit import CV_BELOW, choose_and_refit
+from graft.worker.core import refit
+from graft.worker.core.refit import CV_BELOW, choose_and_refit, epochs_margin
 from graft.worker.core.spec import TrainSpec, lr_lambdas
 from graft.worker.core.train import Cancelled, fit
 from graft.worker.core.transforms import Preprocessing
@@ -60,7 +61,10 @@ def test_calibration_and_stored_predictions_are_out_of_sample_after_the_refit(sh
     assert refit_meta["calibration"]["curves"] and kept_meta["calibration"]["curves"]
     assert refit.predictions == kept.predictions and refit.metrics["val_acc"] == kept.metrics["val_acc"]
 
-def test_a_fine_tuned_choice_is_refit_from_the_cache_without_running_the_trunk(tmp_path: Path) -> None:
+def test_a_fine_tuned_choice_is_refit_from_the_cache_without_running_the_trunk(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(refit, "MARGIN_IMAGES", 0)  # the selection rule has its own test: here the epochs must win
+    monkeypatch.setattr(refit, "Z_MARGIN", 0.0)
     data_dir = make_shapes_dataset(tmp_path / "shapes", per_class=2 * CV_BELOW, size=48, classes=("circles", "squares"))
     spec = TrainSpec(**TINY_TRAIN, mode="finetune", epochs=3, freeze_epochs=1, val_split=0.5)
     info = BACKBONES[spec.backbone]
@@ -77,7 +81,7 @@ def test_a_fine_tuned_choice_is_refit_from_the_cache_without_running_the_trunk(t
         optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate)
         return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(spec)[0])
 
-    best = {"val_acc": 2.0, "epoch": 2, "pred": [0] * len(data.val)}  # an epoch no linear head can beat
+    best = {"val_acc": 1.0, "epoch": 2, "pred": list(data.val.labels)}  # every validation image right
     outcome = choose_and_refit(selected, best, data, cache, spec, fresh, None, lambda: False, Cancelled)
     assert outcome.metrics["selected"] == "epochs" and outcome.metrics["estimate"] == "holdout"
     assert outcome.metrics["refit"] is True and outcome.metrics["refit_epochs"] == 2
@@ -113,3 +117,16 @@ def test_the_cache_holds_mirror_images_for_the_head(shapes: Path) -> None:
     assert torch.allclose(cache.train_pooled[1], mirrored, atol=1e-4)
     assert torch.allclose(cache.val_mirror_pooled, val_mirrored, atol=1e-4)
     assert not torch.allclose(cache.train_pooled[2], cache.train_pooled[1], atol=1e-3)  # view 2 is a random crop
+
+
+@pytest.mark.parametrize(("wins", "losses", "kept"), [
+    (4, 0, True),  # four more right, nothing against: 2 standard errors of 4 disagreements
+    (3, 0, False),  # 3 < 2 * sqrt(3)
+    (8, 4, False),  # +4 over 12 disagreements: under 2 standard errors (6.9)
+    (12, 2, True),  # +10 over 14: above 7.5
+])
+def test_fine_tuning_is_kept_only_beyond_noise(wins: int, losses: int, kept: bool) -> None:
+    head = np.array([False] * wins + [True] * losses + [True] * 10)
+    epochs = np.array([True] * wins + [False] * losses + [True] * 10)
+    w, l, needed = epochs_margin(head, epochs)
+    assert (w, l) == (wins, losses) and (w - l >= needed) == kept

@@ -26,7 +26,11 @@ from graft.worker.core.spec import TrainSpec, frozen_stages
 log = logging.getLogger(__name__)
 
 CV_BELOW = 10  # a validation class smaller than this cannot choose between candidates: choose by k-fold CV
-MARGIN_IMAGES = 2  # the fine-tuned model must beat the linear head by this many validation images to be chosen
+MARGIN_IMAGES = 2  # the fine-tuned model must beat the linear head by at least this many validation images...
+# ...and by Z_MARGIN standard errors of the images they disagree on (McNemar): the best of many epochs on the same
+# validation images is optimistic. With two images alone, flowers at 50 a class kept a fine-tuned model 5 points
+# below the head in one of three draws (docs/accuracy.md).
+Z_MARGIN = 2.0
 Fresh = Callable[[], tuple[Classifier, torch.optim.Optimizer, Any]]  # a pretrained model, its optimizer, scheduler
 
 
@@ -114,6 +118,12 @@ def _refit_epochs(fresh: Fresh, cache: ViewCache, data: TrainingData, spec: Trai
     return model.eval()
 
 
+def epochs_margin(head_right: np.ndarray, epochs_right: np.ndarray) -> tuple[int, int, float]:
+    """(images only the epochs got right, images only the head got right, wins - losses the epochs need to be kept)."""
+    wins, losses = int((epochs_right & ~head_right).sum()), int((head_right & ~epochs_right).sum())
+    return wins, losses, max(MARGIN_IMAGES, Z_MARGIN * float(np.sqrt(wins + losses)))
+
+
 def choose_and_refit(
     selected: Classifier, best: dict[str, Any], data: TrainingData, cache: ViewCache | None, spec: TrainSpec,
     fresh: Fresh, weight: torch.Tensor | None, should_stop: Callable[[], bool], stop_exc: type[Exception],
@@ -135,12 +145,13 @@ def choose_and_refit(
     # The best epoch is the maximum over many epochs on the same few images, so it is optimistic: a fine-tuned
     # model is kept only when it beats the one-shot linear head clearly (docs/accuracy.md: on hymenoptera the
     # head equalled or beat fine-tuning in every row where the epochs won by a single image).
-    margin = MARGIN_IMAGES / max(1, len(val_y))
+    wins, losses, needed = epochs_margin(np.asarray(head_pred) == val_y, np.asarray(best["pred"]) == val_y)
     linear = spec.resolved_mode() == "linear"
-    use_head = small or linear or head_acc + margin > best["val_acc"]
+    use_head = small or linear or wins - losses < needed
     reason = ("too few validation images a class to compare" if small else "mode linear" if linear else
               f"linear head {head_acc:.3f} on {len(val_y)} validation images against the best epoch ({best['epoch']}) "
-              f"{best['val_acc']:.3f}, a fine-tuned model kept only with {MARGIN_IMAGES} more right")
+              f"{best['val_acc']:.3f}: the epochs won {wins} and lost {losses} of the images they disagree on, and a "
+              f"fine-tuned model is kept only with {needed:.1f} more wins than losses")
     log.info("kept the %s: %s", "linear head" if use_head else f"model of epoch {best['epoch']}", reason)
     if use_head:
         meta.update(selected="linear_head", selection_val_acc=round(head_acc, 5), estimated_acc=round(head_acc, 5))
