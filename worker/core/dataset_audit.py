@@ -7,10 +7,9 @@ Celery or SQLAlchemy.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -24,9 +23,6 @@ from graft.worker.core.spec import TrainSpec
 from graft.worker.core.transforms import Preprocessing
 from graft.worker.core.trunk import make_trunk, trunk_id
 
-log = logging.getLogger(__name__)
-
-
 @dataclass
 class DatasetAudit:
     """The audit of a dataset's labels (audit.audit_labels's result, None when too few images) and what ran it."""
@@ -38,28 +34,19 @@ class DatasetAudit:
 
 
 def audit_dataset(data_dir: str | Path, caching: Caching, max_pixels: int | None = None,
-                  roots: Sequence[Path] | None = None, on_progress: Callable[[int, int], None] = lambda d, t: None,
-                  ) -> DatasetAudit:
+                  roots: Sequence[Path] | None = None) -> DatasetAudit:
     """Audit the labels of data_dir on the default job's frozen trunk, leaving its views in caching.store."""
     spec, _ = resolve_backbone(TrainSpec(), data_dir, roots)
     info = BACKBONES[spec.backbone]
     prep = Preprocessing.for_size(spec.image_size, info.mean, info.std)
     data = load_dataset(data_dir, spec.val_split, spec.seed, prep.resize, max_pixels, roots=roots,
                         store=caching.store)
-    torch.manual_seed(spec.seed)
     model = build_model(spec.backbone, len(data.classes), pretrained=True).eval()
     split_at = len(model.stages) - info.finetune_stages  # the training job's cut (train._prepare_cache): same keys
-    key = trunk_id(model, split_at, prep)
-    total = 2 * (len(data.train) + len(data.val))
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        on_progress(done, total)
-
+    key = trunk_id(model, split_at, prep)  # the stages' weights only: the random head does not enter the keys
     stats: dict[str, Any] = {}
-    cache = build_cache(model, data.train, data.val, prep, 1, split_at, False, spec.batch_size, spec.seed, tick,
+    cache = build_cache(model, data.train, data.val, prep, 1, split_at, False, spec.batch_size, spec.seed,
+                        lambda n: None,
                         lambda: make_trunk(model, split_at, prep, caching.runtime, caching.ir_dir, key),
                         caching.store, key, stats)
     features = torch.cat([cache.train_pooled[0], cache.val_pooled]).numpy()

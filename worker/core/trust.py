@@ -18,7 +18,7 @@ from graft.worker.core.backbones import Classifier
 from graft.worker.core.calibration import calibrate, class_thresholds, softmax
 from graft.worker.core.dataset import Split
 from graft.worker.core.features import ViewCache
-from graft.worker.core.ood import KNNScorer, fit_knn, threshold_for, unit_rows as _unit_rows
+from graft.worker.core.ood import KNNScorer, fit_knn, threshold_for, unit_rows
 from graft.worker.core.transforms import Preprocessing, eval_batch
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ def fit_trust(model: Classifier, train: Split, val: Split, classes: Sequence[str
         calibration["source"] = "validation logits of the model before any refit"
     scorer = fit_knn(torch.cat([train_f, val_f]).float().numpy(), seed=seed)
     if not trunk_unchanged and len(val):
-        _held_out_threshold(scorer, held, train, held_f, cache, holdout_unchanged if held is holdout else False,
-                            prep, batch)
+        scorer.threshold, scorer.rule = _held_out_threshold(
+            held, train, held_f, scorer.k, cache, holdout_unchanged if held is holdout else False, prep, batch)
     audit_f = torch.cat([cache.train_pooled[0], cache.val_pooled]) if cache is not None else torch.cat([train_f, val_f])
     try:
         audit = audit_labels(audit_f.float().numpy(), list(train.labels) + list(val.labels),
@@ -117,9 +117,9 @@ def fit_trust(model: Classifier, train: Split, val: Split, classes: Sequence[str
     return meta, {BANK_KEY: torch.from_numpy(scorer.bank).to(torch.float16)}, metrics
 
 
-def _held_out_threshold(scorer: KNNScorer, held: Classifier, train: Split, held_f: torch.Tensor,
-                        cache: ViewCache | None, unchanged: bool, prep: Preprocessing, batch: int) -> None:
-    """Set scorer's threshold from validation images scored against the training images under held.
+def _held_out_threshold(held: Classifier, train: Split, held_f: torch.Tensor, k: int, cache: ViewCache | None,
+                        unchanged: bool, prep: Preprocessing, batch: int) -> tuple[float, str]:
+    """(threshold, rule) from validation images scored against the training images under held.
 
     A fine-tuned trunk was fitted on its training images, so their leave-one-out scores are smaller than an unseen
     image's; held (the model before any refit) never saw the validation images, which makes theirs honest.
@@ -129,9 +129,9 @@ def _held_out_threshold(scorer: KNNScorer, held: Classifier, train: Split, held_
     else:
         maps = None if cache.train_maps is None else cache.train_maps[0]
         train_h = _features(held, train, cache.train_pooled[0], maps, cache.split_at, unchanged, prep, batch)
-    bank = KNNScorer(_unit_rows(train_h.float().numpy()), scorer.k, 0.0, "")
+    bank = KNNScorer(unit_rows(train_h.float().numpy()), k, 0.0, "")
     threshold, rule = threshold_for(bank.score(held_f.float().numpy()))
-    scorer.threshold, scorer.rule = threshold, f"fine-tuned trunk, validation images against the training images: {rule}"
+    return threshold, f"fine-tuned trunk, validation images against the training images: {rule}"
 
 
 @dataclass
