@@ -32,5 +32,6 @@ RUN if [ "$FETCH_RESNET18" = "1" ]; then \
 
 USER graft
 EXPOSE 8000
-# `graft api` serves with gunicorn gthread workers (cli/serve.py): the token is checked before a body is read.
+# `graft api` serves with Hypercorn (cli/serve.py): the token is checked before a body is read. Compose puts nginx
+# (deploy/nginx.conf) in front.
 CMD ["graft", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -8,10 +8,10 @@ from typing import Any
 from flask import Flask
 
 from graft.api import (
-    dashboard, datasets, errors, gallery, health, jobs, metrics, models, predict_jobs, predict_now, ratelimit, results,
-    uploads,
+    dashboard, datasets, errors, gallery, headers, health, jobs, metrics, models, predict_jobs, predict_now, ratelimit,
+    results, uploads,
 )
-from graft.api.admission import admit_body
+from graft.api.admission import admit_body, close_after_refusal
 from graft.api.auth import require_admin, require_token
 from graft.api.openapi import make_api
 from graft.api.strictjson import StrictJSONProvider
@@ -46,17 +46,17 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
     api = make_api(app)  # the OpenAPI document (no token: it holds no data) and /docs
     errors.register(app)
-    failed_auth = ratelimit.guard(ratelimit.install(app, config), config)
+    ratelimit.install(app, config)  # failed authentications per client address (counted by require_token)
+    headers.install(app)  # CSP, nosniff and no framing on every response
+    app.after_request(close_after_refusal)  # a refused body's connection is closed, not held for its rest
     api.register_blueprint(health.bp)
     for module in (jobs, models, uploads, predict_jobs, results, predict_now, datasets, gallery):
         # On the app, not on the shared blueprint object: create_app can run more than once. admit_body checks the
         # token first (no disk or quota news for strangers), then the body's size, quota and the disk, before any
         # view reads the body.
         app.before_request_funcs.setdefault(module.bp.name, []).append(admit_body)
-        failed_auth(module.bp)  # recorded in this app's limiter, by blueprint name
         api.register_blueprint(module.bp, url_prefix="/api/v1")
     app.before_request_funcs.setdefault(metrics.bp.name, []).extend([require_token, require_admin])  # every user's
-    failed_auth(metrics.bp)
     api.register_blueprint(metrics.bp)
     app.register_blueprint(dashboard.bp)  # the web page at /: no data, no token (it signs in with one)
     app.teardown_appcontext(_close_session)

@@ -1,13 +1,13 @@
 """The one gate every /api/v1 request passes before its body is touched: who asks, then what the body may cost.
 
-`graft api` serves with gunicorn's gthread workers, which hand the body to the app as a stream, so what runs here
+`graft api` (Hypercorn, the app in a2wsgi's threads) hands the body to the app as a stream, so what runs here
 runs before a byte of an upload is read or stored: a stranger's 1 GB upload is answered 401 at once, an
 over-size one 413 from its Content-Length alone. Checks that decide whether a body may be stored (credentials,
 size, the caller's storage quota, free disk) go in admit_body, in that order, and nowhere else.
 """
 from __future__ import annotations
 
-from flask import request
+from flask import Response, request
 
 from graft.api.auth import require_token
 from graft.api.context import config
@@ -29,8 +29,10 @@ def admit_body() -> None:
     """Refuse the request before its body is read: 401 without a valid token, 413 for an upload whose
     Content-Length passes the limit, 507 when it passes the caller's storage quota or the disk is nearly full.
 
-    Any body, chunked or not, is cut off at body_limit() as a view reads it (werkzeug's 413); a view that never
-    reads its body (a GET, a cancel) never pays for it: gunicorn drains 64 KiB of it at most, then closes.
+    Any body, chunked or not, is cut off at body_limit() as a view reads it (werkzeug's 413), and an upload's
+    also at what the caller may still store (the quota's 507, api.quotas); a view that never reads its body (a
+    GET, a cancel, a predict on a model the caller cannot see) never pays for it: the server buffers a few chunks
+    of it at most, then closes the connection.
     """
     require_token()
     limit = body_limit()
@@ -40,3 +42,16 @@ def admit_body() -> None:
                             "(GRAFT_MAX_UPLOAD_MB)", limit_bytes=limit)
     refuse_uploads_over_quota()
     refuse_uploads_when_disk_is_nearly_full()
+
+
+def close_after_refusal(response: Response) -> Response:
+    """Ask the server to close a connection whose request body a refusal left unread (Connection: close).
+
+    Otherwise the server waits for the rest of that body before the next request, holding the connection (and
+    delaying its own graceful stop) for as long as the client keeps it open; a client that is answered early
+    reconnects.
+    """
+    has_body = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if response.status_code >= 400 and has_body:
+        response.headers["Connection"] = "close"
+    return response

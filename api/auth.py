@@ -2,7 +2,8 @@
 
 A token is a user's (`graft users add`, `graft tokens create`; stored hashed, see graft.shared.users) or one of
 GRAFT_API_TOKENS, which act as admin tokens (installs from before users keep working). The caller becomes
-g.principal (graft.api.owners), which every view's ownership check reads.
+g.principal (graft.api.owners), which every view's ownership check reads. Only a failed check is counted against
+the client address's failed-authentication limit (graft.api.ratelimit): a valid token is served whatever the count.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from flask import g, request
 from graft.api.context import config, db
 from graft.api.errors import APIError
 from graft.api.owners import LEGACY_ADMIN, NO_AUTH, Principal, principal
+from graft.api.ratelimit import refuse_failure
 from graft.shared.users import authenticate
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="graft"'}
@@ -31,6 +33,7 @@ def require_token() -> None:
         if cfg.insecure_no_auth and not cfg.api_tokens:  # `graft api` allows this on loopback only, loudly
             g.principal = NO_AUTH
             return
+        refuse_failure()  # 429 once this address failed too often; a valid token is never counted nor refused
         raise APIError(401, "missing bearer token: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
     if any(hmac.compare_digest(token.encode("utf-8", "surrogatepass"), t.encode()) for t in cfg.api_tokens):
         g.principal = LEGACY_ADMIN
@@ -42,6 +45,7 @@ def require_token() -> None:
     if cfg.insecure_no_auth and not cfg.api_tokens:
         g.principal = NO_AUTH  # the opt-out serves everyone; a token it does not know changes nothing
         return
+    refuse_failure()
     raise APIError(401, "invalid token", headers={"WWW-Authenticate": 'Bearer realm="graft", error="invalid_token"'})
 
 

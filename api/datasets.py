@@ -33,7 +33,7 @@ from graft.api.validation import json_body, validate
 from graft.shared.archive import ArchiveError, ArchiveLimits, extract_archive
 from graft.shared.config import Config
 from graft.shared.datasets import jobs_using, not_trainable_reason
-from graft.shared.files import is_junk_name, is_junk_path
+from graft.shared.files import is_junk_name, is_junk_path, stored_cost
 from graft.shared.models import INSPECTING, SERVER_PATH, UPLOAD, DatasetRecord, new_id
 from graft.shared.queue import enqueue_inspection
 from graft.shared.serializers import serialize_dataset
@@ -142,15 +142,17 @@ def _from_upload(cfg: Config) -> DatasetRecord:
         archive, filename, name = _receive(staging, cfg)
         limits = ArchiveLimits(cfg.archive_max_members, cfg.archive_max_bytes, cfg.archive_max_ratio)
         try:
-            extracted = extract_archive(archive, staging / "tree", limits, skip=lambda n: is_junk_path(n.parts))
+            # Unpacked, it may need far more than the body checked before: the plan (every member's size, every
+            # file and folder, those a name implies included) meets the quota before a byte is written.
+            extracted = extract_archive(archive, staging / "tree", limits, skip=lambda n: is_junk_path(n.parts),
+                                        admit=lambda plan: check_storage_quota(stored_cost(plan.bytes, plan.entries)))
         except ArchiveError as exc:
             raise APIError(400, f"file: {exc}", field="file", code=exc.code) from None
         archive.unlink()
-        check_storage_quota(extracted.bytes)  # unpacked, it may need more than the body's size checked before
         root = _dataset_root(staging / "tree")
         os.replace(root, final)
-        dataset = _record(dataset_id, name or _display_name(filename), UPLOAD, final, extracted.bytes,
-                          extracted.non_utf8)
+        dataset = _record(dataset_id, name or _display_name(filename), UPLOAD, final,
+                          stored_cost(extracted.bytes, extracted.entries), extracted.non_utf8)
         stored = True
         return dataset
     finally:

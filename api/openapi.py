@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import reduce
 from http import HTTPStatus
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable, NoReturn
 
@@ -25,6 +26,7 @@ from graft.api.validation import json_body, problem_of
 
 SPEC_URL = "/api/v1/openapi.json"
 DOCS_URL = "/docs"
+DOCS_PAGE = Path(__file__).parent / "static" / "docs.html"  # names SPEC_URL and ASSETS_URL
 ASSETS_URL = "/docs/assets"
 SECURITY = {"bearerAuth": {"type": "http", "scheme": "bearer",
                            "description": "a user's token (graft users add, graft tokens create) or one of "
@@ -112,6 +114,9 @@ def make_api(app: flask.Flask) -> GraftApi:
     app.url_map.converters["id"] = IdConverter
     api = GraftApi(app)
     api.register_converter(IdConverter, lambda _converter: {"type": "string", "pattern": "^[^/\\x00]+$"})
+    # Swagger UI from a page of Graft's that starts it from a file (static/js/docs.js): flask-smorest's own page
+    # starts it from an inline script, which the app's Content-Security-Policy refuses (graft.api.headers).
+    app.view_functions["api-docs.openapi_swagger_ui"] = _docs_page
     rule = next(r for r in app.url_map.iter_rules() if r.rule == SPEC_URL)
     api.spec.path(rule=rule, operations={"get": {
         "summary": "This OpenAPI document (no token needed: it holds the API's shape, no data).",
@@ -119,6 +124,11 @@ def make_api(app: flask.Flask) -> GraftApi:
         "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {
             "schema": {"type": "object"}}}}}}})
     return api
+
+
+def _docs_page() -> flask.Response:
+    """The /docs page: Swagger UI over SPEC_URL, its assets from Graft."""
+    return flask.Response(DOCS_PAGE.read_bytes(), mimetype="text/html")
 
 
 def multipart(form: type[Schema], description: str | None = None) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 The API process never loads a model: it stores the images as an upload, records a small predict job, sends it
 to the interactive queue and waits (GRAFT_SYNC_PREDICT_WAIT_SECONDS, 30 s by default) for the job to end.
 Past the bound it answers 202 with the job, whose rows are then read from /jobs/<id>/results.
+Everything the path and the caller decide (the model, the job quota) is checked before a byte of the body is
+read, and the body's files are spooled on the artifacts disk, which the free-space check watches.
 """
 from __future__ import annotations
 
@@ -16,16 +18,15 @@ from sqlalchemy import select
 from graft.api.context import config, db
 from graft.api.enqueue import accepted, enqueue_or_fail
 from graft.api.errors import APIError
-from graft.api.forms import read_form
 from graft.api.openapi import Blueprint, multipart
 from graft.api.owners import owner_id
 from graft.api.predict_jobs import get_model_or_404
-from graft.api.quotas import check_job_quota
+from graft.api.quotas import check_job_quota, check_storage_quota
 from graft.api.schemas import MAX_SYNC_FILES, JobSchema, PredictNowAnswer, PredictNowForm, PredictNowRequest
-from graft.api.uploads import file_parts, record_upload, release
+from graft.api.uploads import file_parts, part_size, record_upload, release, upload_form
 from graft.api.validation import form_values, validate
 from graft.shared import lifecycle
-from graft.shared.files import UploadError, safe_relative
+from graft.shared.files import UploadError, safe_relative, stored_cost
 from graft.shared.models import Job, PredictionResult, new_id
 from graft.shared.queue import enqueue_predict_now
 from graft.shared.serializers import result_row
@@ -36,12 +37,12 @@ SUMMARY_KEYS = ("files", "labels", "unknown", "errors")
 
 
 def _stored_name(index: int, name: str) -> str:
-    """Where part index is stored: its own folder keeps the order and lets two parts share a file name."""
+    """Where part index is stored: its own folder keeps the order and lets two parts share a file name; 400 for
+    a name that is not safe (NUL, '..', too deep or too long), as every upload answers it."""
     try:
-        base = safe_relative(name).name
-    except UploadError:
-        base = "file"
-    return f"{index:02d}/{base}"
+        return f"{index:02d}/{safe_relative(name).name}"
+    except UploadError as exc:
+        raise APIError(400, f"file: {exc}", field="file", code=exc.code) from None
 
 
 def _wait_finished(job_id: str, seconds: float) -> Job | None:
@@ -87,27 +88,34 @@ def _answer(job: Job, model_id: str) -> dict[str, Any]:
 @bp.problems(400, 401, 404, 409, 413, 500, 503, 507)
 def predict_now(model_id: str) -> Response:
     """Classify 1–32 images from multipart field 'file' on an interactive worker; 200, or 202 past the bound."""
-    params = validate(form_values(read_form().fields, PredictNowRequest), PredictNowRequest)
+    # Before a byte of the body is read (what is not read is not stored): the path's model, then the job quota.
     model = get_model_or_404(model_id)
-    check_job_quota()  # before the body is read: a refused request stores nothing
+    check_job_quota()
+    if not Path(model.path).is_file():
+        raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id")
+    params = validate(form_values(upload_form().fields, PredictNowRequest), PredictNowRequest)
     parts = file_parts()
     if not 1 <= len(parts) <= MAX_SYNC_FILES:
         raise APIError(400, f"send 1 to {MAX_SYNC_FILES} images in multipart field 'file' (got {len(parts)})",
                        field="file")
-    if not Path(model.path).is_file():
-        raise APIError(404, f"model {model_id} has no artifact on this server", field="model_id")
     cfg = config()
     names = [part.filename or f"file-{index}" for index, part in enumerate(parts)]
+    stored = [_stored_name(index, name) for index, name in enumerate(names)]
+    size = sum(part_size(part) for part in parts)  # spooled: their sizes are known before one is stored
+    cost = stored_cost(size, 2 * len(parts))  # each image and its own folder
+    check_storage_quota(cost)
     upload_id = new_id()
     folder = upload_dir(cfg.artifacts_dir, upload_id)
-    budget = [cfg.max_body_mb * 1024 * 1024]
+    budget = [size]
     try:
-        for index, part in enumerate(parts):
-            save_stream(folder, _stored_name(index, names[index]), part.stream, budget)
-    except UploadError as exc:
+        for part, name in zip(parts, stored):
+            save_stream(folder, name, part.stream, budget)
+        record_upload(upload_id, cost)
+    except BaseException as exc:
         remove_upload(folder)
-        raise APIError(400, f"file: {exc}", field="file") from None
-    record_upload(upload_id, cfg.max_body_mb * 1024 * 1024 - budget[0])
+        if isinstance(exc, UploadError):
+            raise APIError(400, f"file: {exc}", field="file", code=exc.code) from None
+        raise
     session = db()
     job = lifecycle.create_job(session, "predict", {
         "model_id": model.id, "upload_id": upload_id, "top_k": min(params["top_k"], len(model.classes)),

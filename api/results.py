@@ -1,4 +1,5 @@
-"""Results of a finished predict job: one row per file, as JSON pages (keyset by path) or streamed CSV."""
+"""Results of a finished predict job: one row per file, as JSON pages (keyset by path) or streamed CSV (text cells
+that a spreadsheet would run as formulas are neutralised)."""
 from __future__ import annotations
 
 import csv
@@ -17,12 +18,13 @@ from graft.api.owners import get_owned
 from graft.api.schemas import ResultsArgs, ResultsPage
 from graft.shared import lifecycle
 from graft.shared.models import Job, PredictionResult
-from graft.shared.serializers import result_row
+from graft.shared.serializers import public_text, result_row
 
 bp = Blueprint("results", __name__, description="Results of a finished predict job, as JSON pages or CSV.")
 
 CSV_BATCH = 1000
 CSV_COLUMNS = ["path", "label", "confidence", "error", "ood_score", "reason"]
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 
 
 def finished_predict_job(job_id: str) -> Job:
@@ -32,7 +34,7 @@ def finished_predict_job(job_id: str) -> Job:
         raise APIError(400, f"job {job_id} is a {job.kind} job; only predict jobs have results")
     if job.status != lifecycle.SUCCEEDED:
         raise APIError(409, f"job {job_id} is {job.status}; results are available once it has succeeded",
-                       job_status=job.status, job_error=job.error)
+                       job_status=job.status, job_error=public_text(job.error, job.worker))
     return job
 
 
@@ -67,14 +69,15 @@ def _csv_rows(session: Session, job_id: str, with_top_k: bool) -> Iterator[str]:
     """CSV text in batches, keyset-paged by path; closes session when done."""
     try:
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        # RFC 4180's CRLF: the writer then quotes a cell holding a bare CR, which would otherwise end the row
+        writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow(CSV_COLUMNS + (["top_k"] if with_top_k else []))
         after = None
         while True:
             rows = session.scalars(_results_query(job_id, after, CSV_BATCH)).all()
             for r in map(result_row, rows):
-                line = [r["path"], r["label"] or "", _blank(r["confidence"]), r["error"] or "", _blank(r["ood_score"]),
-                        r["reason"] or ""]
+                line = [_text(r["path"]), _text(r["label"]), _blank(r["confidence"]), _text(r["error"]),
+                        _blank(r["ood_score"]), _text(r["reason"])]
                 writer.writerow(line + ([_json(r["top_k"])] if with_top_k else []))
             yield buffer.getvalue()
             buffer.seek(0)
@@ -85,6 +88,15 @@ def _csv_rows(session: Session, job_id: str, with_top_k: bool) -> Iterator[str]:
             session.expunge_all()
     finally:
         session.close()
+
+
+def _text(value: str | None) -> str:
+    """A text cell a spreadsheet will not run: one that starts like a formula gets a leading ' (OWASP CSV injection).
+
+    File names and class names come from users; numbers are written as numbers (a negative one is no formula)."""
+    if not value:
+        return ""
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
 
 
 def _blank(value: float | None) -> Any:

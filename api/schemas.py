@@ -19,6 +19,7 @@ from graft.shared.accuracy import SOURCES
 from graft.shared.exports import EXPORT_FORMATS
 from graft.shared.models import DATASET_STATUSES, SERVER_PATH, UPLOAD
 from graft.shared.params import DATASET_PATH_PARAMS, PREDICT_PARAMS, TRAIN_PARAMS, Param
+from graft.shared.webhooks import RESULTS as WEBHOOK_RESULTS
 
 
 # PostgreSQL cannot store or even compare a NUL character: refused up front, and said so in the spec (a pattern).
@@ -197,6 +198,14 @@ class Problem(Schema):
     errors = fields.List(fields.Nested(FieldError), metadata={"description": "every invalid field"})
 
 
+class CallbackAttempt(Schema):
+    """One attempt to deliver a callback: its result's class only (no error text, address or timing)."""
+
+    attempt = fields.Integer(required=True)
+    at = fields.DateTime(required=True)
+    result = fields.String(required=True, validate=validate.OneOf(WEBHOOK_RESULTS))
+
+
 class Callback(Schema):
     """A job's callback_url and its delivery."""
 
@@ -204,7 +213,7 @@ class Callback(Schema):
     state = fields.String(required=True, validate=validate.OneOf(("waiting", "pending", "delivered", "failed")))
     delivered_at = _nullable(fields.DateTime)
     next_attempt_at = _nullable(fields.DateTime)
-    attempts = fields.List(fields.Dict())
+    attempts = fields.List(fields.Nested(CallbackAttempt))
 
 
 class AccuracySchema(Schema):
@@ -347,9 +356,10 @@ UploadAnswer = Schema.from_dict({"id": fields.String(required=True), "added": fi
                                 name="UploadAnswer")
 Deleted = Schema.from_dict({"id": fields.String(required=True), "deleted": fields.Boolean(required=True)},
                            name="Deleted")
-Exporting = Schema.from_dict({"status": fields.String(required=True, validate=validate.OneOf(("exporting",))),
+Exporting = Schema.from_dict({"status": fields.String(required=True, validate=validate.OneOf(("queued", "building"))),
                               "model_id": fields.String(required=True),
                               "format": fields.String(required=True, validate=validate.OneOf(EXPORT_FORMATS)),
+                              "url": fields.String(required=True, metadata={"description": "ask it again"}),
                               "retry_after_s": fields.Integer(required=True)}, name="Exporting")
 Disk = Schema.from_dict({"artifacts_free_bytes": fields.Integer(required=True),
                          "uploads_refused": fields.Boolean(required=True)}, name="Disk")

@@ -8,12 +8,15 @@ import math
 from flask import request
 from marshmallow import Schema, ValidationError
 
+from graft.api.context import db
 from graft.api.errors import APIError, validation_problem
 from graft.api.forms import read_form
+from graft.api.owners import principal
 from graft.api.strictjson import INT64
 from graft.api.schemas import PredictRequest, TrainRequest
 from graft.shared.config import Config
-from graft.shared.webhooks import WebhookRefused, vet_url
+from graft.shared.webhook_secrets import has_live_secret
+from graft.shared.webhooks import Policy, WebhookRefused, check_submitted, own_addresses, service_hosts
 
 # The request bodies by kind (the schemas are generated from shared/params.py: the one home of each parameter).
 TRAIN_SCHEMA: type[Schema] = TrainRequest
@@ -50,17 +53,27 @@ def validate(body: dict[str, Any], schema: type[Schema]) -> dict[str, Any]:
 
 
 def check_callback(params: dict[str, Any], config: Config) -> None:
-    """A 400 naming callback_url unless it is an http(s) URL whose every address is in GRAFT_WEBHOOK_ALLOW."""
+    """A 400 naming callback_url unless the server and the caller can sign callbacks and the URL passes the checks
+    that need no DNS (syntax, scheme, an IP literal's address); the worker resolves the name when it sends."""
     url = params.get("callback_url")
     if url is None:
         return
-    if not config.webhook_secret:
-        raise APIError(400, "callback_url: webhooks are off on this server (GRAFT_WEBHOOK_SECRET is unset)",
+    if not config.webhook_keys:
+        raise APIError(400, "callback_url: webhooks are off on this server (GRAFT_WEBHOOK_KEY is unset)",
                        field="callback_url")
     try:
-        vet_url(url, config.webhook_allow)  # resolves the name only: nothing is sent to it here
+        # Only the literal forms of Redis's and the database's hosts: no DNS query on a request thread.
+        check_submitted(url, Policy.of(config.webhook_allow,
+                                       own_addresses(service_hosts(config.database_url, config.redis_url), None)))
     except WebhookRefused as exc:
         raise APIError(400, f"callback_url: {exc}", field="callback_url") from None
+    who = principal()
+    if who.user_id is None:
+        raise APIError(400, "callback_url: callbacks are signed with their owner's webhook secret, and this token "
+                       "belongs to no user (use a user's token: graft users add NAME)", field="callback_url")
+    if not has_live_secret(db(), who.user_id):
+        raise APIError(400, f"callback_url: {who.name} has no webhook secret to sign callbacks with (the operator "
+                       f"makes one: graft webhook-secrets create {who.name})", field="callback_url")
 
 
 FORM_NUMBER_CHARS = 64  # a number in a form field is short; int() of a huge digit string is not free

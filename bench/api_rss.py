@@ -1,4 +1,4 @@
-"""The API's memory: a real `graft api` (gunicorn, one gthread worker; SQLite, Redis) after serving every kind of
+"""The API's memory: a real `graft api` (Hypercorn, one worker process; SQLite, Redis) after serving every kind of
 request. The figures are the worker's, the process that runs the app (the master only watches it).
 
     .venv/bin/python bench/api_rss.py [--requests 200]
@@ -39,9 +39,10 @@ def _memory(pid: int) -> tuple[float, float]:
 
 
 def _worker(master: int) -> int:
-    """The gunicorn worker of `graft api` (its one child)."""
+    """The worker process of `graft api` (its spawned child that is not the resource tracker)."""
     for _ in range(100):
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        children = [pid for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()
+                    if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
         if children:
             return int(children[0])
         time.sleep(0.1)

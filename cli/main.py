@@ -192,10 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = global_options(True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("api", help="serve the HTTP API (gunicorn, gthread workers)")
+    p = sub.add_parser("api", help="serve the HTTP API (Hypercorn; the app in a pool of threads per process)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="worker processes (each serves --threads requests at once)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each runs --threads requests at once; idle connections hold no thread)")
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="serve with no token at all (local development, loopback --host only; loudly logged)")

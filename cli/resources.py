@@ -125,7 +125,7 @@ def run_models(client: Client, args: argparse.Namespace) -> int:
     out = Path(args.output or f"{args.model_id}-{args.format}.zip")
     bars = Bars()
     try:
-        saved = client.download_model(args.model_id, args.format, out,
+        saved = client.download_model(args.model_id, args.format, out, timeout=args.wait,
                                       on_progress=lambda done, total: bars("downloading", done, total))
     finally:
         bars.close()
@@ -165,3 +165,5 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:  # noqa: ANN
     download.add_argument("model_id")
     download.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="(default: onnx)")
     download.add_argument("-o", "--output", help="the zip to write (default: MODEL_ID-FORMAT.zip)")
+    download.add_argument("--wait", type=float, default=600, metavar="SECONDS",
+                          help="how long to wait for a worker to build it (default: 600)")

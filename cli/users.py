@@ -1,8 +1,11 @@
-"""`graft users add|list|set` and `graft tokens create|list|revoke`: admin commands on the server's database.
+"""`graft users add|list|set`, `graft tokens create|list|revoke` and `graft webhook-secrets create|list|revoke`:
+admin commands on the server's database.
 
 Like `graft db` and `graft gc`, they talk to GRAFT_DATABASE_URL directly, not to the API: whoever runs them can
-already read the database, so they need no token. A new token is printed once, as the last line of the output;
-only its hash is kept.
+already read the database, so they need no token. A new token or webhook secret is printed once, as the last line
+of the output; only a token's hash, or a secret's seed, is kept. Webhook secrets are made here, like tokens, rather
+than by an API endpoint: both are credentials the operator hands to a user, and a stolen API token then cannot
+replace its user's webhook secret.
 """
 from __future__ import annotations
 
@@ -97,8 +100,34 @@ def run_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_webhook_secrets(args: argparse.Namespace) -> int:
+    """One `graft webhook-secrets` action."""
+    from graft.shared import users, webhook_secrets
+
+    try:
+        with _session() as session:
+            if args.action == "create":
+                row, secret = webhook_secrets.create_secret(session, users.get_user(session, args.name),
+                                                            get_config().webhook_keys)
+                print(f"created webhook secret {webhook_secrets.public_id(row)} for {args.name}: it signs that user's "
+                      "callbacks from now on (X-Graft-Key-Id names it); keep it, it is shown only now:")
+                print(secret)
+            elif args.action == "revoke":
+                for given in args.secrets:
+                    row = webhook_secrets.revoke_secret(session, given)
+                    print(f"revoked {webhook_secrets.public_id(row)}")
+            else:
+                print(f"{'SECRET':16} {'USER':24} {'CREATED':19} REVOKED")
+                for row, name in webhook_secrets.list_secrets(session, args.name):
+                    print(f"{webhook_secrets.public_id(row):16} {name:24} {_when(row.created_at):19} "
+                          f"{_when(row.revoked_at) if row.revoked_at else '-'}")
+    except users.UserError as exc:
+        raise ClientError(str(exc)) from None
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register `graft users` and `graft tokens` (server-side: they read GRAFT_DATABASE_URL)."""
+    """Register `graft users`, `graft tokens` and `graft webhook-secrets` (server side: GRAFT_DATABASE_URL)."""
     p = sub.add_parser("users", help="(server side) add, list or change the users who hold API tokens")
     actions = p.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="create a user and print its first token (the last line of the output)")
@@ -126,4 +155,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     revoke = actions.add_parser("revoke", help="revoke tokens, named by public id (gft_xxxxxxxxxxxx) or in full")
     revoke.add_argument("tokens", nargs="+", metavar="TOKEN")
     p.set_defaults(func=run_tokens)
+
+    p = sub.add_parser("webhook-secrets", help="(server side) create, list or revoke the secrets that sign a user's "
+                                               "job callbacks")
+    actions = p.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="print a new webhook secret for user NAME (the last line of the "
+                                               "output); at most two live at once, to rotate")
+    create.add_argument("name")
+    listing = actions.add_parser("list", help="webhook secrets by their public id, with revocation")
+    listing.add_argument("name", nargs="?", help="only this user's")
+    revoke = actions.add_parser("revoke", help="revoke webhook secrets, named by public id (whk_xxxxxxxxxxxx)")
+    revoke.add_argument("secrets", nargs="+", metavar="SECRET_ID")
+    p.set_defaults(func=run_webhook_secrets)
 

@@ -106,9 +106,15 @@ class Client:
 
     def download_model(self, model_id: str, fmt: str, out: str | Path, timeout: float | None = 600.0,
                        on_progress: Callable[[int, int], None] | None = None) -> Path:
-        """Save the model as a zip in fmt (onnx, torchscript, openvino, pt) to out; waits while a worker builds it."""
+        """Save the model as a zip in fmt (onnx, torchscript, openvino, pt) to out; waits while a worker builds it.
+
+        The server answers 202 until the zip is built (once, by a worker on the batch queue); this polls it every
+        Retry-After seconds for up to timeout seconds (None: no bound), then raises WaitTimeout. A failed build
+        raises GraftError with the worker's reason; too many of the user's exports building at once, QuotaExceeded.
+        """
         out = Path(out)
         deadline = None if timeout is None else time.monotonic() + timeout
+        state = "queued"
         while True:
             with self.http.send("GET", f"{API}/models/{model_id}/download", params={"format": fmt},
                                 stream=True) as answer:
@@ -123,9 +129,12 @@ class Client:
                                 on_progress(done, total)
                     tmp.replace(out)
                     return out
-                pause = float(answer.headers.get("Retry-After") or 5)  # 202: a worker is still exporting it
+                pause = float(answer.headers.get("Retry-After") or 5)  # 202: queued or building
+                body = answer.json() if "json" in answer.headers.get("Content-Type", "") else {}
+                state = body.get("status", state) if isinstance(body, dict) else state
             if deadline is not None and time.monotonic() + pause > deadline:
-                raise WaitTimeout(f"model {model_id} still exporting as {fmt} after {timeout} s")
+                raise WaitTimeout(f"model {model_id}'s {fmt} export is still {state} after {timeout} s; the build "
+                                  "goes on: download it again later")
             time.sleep(pause)
 
     # --- prediction ---------------------------------------------------------------------------------------------

@@ -1,16 +1,18 @@
 """Safe archive extraction (zip, tar, tar.gz/bz2/xz): every member is checked before one byte is written.
 
-Refused: absolute paths, `..` entries, symlinks, hard links, device files and FIFOs, encrypted zip members,
-more than max_members entries, more than max_bytes uncompressed, or a member (zip) or the whole stream
-(compressed tar) expanding more than max_ratio times. The structure itself (tar headers, a zip's central
-directory) is read in bounded memory by shared.archive_read first. Names that are not valid UTF-8 are kept
-in their lossless escaped form (shared.files.display_name) and listed so the caller can report them.
+Refused (shared.archive_plan): absolute paths, `..` entries, names deeper than MAX_DEPTH levels or longer than
+MAX_NAME_BYTES, symlinks, hard links, device files and FIFOs, encrypted zip members, more than max_members
+entries (files and folders, those a member's path implies included), more than max_bytes uncompressed, or a
+member (zip) or the whole stream (compressed tar) expanding more than max_ratio times. A caller's admit(plan)
+sees the checked plan (entries, bytes) before one byte is written: that is where a storage quota refuses it.
+The structure itself (tar headers, a zip's central directory) is read in bounded memory by shared.archive_read
+first. Names that are not valid UTF-8 are kept in their lossless escaped form (shared.files.display_name) and
+listed so the caller can report them.
 """
 from __future__ import annotations
 
 import lzma
 import os
-import stat
 import tarfile
 import zipfile
 import zlib
@@ -18,157 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Generator
 
-from graft.shared.archive_read import RATIO_MIN_BYTES, STREAM_ERRORS, ArchiveError, check_zip_directory, open_tar
-from graft.shared.files import COPY_BLOCK, NameClaims, UploadError, display_name, safe_relative
+from graft.shared.archive_plan import ArchiveLimits, Member, Plan, open_zip, plan_tar, plan_zip
+from graft.shared.archive_read import STREAM_ERRORS, ArchiveError, open_tar
+from graft.shared.files import COPY_BLOCK, HERE, NameClaims, UploadError
 
-__all__ = ["ArchiveError", "ArchiveLimits", "Extracted", "extract_archive", "extract_zip_stream", "archive_kind"]
-ZIP_UTF8_FLAG = 0x800
-HERE = PurePosixPath(".")  # a tar's own "./" entry
-
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    """Bounds checked before extraction (the defaults match shared.config's)."""
-
-    max_members: int = 100_000
-    max_bytes: int = 10 * 1024**3
-    max_ratio: int = 100
-
-
-@dataclass
-class Member:
-    """One checked entry: its safe relative name, declared size, and the archive's handle for it."""
-
-    name: PurePosixPath
-    size: int
-    is_dir: bool
-    handle: zipfile.ZipInfo | tarfile.TarInfo
-
-
+__all__ = ["ArchiveError", "ArchiveLimits", "Extracted", "Plan", "extract_archive", "extract_zip_stream",
+           "plan_zip_stream", "archive_kind"]
 Sources = Generator[tuple[Member, "IO[bytes] | None"], None, None]
+Admit = Callable[[Plan], None]  # sees a checked plan before anything is written; raises to refuse it
 
 
 @dataclass
 class Extracted:
-    """What an extraction wrote."""
+    """What an extraction wrote (entries: the files and folders its plan counted)."""
 
     files: int = 0
     bytes: int = 0
     skipped: int = 0
+    entries: int = 0
     non_utf8: list[str] = field(default_factory=list)
-
-
-def _safe_name(name: str, is_dir: bool) -> PurePosixPath:
-    """Refuse absolute and escaping names outright (no silent stripping); HERE for the archive's own "./"."""
-    posix = name.replace("\\", "/")
-    if is_dir and all(part in ("", ".") for part in posix.split("/")):
-        return HERE
-    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":" and posix[0].isalpha()):
-        raise ArchiveError(f"member {name!r} has an absolute path", "absolute_path")
-    if ".." in posix.split("/"):
-        raise ArchiveError(f"member {name!r} points outside the archive ('..')", "parent_path")
-    try:
-        return safe_relative(name)
-    except UploadError as exc:
-        raise ArchiveError(f"member {name!r}: {exc}", "bad_name") from None
-
-
-def _check_totals(count: int, total: int, limits: ArchiveLimits) -> None:
-    if count > limits.max_members:
-        raise ArchiveError(f"the archive has more than {limits.max_members} members (GRAFT_ARCHIVE_MAX_MEMBERS)",
-                           "too_many_members")
-    if total > limits.max_bytes:
-        raise ArchiveError(f"the archive would unpack to more than {limits.max_bytes} bytes "
-                           "(GRAFT_ARCHIVE_MAX_BYTES)", "too_large")
-
-
-def _zip_name(info: zipfile.ZipInfo) -> tuple[str, bool]:
-    """The member's name and whether it was valid UTF-8 (names without the UTF-8 flag often are); a name that
-    is not is given in its escaped form, which names the original bytes."""
-    if info.flag_bits & ZIP_UTF8_FLAG:
-        return info.filename, True
-    raw = info.filename.encode("cp437")  # zipfile decoded the bytes as cp437: this is what the archive holds
-    try:
-        return raw.decode("utf-8"), True
-    except UnicodeDecodeError:
-        return display_name(raw.decode("utf-8", "surrogateescape")), False
-
-
-def open_zip(stream: IO[bytes], limits: ArchiveLimits) -> zipfile.ZipFile:
-    """Open a zip, refusing one whose real central directory is too large before zipfile loads it."""
-    try:
-        check_zip_directory(stream, limits.max_members)
-        return zipfile.ZipFile(stream)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
-        raise ArchiveError(f"not a readable zip archive: {exc}") from None
-
-
-def plan_zip(archive: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[list[Member], list[str]]:
-    """Check every zip member against the rules and limits; returns the members and the non-UTF-8 names."""
-    infos = archive.infolist()
-    _check_totals(len(infos), 0, limits)
-    members, non_utf8, total = [], [], 0
-    for info in infos:
-        name, utf8 = _zip_name(info)
-        safe = _safe_name(name, info.is_dir())
-        kind = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
-        if kind == stat.S_IFLNK:
-            raise ArchiveError(f"member {name!r} is a symbolic link", "symlink")
-        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-            raise ArchiveError(f"member {name!r} is a device file, FIFO or socket", "special_file")
-        if info.flag_bits & 0x1:
-            raise ArchiveError(f"member {name!r} is encrypted", "encrypted")
-        total += info.file_size
-        _check_totals(len(infos), total, limits)
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size >= RATIO_MIN_BYTES and ratio > limits.max_ratio:
-            raise ArchiveError(f"member {name!r} expands {ratio:.0f} times (more than {limits.max_ratio}, "
-                               "GRAFT_ARCHIVE_MAX_RATIO): a zip bomb?", "ratio")
-        if not utf8:
-            non_utf8.append(str(safe))
-        members.append(Member(safe, info.file_size, info.is_dir(), info))
-    return members, non_utf8
-
-
-def _tar_name(info: tarfile.TarInfo) -> tuple[str, bool]:
-    shown = display_name(info.name)  # tarfile decodes with surrogateescape: lone surrogates are non-UTF-8 bytes
-    return shown, shown == info.name
-
-
-def _plan_tar_member(info: tarfile.TarInfo) -> tuple[Member, bool]:
-    name, utf8 = _tar_name(info)
-    safe = _safe_name(name, info.isdir())
-    if info.issym():
-        raise ArchiveError(f"member {name!r} is a symbolic link", "symlink")
-    if info.islnk():
-        raise ArchiveError(f"member {name!r} is a hard link", "hardlink")
-    if not (info.isreg() or info.isdir()):
-        raise ArchiveError(f"member {name!r} is a device file, FIFO or other special file", "special_file")
-    return Member(safe, info.size if info.isreg() else 0, info.isdir(), info), utf8
-
-
-def plan_tar(path: Path, limits: ArchiveLimits) -> tuple[list[Member], list[str]]:
-    """Read a tar's headers in one streaming pass and check them; a compressed stream is bounded by max_ratio."""
-    compressed = max(path.stat().st_size, 1)
-    members, non_utf8, total = [], [], 0
-    try:
-        with open_tar(path, limits.max_ratio) as archive:
-            for info in archive:
-                archive.members.clear()  # streaming: do not keep every header in memory
-                member, utf8 = _plan_tar_member(info)
-                total += member.size
-                _check_totals(len(members) + 1, total, limits)
-                if total >= RATIO_MIN_BYTES and total > limits.max_ratio * compressed:
-                    raise ArchiveError(f"the archive expands more than {limits.max_ratio} times its size "
-                                       "(GRAFT_ARCHIVE_MAX_RATIO): a tar bomb?", "ratio")
-                if not utf8:
-                    non_utf8.append(str(member.name))
-                members.append(member)
-    except ArchiveError:
-        raise
-    except (*STREAM_ERRORS, ValueError) as exc:
-        raise ArchiveError(f"not a readable tar archive: {exc}") from None
-    return members, non_utf8
 
 
 def _write(target: Path, root: Path, source: IO[bytes], declared: int, budget: list[int], replace: bool) -> int:
@@ -206,6 +76,8 @@ def _extract_members(
             if skip is not None and skip(member.name):
                 result.skipped += 1
             elif member.is_dir:
+                if claims is not None:
+                    claims.claim_folder(member.name)
                 root.joinpath(*member.name.parts).mkdir(parents=True, exist_ok=True)
             else:
                 if claims is not None:
@@ -262,30 +134,41 @@ def archive_kind(path: Path) -> str:
 
 def extract_archive(
     path: Path, target: Path, limits: ArchiveLimits, skip: Callable[[PurePosixPath], bool] | None = None,
+    admit: Admit | None = None,
 ) -> Extracted:
     """Check, then extract the zip or tar at path into the empty folder target; ArchiveError if refused.
 
-    skip(name) is True for members to leave out (OS junk); they are checked all the same. After an error
-    the caller removes target: files may already be written.
+    skip(name) is True for members to leave out (OS junk); they are checked (and counted) all the same.
+    admit(plan), when given, runs before anything is written. After an error the caller removes target:
+    files may already be written.
     """
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
     if archive_kind(path) == "zip":
         with open(path, "rb") as stream, open_zip(stream, limits) as archive:
-            members, non_utf8 = plan_zip(archive, limits)
-            _require_files(members)
-            result = _extract_members(root, _zip_sources(archive, members), limits, skip)
+            plan = _admitted(plan_zip(archive, limits), admit)
+            result = _extract_members(root, _zip_sources(archive, plan.members), limits, skip)
     else:
-        members, non_utf8 = plan_tar(path, limits)
-        _require_files(members)
-        result = _extract_members(root, _tar_sources(path, members, limits), limits, skip)
-    result.non_utf8 = non_utf8
+        plan = _admitted(plan_tar(path, limits), admit)
+        result = _extract_members(root, _tar_sources(path, plan.members, limits), limits, skip)
+    result.non_utf8, result.entries = plan.non_utf8, plan.entries
     return result
 
 
-def _require_files(members: list[Member]) -> None:
-    if not any(not m.is_dir for m in members):
+def _admitted(plan: Plan, admit: Admit | None) -> Plan:
+    if not any(not m.is_dir for m in plan.members):
         raise ArchiveError("the archive is empty (no files in it)", "empty")
+    if admit is not None:
+        admit(plan)
+    return plan
+
+
+def plan_zip_stream(stream: IO[bytes], limits: ArchiveLimits) -> Plan:
+    """Check a zip in a seekable stream by the same rules without extracting it (the stream is rewound)."""
+    with open_zip(stream, limits) as archive:
+        plan = plan_zip(archive, limits)
+    stream.seek(0)
+    return plan
 
 
 def extract_zip_stream(folder: Path, stream: IO[bytes], budget: list[int], limits: ArchiveLimits,
@@ -295,9 +178,9 @@ def extract_zip_stream(folder: Path, stream: IO[bytes], budget: list[int], limit
     limits = ArchiveLimits(limits.max_members, max(min(budget[0], limits.max_bytes), 0), limits.max_ratio)
     folder.mkdir(parents=True, exist_ok=True)
     with open_zip(stream, limits) as archive:
-        members, non_utf8 = plan_zip(archive, limits)
-        result = _extract_members(folder.resolve(), _zip_sources(archive, members), limits, None, replace=True,
-                                  claims=claims)
+        plan = plan_zip(archive, limits)
+        result = _extract_members(folder.resolve(), _zip_sources(archive, plan.members), limits, None,
+                                  replace=True, claims=claims)
     budget[0] -= result.bytes
-    result.non_utf8 = non_utf8
+    result.non_utf8, result.entries = plan.non_utf8, plan.entries
     return result

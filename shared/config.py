@@ -73,12 +73,11 @@ def _secret(env: Mapping[str, str], name: str) -> str:
         raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
 
 
-LOOPBACK = ("127.0.0.0/8", "::1")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 
 def _allow_list(env: Mapping[str, str]) -> tuple[str, ...]:
-    """GRAFT_WEBHOOK_ALLOW: CIDRs or exact host names; unset or blank means loopback only."""
+    """GRAFT_WEBHOOK_ALLOW: CIDRs or exact host names a callback may reach although internal; unset: none."""
     entries = tuple(e.lower() for e in _split(env.get("GRAFT_WEBHOOK_ALLOW", ""), ","))
     for entry in entries:
         try:
@@ -86,7 +85,23 @@ def _allow_list(env: Mapping[str, str]) -> tuple[str, ...]:
         except ValueError:
             if not _HOSTNAME.match(entry):
                 raise ConfigError(f"GRAFT_WEBHOOK_ALLOW: {entry!r} is neither a CIDR nor a host name") from None
-    return entries or LOOPBACK
+    return entries
+
+
+WEBHOOK_KEY_MIN_CHARS = 32  # users' webhook secrets are derived from it: it must not be guessable
+
+
+def _webhook_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """GRAFT_WEBHOOK_KEY: the server keys users' webhook secrets are derived from, newest first (comma-separated)."""
+    if _secret(env, "GRAFT_WEBHOOK_SECRET"):
+        # A shared signing key would sign every user's callbacks alike: refuse it rather than ignore it silently.
+        raise ConfigError("GRAFT_WEBHOOK_SECRET is not used: callbacks are signed with each user's own secret "
+                          "(graft webhook-secrets create NAME), derived from GRAFT_WEBHOOK_KEY; unset it")
+    keys = _split(_secret(env, "GRAFT_WEBHOOK_KEY").replace("\n", ","), ",")
+    if any(len(key) < WEBHOOK_KEY_MIN_CHARS for key in keys):
+        raise ConfigError(f"GRAFT_WEBHOOK_KEY: each key needs at least {WEBHOOK_KEY_MIN_CHARS} characters "
+                          "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return keys
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,7 @@ class Config:
     db_pool_timeout_s: int = 30
     insecure_no_auth: bool = False  # no token needed at all: local development on loopback only (`graft api` checks)
     auth_fail_limit: str = "30/minute"  # failed authentications per client address before 429 (limits' notation)
+    trusted_proxies: int = 0  # proxy hops in front of the API whose X-Forwarded-For names the client (0: none)
     redis_url: str = "redis://127.0.0.1:6379/0"
     artifacts_dir: Path = Path("var/artifacts")
     data_roots: tuple[Path, ...] = ()
@@ -117,14 +133,14 @@ class Config:
     max_body_mb: int = 2048
     max_form_parts: int = 1000  # parts (files and fields) in one multipart request; more is a 400
     max_image_pixels: int = 50_000_000
-    archive_max_members: int = 100_000
+    archive_max_members: int = 100_000  # files and folders (a path's folders included) one archive or upload makes
     archive_max_bytes: int = 10 * 1024**3
     archive_max_ratio: int = 100
     sync_predict_wait_s: int = 30  # the synchronous predict endpoint waits this long, then answers 202 with a job
     url: str = "http://127.0.0.1:8000"
     token: str | None = None
-    webhook_secret: str | None = None  # HMAC-SHA256 key of callback signatures; unset: callbacks are refused
-    webhook_allow: tuple[str, ...] = LOOPBACK  # where callbacks may go: CIDRs of resolved addresses, or host names
+    webhook_keys: tuple[str, ...] = ()  # users' webhook secrets derive from the first; unset: callbacks are refused
+    webhook_allow: tuple[str, ...] = ()  # internal addresses callbacks may reach anyway: CIDRs or exact host names
     webhook_max_s: int = 3600  # retry a failing callback for this long after the job ended, then give up
     webhook_backoff_s: int = 10  # first retry delay; it doubles each attempt (capped at 10 min), with jitter
     gc_interval_s: int = 3600  # each worker runs the retention pass this often (0: only `graft gc`)
@@ -136,6 +152,7 @@ class Config:
     # Per-user quotas (0: unlimited); `graft users set NAME --max-jobs/--max-storage-mb` overrides them per user.
     quota_active_jobs: int = 0  # queued + running jobs a user may have; one more is refused with 429
     quota_storage_mb: int = 0  # uploaded datasets + uploads + models a user may store; more is refused with 507
+    export_builds_per_user: int = 2  # model export builds a user may have queued or running; one more is a 429
     cache_dir: Path | None = None  # a worker's cache of decoded images and trunk outputs (None: <artifacts>/cache)
     cache_mb: int = 2048  # most disk that cache may take (least recently used entries go first); 0: no cache
     log_format: str = "text"  # or "json": one JSON object per line (time, level, logger, message, job_id)
@@ -154,6 +171,7 @@ class Config:
             db_pool_timeout_s=_int(env, "GRAFT_DB_POOL_TIMEOUT", cls.db_pool_timeout_s, 1),
             insecure_no_auth=_flag(env, "GRAFT_INSECURE_NO_AUTH", cls.insecure_no_auth),
             auth_fail_limit=_rate(env, "GRAFT_AUTH_FAIL_LIMIT", cls.auth_fail_limit),
+            trusted_proxies=_int(env, "GRAFT_TRUSTED_PROXIES", cls.trusted_proxies, 0),
             redis_url=_secret(env, "GRAFT_REDIS_URL") or cls.redis_url,
             artifacts_dir=Path(env.get("GRAFT_ARTIFACTS_DIR") or var / "artifacts").absolute(),
             data_roots=tuple(Path(p).expanduser().resolve() for p in _split(env.get("GRAFT_DATA_ROOTS", ""), ":")),
@@ -174,7 +192,7 @@ class Config:
             sync_predict_wait_s=_int(env, "GRAFT_SYNC_PREDICT_WAIT_SECONDS", cls.sync_predict_wait_s, 1),
             url=(env.get("GRAFT_URL") or cls.url).rstrip("/"),
             token=env.get("GRAFT_TOKEN") or None,
-            webhook_secret=_secret(env, "GRAFT_WEBHOOK_SECRET") or None,
+            webhook_keys=_webhook_keys(env),
             webhook_allow=_allow_list(env),
             webhook_max_s=_int(env, "GRAFT_WEBHOOK_MAX_SECONDS", cls.webhook_max_s, 0),
             webhook_backoff_s=_int(env, "GRAFT_WEBHOOK_BACKOFF_SECONDS", cls.webhook_backoff_s, 1),
@@ -186,6 +204,7 @@ class Config:
             min_free_mb=_int(env, "GRAFT_MIN_FREE_MB", cls.min_free_mb, 0),
             quota_active_jobs=_int(env, "GRAFT_QUOTA_ACTIVE_JOBS", cls.quota_active_jobs, 0),
             quota_storage_mb=_int(env, "GRAFT_QUOTA_STORAGE_MB", cls.quota_storage_mb, 0),
+            export_builds_per_user=_int(env, "GRAFT_EXPORT_BUILDS_PER_USER", cls.export_builds_per_user, 1),
             cache_dir=Path(env["GRAFT_CACHE_DIR"]).expanduser().absolute() if env.get("GRAFT_CACHE_DIR", "").strip()
             else None,
             cache_mb=_int(env, "GRAFT_CACHE_MB", cls.cache_mb, 0),

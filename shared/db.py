@@ -57,7 +57,7 @@ def get_engine(url: str) -> Engine:
 def forget_inherited_connections() -> None:
     """In a process just forked: drop the parent's pooled connections without closing them (the parent owns them).
 
-    Runs by itself in every child forked by os.fork (gunicorn's workers, Celery's pool children, a child Celery forks
+    Runs by itself in every child forked by os.fork (Celery's pool children, a child Celery forks
     again after one died): a connection used by two processes is one server session with two talkers, which on
     PostgreSQL ends in errors such as DuplicatePreparedStatement or results read by the wrong process.
     """

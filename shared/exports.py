@@ -1,6 +1,7 @@
 """Model exports: the formats a trained model downloads in, and where a built export zip lives on disk.
 
-The API only reads these files; a worker builds them (graft.worker.export_runner) and writes them atomically.
+The API only reads these files; a worker builds them (graft.worker.export_runner) and writes them atomically, one
+build per model and format (graft.shared.export_builds).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def export_zip(artifacts_dir: Path, model_id: str, fmt: str) -> Path:
 
 
 def export_error(artifacts_dir: Path, model_id: str, fmt: str) -> Path:
-    """Where a worker records why building one format failed (plain text); removed before each new attempt."""
+    """Where a worker records why building one format failed (plain text); the API reports it for FAILED_HOLD_S."""
     return exports_dir(artifacts_dir, model_id) / f"{fmt}.error"
 
 

@@ -8,10 +8,29 @@ from urllib.parse import unquote_to_bytes
 
 JUNK_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX"})
 COPY_BLOCK = 1 << 20  # bytes copied at a time when streaming uploads and archive members to disk
+MAX_DEPTH = 32  # levels of a stored name (class/sub/file.jpg is 3; real data uses a handful); more is refused
+MAX_NAME_BYTES = 1024  # a whole relative name (UTF-8): with the artifacts folder it stays far below PATH_MAX (4096)
+ENTRY_BYTES = 4096  # what a file or folder takes on disk at least (a block and an inode): counted against quotas
+HERE = PurePosixPath(".")
 
 
 class UploadError(ValueError):
-    """A client-supplied name or archive that cannot be stored safely."""
+    """A client-supplied name or archive that cannot be stored safely; code names the rule it broke."""
+
+    def __init__(self, message: str, code: str = "bad_name") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def stored_cost(size: int, entries: int) -> int:
+    """The bytes a stored tree counts against a storage quota: its contents plus ENTRY_BYTES per file and folder,
+    so that empty files and folders (which cost inodes and blocks) are not free."""
+    return size + ENTRY_BYTES * entries
+
+
+def short_repr(name: str) -> str:
+    """repr(name), its middle left out past 80 characters."""
+    return repr(name if len(name) <= 80 else f"{name[:60]}...{name[-16:]}")  # a 4 KB name makes no readable error
 
 
 def is_junk_name(name: str) -> bool:
@@ -30,11 +49,16 @@ def safe_relative(name: str) -> PurePosixPath:
         raise UploadError("empty file name or NUL byte in a file name")
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
     if not parts:
-        raise UploadError(f"file name has no usable part: {name!r}")
+        raise UploadError(f"file name has no usable part: {short_repr(name)}")
     if ".." in parts:
-        raise UploadError(f"file name may not contain '..': {name!r}")
-    if any(len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts):
-        raise UploadError(f"file name part longer than 255 bytes: {name!r}")
+        raise UploadError(f"file name may not contain '..': {short_repr(name)}", "parent_path")
+    if len(parts) > MAX_DEPTH:
+        raise UploadError(f"file name has {len(parts)} levels, more than {MAX_DEPTH}: {short_repr(name)}", "too_deep")
+    sizes = [len(p.encode("utf-8", "surrogatepass")) for p in parts]
+    if max(sizes) > 255:
+        raise UploadError(f"file name part longer than 255 bytes: {short_repr(name)}", "name_too_long")
+    if sum(sizes) + len(parts) - 1 > MAX_NAME_BYTES:
+        raise UploadError(f"file name longer than {MAX_NAME_BYTES} bytes: {short_repr(name)}", "name_too_long")
     return PurePosixPath(*parts)
 
 
@@ -57,6 +81,38 @@ class NameClaims:
             raise UploadError(f"{str(name)!r} is inside {str(clash)!r}, which is a file")
         self.files.add(name)
         self.folders.update(name.parents)
+
+    def claim_folder(self, name: PurePosixPath) -> None:
+        """Record name as a folder this request makes (an archive's folder entry)."""
+        self.folders.update((name, *name.parents))
+
+    @property
+    def entries(self) -> int:
+        """Files and folders claimed (a name's parent folders included, the upload folder itself not)."""
+        return len(self.files) + len(self.folders) - (HERE in self.folders)
+
+
+class Entries:
+    """Counts the files and folders a list of relative names creates, each folder once (parents included):
+    `a/b/c.jpg` is three entries, and a lone 300-level name is 300."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.folders: set[PurePosixPath] = set()
+
+    def add(self, name: PurePosixPath, is_dir: bool) -> None:
+        """Count name (a file, or a folder when is_dir) and every folder above it not yet counted."""
+        if not is_dir:
+            self.files += 1
+        for folder in ((name,) if is_dir else ()) + tuple(name.parents)[:-1]:  # parents end with "."
+            if folder in self.folders:
+                break  # a counted folder's parents are counted too
+            self.folders.add(folder)
+
+    @property
+    def total(self) -> int:
+        """Files and folders so far."""
+        return self.files + len(self.folders)
 
 
 def _escaped(char: str) -> bool:

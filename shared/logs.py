@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 from contextlib import contextmanager
 from logging.handlers import QueueHandler, QueueListener
 from contextvars import ContextVar
-from typing import Iterator
+from types import MappingProxyType
+from typing import Iterable, Iterator, Mapping
 
 from graft.shared.config import Config
 
@@ -16,6 +18,23 @@ MAX_LINES_PER_JOB = 2000  # per job and process: a chatty job cannot fill the da
 MAX_MESSAGE_CHARS = 4000
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(job_tag)s: %(message)s"
 STATE_CHANGES = "graft.shared.lifecycle"  # its lines repeat the job's events, which the API already serves
+
+
+ARTIFACTS = "<artifacts>"  # what users see in place of a folder Graft chose
+HOST = "<host>"  # ... and in place of a worker's host name
+
+
+def mask_private(text: str, folders: Mapping[str, str] = MappingProxyType({}), hosts: Iterable[str] = ()) -> str:
+    """text with each folder replaced by its label (longest first) and each host name, as a whole word, by HOST.
+
+    What users read (job log lines, a job's error and events) is masked so; the database keeps the raw text."""
+    labels = {folder.rstrip("/"): label for folder, label in folders.items() if folder.strip("/")}
+    for folder in sorted(labels, key=len, reverse=True):  # a folder inside another one first
+        text = text.replace(folder, labels[folder])
+    names = sorted({h for h in hosts if h and h != HOST}, key=len, reverse=True)
+    if names:
+        text = re.sub(r"(?<![\w.-])(?:" + "|".join(map(re.escape, names)) + r")(?![\w-])", HOST, text)
+    return text
 
 
 @contextmanager
@@ -82,8 +101,7 @@ class JobLogHandler(logging.Handler):
             return
         self._counts[job_id] = count + 1
         message = record.getMessage() if count + 1 < MAX_LINES_PER_JOB else f"(log capped at {MAX_LINES_PER_JOB} lines)"
-        for folder in self.private:
-            message = message.replace(folder, "<artifacts>")
+        message = mask_private(message, {folder: ARTIFACTS for folder in self.private})
         try:
             from graft.shared.db import session_scope
             from graft.shared.models import JobLogLine

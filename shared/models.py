@@ -53,6 +53,20 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class WebhookSecret(Base):
+    """One of a user's webhook secrets: its public id and a random seed; the secret is derived from them and
+    GRAFT_WEBHOOK_KEY (graft.shared.webhook_secrets), never stored."""
+
+    __tablename__ = "webhook_secrets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    seed: Mapped[str] = mapped_column(String(64))  # 32 random bytes, hex
+    server_key: Mapped[str] = mapped_column(String(16))  # the fingerprint of the GRAFT_WEBHOOK_KEY it derives from
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 def _owner() -> Mapped[str | None]:
     # NULL: a row from before owners (or made with a GRAFT_API_TOKENS token): only admins see it.
     return mapped_column(ForeignKey("users.id"), default=None, index=True)
@@ -110,7 +124,7 @@ class TrainedModel(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True, index=True)
     owner_id: Mapped[str | None] = _owner()  # the training job's owner
-    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # its folder when recorded (exports not counted)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # its folder when recorded, plus exports built
     backbone: Mapped[str] = mapped_column(String(64))
     classes: Mapped[list[Any]] = mapped_column()
     image_size: Mapped[int] = mapped_column(Integer)

@@ -57,7 +57,8 @@ JOB_OPTIONS = ("callback_url",)
 """Parameters about the job, not the training (kept out of TrainSpec); the rest are hyper-parameters."""
 
 CALLBACK_URL = Param("callback_url", str, None, nullable=True,
-                     help="an http(s) URL (inside GRAFT_WEBHOOK_ALLOW) that gets a signed POST of the job when it ends")
+                     help="an http(s) URL that gets a POST of the job when it ends, signed with your webhook secret; "
+                          "internal addresses only where GRAFT_WEBHOOK_ALLOW names them")
 
 TRAIN_PARAMS: tuple[Param, ...] = (
     Param("data_dir", str, None, nullable=True, cli=False,

@@ -1,9 +1,9 @@
 """The Celery app on Redis (JSON only), the task names, and one queue per kind of work.
 
 The API enqueues by task name through this module and never imports graft.worker (or torch).
-Queues: "train" (long training jobs), "batch" (batch prediction and dataset inspection) and
-"interactive" (the synchronous predict endpoint, model exports), so a 20-image request never waits behind a
-training job.
+Queues: "train" (long training jobs), "batch" (batch prediction, dataset inspection and model exports) and
+"interactive" (the synchronous predict endpoint alone), so a 20-image request never waits behind a training job
+or an export.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ PREDICT_TASK = "graft.predict"  # lists the input into chunk rows and sends one 
 PREDICT_CHUNK_TASK = "graft.predict_chunk"  # classifies one chunk of files; the last one ends the job
 PREDICT_NOW_TASK = "graft.predict_now"  # a small predict job run whole in one task, for the synchronous endpoint
 INSPECT_TASK = "graft.inspect_dataset"  # inspect an accepted dataset: ready or failed, with its report
-EXPORT_TASK = "graft.export_model"  # build one download format of a trained model (the download endpoint waits)
+EXPORT_TASK = "graft.export_model"  # build one download format of a trained model (the download answers 202)
 
 QUEUE_KINDS = ("train", "batch", "interactive")
 TASK_KIND = {
     TRAIN_TASK: "train",
-    PREDICT_TASK: "batch", PREDICT_CHUNK_TASK: "batch", INSPECT_TASK: "batch",
-    PREDICT_NOW_TASK: "interactive", EXPORT_TASK: "interactive",
+    PREDICT_TASK: "batch", PREDICT_CHUNK_TASK: "batch", INSPECT_TASK: "batch", EXPORT_TASK: "batch",
+    PREDICT_NOW_TASK: "interactive",
 }
 
 
@@ -85,7 +85,7 @@ def enqueue_inspection(app: Celery, dataset_id: str) -> None:
 
 
 def enqueue_export(app: Celery, model_id: str, fmt: str) -> None:
-    """Send the export of model_id in format fmt (to the interactive queue: a client is waiting)."""
+    """Send the export of model_id in format fmt (to the batch queue: no client holds a connection for it)."""
     app.send_task(EXPORT_TASK, args=[model_id, fmt])
 
 

@@ -1,19 +1,25 @@
 """The one place that turns rows into API resources: jobs, job events, models, datasets, prediction rows.
 
-Timestamps are ISO 8601 with a UTC offset (SQLite hands back naive datetimes; all of ours are UTC).
+Timestamps are ISO 8601 with a UTC offset (SQLite hands back naive datetimes; all of ours are UTC). Text a worker
+wrote (a job's error, event messages, log lines, a dataset's error) is shown masked (public_text): the folders
+Graft chose and the workers' host names are the server's business; the database keeps the raw text for operators.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from graft.shared.accuracy import accuracy_of
+from graft.shared.config import get_config
+from graft.shared.logs import ARTIFACTS, mask_private
 from graft.shared.models import (
     SERVER_PATH, DatasetRecord, Job, JobEvent, JobLogLine, PredictionResult, TrainedModel, WebhookDelivery,
 )
+from graft.shared.webhooks import public_attempt
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -44,8 +50,8 @@ def serialize_job(job: Job, model_id: str | None = None) -> dict[str, Any]:
         "metrics": metrics,
         "accuracy": _accuracy(metrics) if job.status == "succeeded" else None,
         "model_id": model_id,
-        "error": job.error,
-        "worker": job.worker,
+        "error": public_text(job.error, job.worker),
+        "worker": public_worker(job.worker),
         "attempts": job.attempts,
         "cancel_requested": bool(job.cancel_requested),
         "lease_expires_at": iso(job.lease_expires_at),
@@ -54,6 +60,36 @@ def serialize_job(job: Job, model_id: str | None = None) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "callback": serialize_callback(job),
     }
+
+
+# A worker named in Graft's own messages: "attempt 2 on w1@host (pid 7)", "lease of w1@host (pid 7) expired".
+_WORKER_IN_TEXT = re.compile(r"@([^\s@()]+) \(pid \d+\)")
+
+
+def _hosts(names: Iterable[str | None]) -> set[str]:
+    """The host names in worker names: Celery's "name@host" (job holders) or "host:pid" (log lines)."""
+    hosts = set()
+    for name in filter(None, names):
+        host = name.rpartition("@")[2].partition(":")[0] if "@" in name else name.partition(":")[0]
+        if host:
+            hosts.add(host)
+    return hosts
+
+
+def public_text(text: str | None, *workers: str | None) -> str | None:
+    """text as users see it: Graft's folders (artifacts, the worker cache) and worker host names (those of workers,
+    and any that Graft's own messages name) masked."""
+    if not text:
+        return text
+    config = get_config()
+    folders = {str(p): ARTIFACTS for d in (config.artifacts_dir, config.worker_cache_dir)
+               for p in (d.absolute(), d.resolve())}
+    return mask_private(text, folders, _hosts([*workers, *(f"@{h}" for h in _WORKER_IN_TEXT.findall(text))]))
+
+
+def public_worker(name: str | None) -> str | None:
+    """A worker's name without its host: "w1@<host>", "<host>:4242"."""
+    return public_text(name, name) if name else name
 
 
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +110,8 @@ def serialize_callback(job: Job) -> dict[str, Any] | None:
         return {"url": url, "state": "waiting", "delivered_at": None, "next_attempt_at": None, "attempts": []}
     state = "delivered" if delivery.delivered_at else "pending" if delivery.next_at else "failed"
     return {"url": url, "state": state, "delivered_at": iso(delivery.delivered_at),
-            "next_attempt_at": iso(delivery.next_at) if state == "pending" else None, "attempts": delivery.log or []}
+            "next_attempt_at": iso(delivery.next_at) if state == "pending" else None,
+            "attempts": [public_attempt(entry) for entry in delivery.log or []]}
 
 
 def model_ids_for(session: Session, job_ids: list[str]) -> dict[str, str]:
@@ -87,13 +124,14 @@ def model_ids_for(session: Session, job_ids: list[str]) -> dict[str, str]:
 
 def serialize_event(event: JobEvent) -> dict[str, Any]:
     """One recorded state transition."""
-    return {"from": event.from_status, "to": event.to_status, "message": event.message, "at": iso(event.created_at)}
+    return {"from": event.from_status, "to": event.to_status, "message": public_text(event.message, event.job.worker),
+            "at": iso(event.created_at)}
 
 
 def serialize_log_line(line: JobLogLine) -> dict[str, Any]:
     """One line a worker logged while running a job."""
-    return {"id": line.id, "at": iso(line.at), "level": line.level, "logger": line.logger, "worker": line.worker,
-            "message": line.message}
+    return {"id": line.id, "at": iso(line.at), "level": line.level, "logger": line.logger,
+            "worker": public_worker(line.worker), "message": public_text(line.message, line.worker)}
 
 
 def serialize_model(model: TrainedModel) -> dict[str, Any]:
@@ -122,7 +160,7 @@ def serialize_dataset(dataset: DatasetRecord, full: bool = True) -> dict[str, An
     out: dict[str, Any] = {
         "id": dataset.id, "name": dataset.name, "source": dataset.source, "status": dataset.status,
         "classes": dataset.classes, "num_images": dataset.num_images, "has_errors": dataset.has_errors,
-        "error": dataset.error,
+        "error": public_text(dataset.error),
     }
     if full:
         out.update(issues=issues, conversions=report.get("conversions", {}), layout=report.get("layout"),

@@ -1,6 +1,7 @@
 """Uploaded images for predict jobs: where they live, saving streams under safe names, bounded zip extraction, removal."""
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from graft.shared.archive import ArchiveLimits, Extracted, extract_zip_stream
-from graft.shared.files import COPY_BLOCK, NameClaims, UploadError, safe_relative
+from graft.shared.files import COPY_BLOCK, HERE, NameClaims, UploadError, safe_relative
 from graft.shared.lifecycle import FINISHED, QUEUED, RUNNING
 from graft.shared.models import Job, Upload
 
@@ -20,6 +21,12 @@ UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 def uploads_root(artifacts_dir: Path) -> Path:
     """Folder holding every upload."""
     return Path(artifacts_dir) / "uploads"
+
+
+def spool_dir(artifacts_dir: Path) -> Path:
+    """Where the API spools a request's file parts (unnamed temporary files): on the artifacts disk, the one its
+    free-space check watches, so that a large body cannot fill another disk (TMPDIR) unchecked."""
+    return Path(artifacts_dir) / "spool"
 
 
 def upload_dir(artifacts_dir: Path, upload_id: str) -> Path:
@@ -62,6 +69,16 @@ def extract_zip(folder: Path, stream: BinaryIO, budget: list[int], limits: Archi
 def remove_upload(folder: Path) -> None:
     """Delete an upload folder and everything in it."""
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_claimed(folder: Path, claims: NameClaims) -> None:
+    """Undo a request that failed while adding to folder: the files it claimed, then the folders left empty."""
+    for name in claims.files:
+        with contextlib.suppress(OSError):  # never written, or a folder of an earlier request
+            (folder / name).unlink()
+    for name in sorted(claims.folders - {HERE}, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: it holds files of earlier requests
+            (folder / name).rmdir()
 
 
 def release_upload(session: Session, artifacts_dir: Path, job_id: str) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from graft.shared.config import Config
 from graft.shared.schema import upgrade
 from tests.helpers import (
-    HYMENOPTERA, POSTGRES_URL, REDIS_URL, SCHEMAS, TOKEN, WEBHOOK_SECRET, WorkerProcess, ensure_redis, new_schema,
+    HYMENOPTERA, POSTGRES_URL, REDIS_URL, SCHEMAS, TOKEN, WEBHOOK_KEY, WorkerProcess, ensure_redis, new_schema,
     SHARED_CORES, postgres_schema, running_worker,
 )
 
@@ -137,7 +137,7 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str, backen
         "GRAFT_QUEUE": f"graft-test-{uuid.uuid4().hex[:8]}",
         "GRAFT_RESNET18_WEIGHTS": "",
         "TORCH_HOME": str(base / "torch-home"),  # an empty hub cache: no stray resnet18 weights
-        "GRAFT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GRAFT_WEBHOOK_KEY": WEBHOOK_KEY,
         "GRAFT_WEBHOOK_BACKOFF_SECONDS": "1",  # a failed callback is retried within seconds, not minutes
         # Some tests record queued jobs no worker is meant to take; the reconciler's own test shortens this.
         "GRAFT_REQUEUE_SECONDS": "3600",

@@ -28,7 +28,7 @@ HYMENOPTERA = DATASETS / "hymenoptera"
 REDIS_URL = os.environ.get("GRAFT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TOKEN = "test-token"
-WEBHOOK_SECRET = "test-webhook-secret"
+WEBHOOK_KEY = "test-webhook-server-key-0123456789abcdef"  # GRAFT_WEBHOOK_KEY: users' secrets derive from it
 # The smallest training spec the unit tests fit with: Lite0 at 64 px, one extra view, no early stop.
 TINY_TRAIN = {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 8, "views": 1, "patience": 0}
 # Under pytest-xdist the test processes share the cores, and each starts workers of its own: one torch thread per
@@ -236,18 +236,21 @@ def api_process(env: dict[str, str], timeout: float = 30, args: tuple[str, ...] 
         yield url, proc
     finally:
         proc.terminate()
-        proc.wait(30)  # gunicorn's graceful stop: kept-alive connections get up to 2 s
+        proc.wait(30)  # Hypercorn's graceful stop: requests in flight get up to 20 s
         if log:
             out.close()
 
 
-def serving_pids(proc: subprocess.Popen, timeout: float = 10) -> list[int]:
-    """The gunicorn worker processes of a `graft api` process (its children): the ones that run the app."""
+def serving_pids(proc: subprocess.Popen, timeout: float = 2) -> list[int]:
+    """The processes of a `graft api` process that run the app: its spawned workers (not multiprocessing's resource
+    tracker) with --workers N > 1, else the process itself."""
     deadline = time.monotonic() + timeout
     while True:
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        if children or time.monotonic() > deadline:
-            return [int(pid) for pid in children]
+        workers = [int(pid) for pid in children
+                   if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+        if workers or time.monotonic() > deadline:
+            return workers or [proc.pid]
         time.sleep(0.1)
 
 
@@ -260,10 +263,12 @@ def peak_rss_kb(pid: int) -> int:
 
 
 class Receiver:
-    """A real local webhook receiver (http.server in a thread on 127.0.0.1): records each POST, answers by script."""
+    """A real local webhook receiver (http.server in a thread on a loopback address, 127.0.0.1 unless host says):
+    records each POST, answers by script."""
 
-    def __init__(self, answers: list[int] | None = None) -> None:
+    def __init__(self, answers: list[int] | None = None, host: str = "127.0.0.1") -> None:
         import http.server
+        import socket
         import threading
 
         self.answers, self.received = list(answers or []), []  # received: (headers, raw body) per POST
@@ -283,8 +288,12 @@ class Receiver:
             def log_message(self, *_args: object) -> None:  # quiet: the test asserts on received
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.server = Server((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def __enter__(self) -> "Receiver":

@@ -14,12 +14,13 @@ fetch() {  # fetch NAME@VERSION: unpack its tarball into $work/NAME
 }
 
 mkdir -p "$STATIC" "$TESTS"
-fetch alpinejs@3.14.9
-cp "$work/alpinejs/package/dist/cdn.min.js" "$STATIC/alpine.min.js"
-# The alpinejs tarball ships no licence file; its package.json says MIT, author Caleb Porzio: write the MIT text.
-node -e 'const p=require(process.argv[1]); if (p.license !== "MIT") process.exit(1)' "$work/alpinejs/package/package.json"
-cat > "$STATIC/alpine.LICENSE.md" <<'MIT'
-MIT License (from the alpinejs 3.14.9 package.json: "license": "MIT", "author": "Caleb Porzio")
+# Alpine's CSP build: it parses the page's expressions itself, so the page's policy needs no 'unsafe-eval'.
+fetch @alpinejs/csp@3.17.4
+cp "$work/@alpinejs/csp/package/dist/cdn.min.js" "$STATIC/alpine-csp.min.js"
+# The tarball ships no licence file; its package.json says MIT, author Caleb Porzio: write the MIT text.
+node -e 'const p=require(process.argv[1]); if (p.license !== "MIT") process.exit(1)' "$work/@alpinejs/csp/package/package.json"
+cat > "$STATIC/alpine-csp.LICENSE.md" <<'MIT'
+MIT License (from the @alpinejs/csp 3.17.4 package.json: "license": "MIT", "author": "Caleb Porzio")
 
 Copyright (c) 2019-2025 Caleb Porzio and contributors
 

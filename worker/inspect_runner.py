@@ -28,13 +28,15 @@ def run_inspection(dataset_id: str, config: Config | None = None) -> None:
             log.info("dataset %s: %s, nothing to inspect", dataset_id, dataset.status if dataset else "gone")
             return
         root, non_utf8 = Path(dataset.path), (dataset.report or {}).get("non_utf8", [])
+    # Only the dataset's own folder: a symlink in it that leads anywhere else (another user's dataset) is not read.
+    roots = (root.resolve(),)
     error = None
     try:
-        report = inspect_dataset(root, config.max_image_pixels, non_utf8=non_utf8, roots=config.train_roots)
+        report = inspect_dataset(root, config.max_image_pixels, non_utf8=non_utf8, roots=roots)
         # a few thumbnails per class for the dashboard, where the images are read anyway (bounded: PER_CLASS_THUMBS)
         report["thumbnails"] = write_class_thumbnails(root, dataset_thumbs_dir(config.artifacts_dir, dataset_id),
-                                                      config.max_image_pixels, roots=config.train_roots)
-        _audit_labels(config, dataset_id, root, report)
+                                                      config.max_image_pixels, roots=roots)
+        _audit_labels(config, dataset_id, root, report, roots)
     except DatasetError as exc:
         report, error = {"issues": []}, str(exc)
     except Exception as exc:  # noqa: BLE001 - any crash must end the inspection with a readable reason
@@ -54,7 +56,8 @@ def run_inspection(dataset_id: str, config: Config | None = None) -> None:
                  len(report["issues"]))
 
 
-def _audit_labels(config: Config, dataset_id: str, root: Path, report: dict[str, Any]) -> None:
+def _audit_labels(config: Config, dataset_id: str, root: Path, report: dict[str, Any],
+                  roots: tuple[Path, ...]) -> None:
     """Add the label audit's suspected_mislabel warning to report; the audit is advice: its failure is only logged."""
     from graft.worker.core.audit import mislabel_issue
     from graft.worker.core.dataset_audit import audit_dataset
@@ -64,7 +67,7 @@ def _audit_labels(config: Config, dataset_id: str, root: Path, report: dict[str,
         return  # nothing to audit: the report already says why no model can be trained
     try:
         result = audit_dataset(root, Caching.on_disk(config.worker_cache_dir, config.cache_mb),
-                               config.max_image_pixels, config.train_roots)
+                               config.max_image_pixels, roots)
     except Exception:  # noqa: BLE001 - a dataset that cannot be audited is still inspected
         log.exception("dataset %s: label audit failed; the report is kept without it", dataset_id)
         return

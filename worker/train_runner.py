@@ -5,6 +5,7 @@ import errno
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from graft.shared import lifecycle
@@ -108,6 +109,17 @@ def _record_end(config: Config, lease: Lease, target: str, message: str, fields:
     return True
 
 
+def job_data(config: Config, data_dir: str, dataset_id: str | None) -> tuple[Path, tuple[Path, ...]]:
+    """A training job's folder and the roots every file it reads must resolve into (symlinks followed).
+
+    A data_dir job reads inside the data roots only; a dataset_id job only inside that dataset's own folder, so a
+    symlink in one user's data can never lead to another user's uploaded dataset."""
+    if dataset_id is None:
+        return resolve_under_roots(data_dir, config.data_roots), config.data_roots
+    folder = resolve_under_roots(data_dir, config.train_roots)  # an upload's folder, or a registered server folder
+    return folder, (folder,)
+
+
 def run_train_job(job_id: str, worker: str, config: Config | None = None) -> None:
     """Run (or resume) one training job and record how it ended; a no-op when it is not ours to run."""
     from graft.worker.core.backbones import WeightsNotFound
@@ -122,8 +134,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
     model_id = new_id()
     with Lease(config, job) as lease:
         try:
-            # An uploaded dataset (dataset_id) lives under the datasets folder: one of the train roots.
-            data_dir = resolve_under_roots(params.pop("data_dir"), config.train_roots)
+            data_dir, roots = job_data(config, params.pop("data_dir"), params.get("dataset_id"))
             dataset_id = params.pop("dataset_id", None)
             params.pop("callback_url", None)  # a job option (sent by the webhook sender), not a hyper-parameter
             spec = TrainSpec(**params)
@@ -131,7 +142,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
             result = fit(
                 data_dir, spec, job_dir(config.artifacts_dir, job_id), model_dir(config.artifacts_dir, model_id),
                 on_progress=lease.progress, should_stop=lease.should_stop, resnet18_weights=config.resnet18_weights,
-                max_pixels=config.max_image_pixels, roots=config.train_roots, caching=caching,
+                max_pixels=config.max_image_pixels, roots=roots, caching=caching,
             )
         except Cancelled:
             if lease.cancelled:

@@ -1,5 +1,11 @@
 """Sends due job callbacks from the outbox (webhook_deliveries): one signed POST per attempt, retried with backoff.
 
+Each attempt resolves the URL's host here, off any request thread, judges every address (graft.shared.webhooks:
+internal addresses and the service's own Redis and database only when GRAFT_WEBHOOK_ALLOW names them), and
+connects to the address it judged, never to the name again. It is signed with the job owner's own webhook secrets
+(graft.shared.webhook_secrets). What went wrong goes to this worker's log and the row's last_error, which only the
+operator reads; the job's owner sees the result's class alone ("2xx", "no answer").
+
 It runs as a thread in every worker's main process, beside the lease sweeper, not as a Celery task: it needs
 HTTP only (no torch), and a task would wait behind a long training job on a busy pool. Each attempt is claimed
 by a compare-and-set on the row's attempts, so two workers never make the same attempt; a sender killed mid-POST
@@ -21,7 +27,11 @@ from graft.shared.config import Config
 from graft.shared.db import session_scope
 from graft.shared.models import Job, WebhookDelivery, utcnow
 from graft.shared.serializers import as_utc, iso, model_ids_for, serialize_job
-from graft.shared.webhooks import Target, WebhookRefused, next_attempt, signed_headers, vet_url
+from graft.shared.webhook_secrets import signing_secrets
+from graft.shared.webhooks import (
+    NO_ANSWER, NOT_SENT, Address, Policy, Resolver, Target, WebhookRefused, next_attempt, own_addresses, resolve,
+    result_of, service_hosts, signed_headers, vet_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +41,7 @@ TIMEOUT = urllib3.Timeout(connect=5.0, read=10.0)  # a slow receiver costs one a
 CLAIM_S = 120  # longer than one attempt can take (TIMEOUT for each address tried)
 LOG_KEEP = 50  # attempts kept on the row (and shown on the job); the oldest go first
 CONNECT_ERRORS = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+OWN_ADDRESSES_TTL_S = 60.0  # Redis's and the database's addresses are looked up again this often
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,28 @@ class Attempt:
     number: int
     url: str
     body: bytes
+    secrets: tuple[tuple[str, str], ...]  # (key id, secret) of the job owner's live webhook secrets, newest first
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an attempt came to: the HTTP status (None without one), what the owner sees, and what went wrong."""
+
+    status: int | None
+    result: str  # one of graft.shared.webhooks.RESULTS
+    error: str | None  # for the operator only (log, last_error); None when delivered
+
+
+_own: dict[tuple[tuple[str, ...], Resolver], tuple[float, frozenset[Address]]] = {}
+
+
+def own(config: Config, resolver: Resolver = resolve) -> frozenset[Address]:
+    """The addresses of the service's Redis and database, looked up at most every OWN_ADDRESSES_TTL_S."""
+    key = (tuple(service_hosts(config.database_url, config.redis_url)), resolver)
+    found = _own.get(key)
+    if found is None or time.monotonic() - found[0] > OWN_ADDRESSES_TTL_S:
+        found = _own[key] = (time.monotonic(), own_addresses(key[0], resolver))
+    return found[1]
 
 
 def _claim(config: Config, delivery_id: str, attempts: int) -> Attempt | None:
@@ -59,7 +92,8 @@ def _claim(config: Config, delivery_id: str, attempts: int) -> Attempt | None:
         job = session.get(Job, delivery.job_id)
         payload = serialize_job(job, model_ids_for(session, [job.id]).get(job.id))
         payload.pop("callback", None)  # the delivery log is not part of the body: every attempt sends the same
-        return Attempt(delivery_id, attempts + 1, delivery.url, json.dumps(payload).encode())
+        keys = signing_secrets(session, job.owner_id, config.webhook_keys) if job.owner_id else []
+        return Attempt(delivery_id, attempts + 1, delivery.url, json.dumps(payload).encode(), tuple(keys))
 
 
 def _post(target: Target, address: str, headers: dict[str, str], body: bytes) -> int:
@@ -80,15 +114,16 @@ def _post(target: Target, address: str, headers: dict[str, str], body: bytes) ->
         return response.status
 
 
-def _send(config: Config, attempt: Attempt) -> tuple[int | None, str | None]:
-    """Make the attempt: (HTTP status or None, error or None when delivered)."""
-    if not config.webhook_secret:
-        return None, "GRAFT_WEBHOOK_SECRET is not set on this worker"
+def _send(config: Config, attempt: Attempt, resolver: Resolver = resolve) -> Outcome:
+    """Make the attempt."""
+    if not attempt.secrets:
+        return Outcome(None, NOT_SENT, "the job's owner has no webhook secret this worker's GRAFT_WEBHOOK_KEY derives")
     try:
-        target = vet_url(attempt.url, config.webhook_allow)  # again: the allow-list or the name may have changed
+        # Resolved here, at each attempt: the allow-list or the name may have changed since the last one.
+        target = vet_url(attempt.url, Policy.of(config.webhook_allow, own(config, resolver)), resolver)
     except WebhookRefused as exc:
-        return None, f"refused: {exc}"
-    headers = signed_headers(config.webhook_secret, attempt.delivery_id, attempt.body)
+        return Outcome(None, NO_ANSWER, f"refused: {exc}")  # the owner cannot tell it from a silent receiver
+    headers = signed_headers(attempt.secrets, attempt.delivery_id, attempt.body)
     error = "no address"
     for address in target.addresses:
         try:
@@ -97,36 +132,39 @@ def _send(config: Config, attempt: Attempt) -> tuple[int | None, str | None]:
             error = f"{address}: {type(exc).__name__}"
             continue  # nothing was sent: the next address may answer
         except urllib3.exceptions.HTTPError as exc:
-            return None, f"{address}: {type(exc).__name__}: {exc}"
-        return status, None if 200 <= status < 300 else f"HTTP {status}"
-    return None, error
+            return Outcome(None, NO_ANSWER, f"{address}: {type(exc).__name__}: {exc}")
+        return Outcome(status, result_of(status), None if 200 <= status < 300 else f"HTTP {status}")
+    return Outcome(None, NO_ANSWER, error)
 
 
-def _record(config: Config, attempt: Attempt, status: int | None, error: str | None, ms: int) -> None:
+def _record(config: Config, attempt: Attempt, outcome: Outcome, ms: int) -> None:
     """Write the attempt's outcome and, when it failed, when to try next (None past GRAFT_WEBHOOK_MAX_SECONDS)."""
     with session_scope(config.database_url) as session:
         row = session.get(WebhookDelivery, attempt.delivery_id)
         if row is None or row.attempts != attempt.number:
             return  # our claim expired and another sender took the row: its record wins
         now = utcnow()
-        entry = {"attempt": attempt.number, "at": iso(now), "status": status, "error": error, "ms": ms}
-        values = {"log": [*(row.log or []), entry][-LOG_KEEP:], "last_status": status, "last_error": error}
-        if error is None:
+        # The log is what the job shows its owner: no status beyond its class, no error text, no timing.
+        entry = {"attempt": attempt.number, "at": iso(now), "result": outcome.result}
+        values = {"log": [*(row.log or []), entry][-LOG_KEEP:], "last_status": outcome.status,
+                  "last_error": outcome.error}
+        if outcome.error is None:
             values.update(delivered_at=now, next_at=None)
         else:
             values["next_at"] = next_attempt(as_utc(row.created_at), attempt.number, now, config.webhook_backoff_s,
                                              config.webhook_max_s)
         session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id,
                                                       WebhookDelivery.attempts == attempt.number).values(**values))
-    if error is None:
-        log.info("webhook %s: delivered to %s (attempt %d)", attempt.delivery_id, attempt.url, attempt.number)
+    if outcome.error is None:
+        log.info("webhook %s: delivered to %s (attempt %d, %d ms)", attempt.delivery_id, attempt.url, attempt.number,
+                 ms)
     else:
         later = "retrying" if values["next_at"] else "giving up"
-        log.warning("webhook %s: attempt %d to %s failed (%s); %s", attempt.delivery_id, attempt.number, attempt.url,
-                    error, later)
+        log.warning("webhook %s: attempt %d to %s failed (%s, %d ms); %s", attempt.delivery_id, attempt.number,
+                    attempt.url, outcome.error, ms, later)
 
 
-def deliver_due(config: Config) -> int:
+def deliver_due(config: Config, resolver: Resolver = resolve) -> int:
     """Make one attempt at each due callback (up to BATCH); returns how many were attempted."""
     with session_scope(config.database_url) as session:
         due = session.execute(
@@ -140,8 +178,8 @@ def deliver_due(config: Config) -> int:
         if attempt is None:
             continue
         started = time.monotonic()
-        status, error = _send(config, attempt)
-        _record(config, attempt, status, error, round((time.monotonic() - started) * 1000))
+        outcome = _send(config, attempt, resolver)
+        _record(config, attempt, outcome, round((time.monotonic() - started) * 1000))
         done += 1
     return done
 

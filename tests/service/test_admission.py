@@ -1,4 +1,4 @@
-"""No anonymous disk use: a real `graft api` (gunicorn) answers an upload it will not take before reading its body.
+"""No anonymous disk use: a real `graft api` (Hypercorn) answers an upload it will not take before reading its body.
 
 A raw socket streams a 1 GB body (never held in memory) and watches for the answer while it sends: the answer must
 come after a small fraction, the server must then stop reading, and neither the artifacts folder nor the server's
@@ -66,8 +66,9 @@ def _stream(url: str, path: str, total: int, headers: dict[str, str], chunked: b
             answer += sock.recv(65536)
         head_text, _, rest = answer.partition(b"\r\n\r\n")
         status = int(head_text.split()[1])
-        fields = dict(line.split(": ", 1) for line in head_text.decode().split("\r\n")[1:])
-        while len(rest) < int(fields["Content-Length"]):
+        fields = {name.lower(): value  # header names are case-insensitive (Hypercorn sends them lower-cased)
+                  for name, value in (line.split(": ", 1) for line in head_text.decode().split("\r\n")[1:])}
+        while len(rest) < int(fields["content-length"]):
             rest += sock.recv(65536)
         # Keep sending: the server must close the connection soon instead of reading the rest of the gigabyte.
         after = 0

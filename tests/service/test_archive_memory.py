@@ -1,4 +1,4 @@
-"""Bounded memory on any archive: each crafted archive, uploaded to a real `graft api` process (gunicorn worker, real
+"""Bounded memory on any archive: each crafted archive, uploaded to a real `graft api` process (Hypercorn, real
 Redis and SQLite) as a dataset and as predict files, is refused with its 4xx problem, and the serving process's
 peak memory (VmHWM, which only grows) grows by less than 64 MB over all of them."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `graft` command line as a user runs it: the API under gunicorn, client commands, the demo."""
+"""The `graft` command line as a user runs it: the API under Hypercorn, client commands, the demo."""
 from __future__ import annotations
 
 import csv

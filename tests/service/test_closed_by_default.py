@@ -65,8 +65,8 @@ def test_repeated_failed_authentications_are_refused_with_429(service_env: dict[
             refused = requests.get(f"{url}/api/v1/jobs", headers=bad, timeout=5)
             assert refused.status_code == 429 and refused.headers["Content-Type"] == "application/problem+json"
             assert "too many failed authentications" in refused.json()["error"] and "Retry-After" in refused.headers
-            # From that address, even a right token waits for the window: the guesser learns nothing more.
-            assert requests.get(f"{url}/api/v1/jobs", headers=good, timeout=5).status_code == 429
+            # Only failures are refused: a right token from that address is still served (test_hardening.py).
+            assert requests.get(f"{url}/api/v1/jobs", headers=good, timeout=5).status_code == 200
             assert requests.get(f"{url}/healthz", timeout=5).status_code == 200  # health checks are not limited
     finally:
         client = redis.Redis.from_url(service_env["GRAFT_REDIS_URL"])

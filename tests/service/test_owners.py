@@ -22,6 +22,7 @@ from graft.api.owners import MIN_PREFIX
 from graft.client import Client, QuotaExceeded
 from graft.shared import lifecycle, users
 from graft.shared.db import session_scope
+from graft.shared.files import stored_cost
 from graft.shared.models import READY, DatasetRecord, Job, PredictionResult, TrainedModel, Upload, new_id
 from graft.shared.schema import upgrade
 from graft.shared.storage import model_dir
@@ -263,7 +264,8 @@ def test_new_objects_belong_to_their_maker(world: World) -> None:
     assert job.status_code == 202, job.text
     with session_scope(world.env["GRAFT_DATABASE_URL"]) as session:
         row = session.get(Upload, upload)
-        assert row.owner_id == world.user_ids["bob"] and row.size_bytes == 2 * len(JPEG)
+        assert row.owner_id == world.user_ids["bob"]
+        assert row.size_bytes == stored_cost(2 * len(JPEG), 2)  # two files, each with its block and inode
         assert session.get(Job, job.json()["id"]).owner_id == world.user_ids["bob"]
     assert world.call("alice", "GET", f"/api/v1/jobs/{job.json()['id']}").status_code == 404
     # graft.client with a user's token sees that user's world

@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import TOKEN, api_process, private_env
+from graft.shared.db import session_scope
+from graft.shared.lifecycle import create_job
+from graft.shared.models import TrainedModel, new_id
+from tests.helpers import TOKEN, api_process, model_file, private_env
 
 HUGE = "99999999999999999999999"  # beyond 64 bits
 MAX_PARTS = 6
@@ -18,13 +21,21 @@ MAX_PARTS = 6
 
 @pytest.fixture(scope="module")
 def server(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """A real `graft api` allowing MAX_PARTS form parts; yields (URL, its artifacts folder, a data folder)."""
+    """A real `graft api` allowing MAX_PARTS form parts, with one model (its file never read: no worker runs);
+    yields (URL, its artifacts folder, a data folder, the model's id)."""
     base = tmp_path_factory.mktemp("strict")
     data = Path(service_env["GRAFT_DATA_ROOTS"].split(":")[0])
     env = private_env(service_env, base, "graft-strict", GRAFT_ARTIFACTS_DIR=str(base / "artifacts"),
                       GRAFT_MAX_FORM_PARTS=str(MAX_PARTS), GRAFT_MIN_FREE_MB="0")
     with api_process(env) as (url, _proc):
-        yield url, base / "artifacts", data
+        model_id = new_id()
+        model_file(base / "artifacts", model_id).parent.mkdir(parents=True)
+        model_file(base / "artifacts", model_id).write_bytes(b"never loaded")
+        with session_scope(env["GRAFT_DATABASE_URL"]) as session:
+            job = create_job(session, "train", {"data_dir": str(data)})
+            session.add(TrainedModel(id=model_id, job_id=job.id, backbone="resnet18", classes=["a", "b"],
+                                     image_size=64, metrics={}, path=str(model_file(base / "artifacts", model_id))))
+        yield url, base / "artifacts", data, model_id
 
 
 def _zip(names: list[str]) -> bytes:
@@ -58,8 +69,8 @@ CASES: list[tuple[str, str, str, dict[str, Any], str]] = [
     ("query-results-limit", "GET", "/api/v1/jobs/x/results?limit=" + HUGE, {}, "limit"),
     ("form-nan", "POST", "/api/v1/jobs/predict", {"data": {"model_id": "m", "threshold": "nan"},
                                                    "files": _files("a.jpg")}, "threshold"),
-    ("form-infinity", "POST", "/api/v1/models/m/predict", {"data": {"threshold": "inf"}, "files": _files("a.jpg")},
-     "threshold"),
+    ("form-infinity", "POST", "/api/v1/models/{model}/predict", {"data": {"threshold": "inf"},
+                                                                 "files": _files("a.jpg")}, "threshold"),
     ("form-int-beyond-64-bits", "POST", "/api/v1/jobs/predict", {"data": {"model_id": "m", "top_k": HUGE},
                                                                  "files": _files("a.jpg")}, "top_k"),
     ("duplicate-file", "POST", "/api/v1/uploads", {"files": _files("a.jpg", "b.jpg", "a.jpg")}, "file"),
@@ -82,9 +93,10 @@ def _stored(artifacts: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "field"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_a_400_naming_its_field(server: tuple[str, Path, Path], method: str, path: str,
+def test_bad_input_is_a_400_naming_its_field(server: tuple[str, Path, Path, str], method: str, path: str,
                                              kwargs: dict[str, Any], field: str) -> None:
-    url, artifacts, data = server
+    url, artifacts, data, model_id = server
+    path = path.replace("{model}", model_id)
     if isinstance(kwargs.get("data"), str):
         kwargs = {**kwargs, "data": kwargs["data"].replace("{data}", str(data))}
     before = _stored(artifacts)
@@ -97,9 +109,9 @@ def test_bad_input_is_a_400_naming_its_field(server: tuple[str, Path, Path], met
     assert _stored(artifacts) == before  # nothing of a refused request is kept
 
 
-def test_a_good_upload_still_stores_every_file(server: tuple[str, Path, Path]) -> None:
+def test_a_good_upload_still_stores_every_file(server: tuple[str, Path, Path, str]) -> None:
     """The same shapes without the clash are taken: loose files, and a zip unpacked beside them."""
-    url, artifacts, _data = server
+    url, artifacts, _data, _model = server
     response = requests.post(f"{url}/api/v1/uploads", headers={"Authorization": f"Bearer {TOKEN}"},
                              files=_files("b.jpg", "x/a.jpg", "pack.zip"), timeout=30)
     assert response.status_code == 201 and response.json()["added"] == 4, response.text
@@ -108,9 +120,9 @@ def test_a_good_upload_still_stores_every_file(server: tuple[str, Path, Path]) -
         "a.jpg", "b.jpg", "in/zip.jpg", "x/a.jpg"]
 
 
-def test_a_multipart_file_name_that_is_not_utf8_is_kept_escaped(server: tuple[str, Path, Path]) -> None:
+def test_a_multipart_file_name_that_is_not_utf8_is_kept_escaped(server: tuple[str, Path, Path, str]) -> None:
     """A client that sends raw Latin-1 bytes as a file name: stored under its escaped form, not refused."""
-    url, artifacts, _data = server
+    url, artifacts, _data, _model = server
     body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="caf\xe9 100%.jpg"\r\n\r\njpeg\r\n'
             b"--b--\r\n")
     response = requests.post(f"{url}/api/v1/uploads", data=body, timeout=30,

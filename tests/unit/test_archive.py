@@ -10,9 +10,10 @@ from typing import Callable
 
 import pytest
 
-from graft.shared.archive import ArchiveError, ArchiveLimits, Extracted, extract_archive
+from graft.shared.archive import ArchiveError, ArchiveLimits, Extracted, Plan, extract_archive
 from graft.shared.archive_read import open_tar_stream
 from graft.shared.files import UploadError, display_name, is_junk_path, original_name, safe_relative
+from tests import archives
 from tests.archives import CASES, JUNK, MB, STRUCTURE_CASES
 
 LIMITS = ArchiveLimits(max_members=50, max_bytes=4 * MB, max_ratio=100)  # the service tier's small_app limits
@@ -80,15 +81,19 @@ def test_awkward_archives_extract_without_junk(tmp_path: Path, build: Callable[[
 
 
 BAD_NAMES = [("", "empty"), ("a\x00b", "nul-byte"), ("..", "dotdot"), ("a/../b", "dotdot-inside"), ("/", "root-only"),
-             ("x" * 256, "part-over-255-bytes")]
-GOOD_NAMES = [("a\\b.jpg", "a/b.jpg", "backslash"), ("./a//b", "a/b", "dot-and-double-slash")]
+             ("x" * 256, "part-over-255-bytes"), ("d/" * 32 + "x", "33-levels"), ("d/" * 2100 + "x", "2100-levels"),
+             ("/".join(["n" * 200] * 6), "over-1024-bytes")]
+GOOD_NAMES = [("a\\b.jpg", "a/b.jpg", "backslash"), ("./a//b", "a/b", "dot-and-double-slash"),
+              ("d/" * 31 + "x", "d/" * 31 + "x", "32-levels")]
 
 
 @pytest.mark.parametrize("name", [n for n, _ in BAD_NAMES], ids=[i for _, i in BAD_NAMES])
 def test_safe_relative_refuses_bad_names(name: str) -> None:
-    """Empty, NUL, '..' anywhere, nothing usable, or a part over 255 bytes: UploadError."""
-    with pytest.raises(UploadError):
+    """Empty, NUL, '..' anywhere, nothing usable, a part over 255 bytes, more than MAX_DEPTH levels or more than
+    MAX_NAME_BYTES: UploadError, whose message stays short however long the name."""
+    with pytest.raises(UploadError) as refused:
         safe_relative(name)
+    assert len(str(refused.value)) < 200
 
 
 @pytest.mark.parametrize(("name", "expected"), [g[:2] for g in GOOD_NAMES], ids=[g[2] for g in GOOD_NAMES])
@@ -133,3 +138,56 @@ def test_non_utf8_names_are_shown_losslessly() -> None:
     shown = display_name(raw.decode("utf-8", "surrogateescape"))
     assert shown == "dogs/hund%E9 100%25.png" and original_name(shown).encode("utf-8", "surrogateescape") == raw
     assert display_name("caf\u00e9 100%.png") == "caf\u00e9 100%.png"  # valid UTF-8 is shown as it is
+
+
+def _folder_zip(tmp_path: Path, roots: int, levels: int) -> Path:
+    """A zip of one file and roots empty folders, each levels deep under its own root."""
+    archive = tmp_path / "folders.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cats/c.png", b"png")
+        for i in range(roots):
+            zf.writestr(f"r{i}/" + "d/" * (levels - 1), b"")
+    return archive
+
+
+def test_folders_a_name_implies_count_as_entries(tmp_path: Path) -> None:
+    """6 folder entries 10 levels deep are 60 folders on disk: past LIMITS' 50 entries, though only 7 members."""
+    with pytest.raises(ArchiveError) as refused:
+        _extract(_folder_zip(tmp_path, 6, 10))
+    assert refused.value.code == "too_many_members"
+    assert not (tmp_path / "tree").exists() or not any((tmp_path / "tree").iterdir())
+    within = tmp_path / "within"
+    within.mkdir()
+    extracted = extract_archive(_folder_zip(within, 4, 10), within / "tree", LIMITS)
+    assert extracted.entries == 2 + 4 * 10 and extracted.files == 1  # cats/, cats/c.png and the 40 folders
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+@pytest.mark.parametrize(("name", "code"), [("d/" * 2100 + "x.png", "too_deep"), ("p" * 300 + ".png", "name_too_long")],
+                         ids=["2100-levels", "300-byte-part"])
+def test_names_too_deep_or_too_long_are_refused_before_writing(tmp_path: Path, kind: str, name: str,
+                                                               code: str) -> None:
+    """Such a name made mkdir fail with `File name too long` (a 500); now it is refused with a code while checking."""
+    entries = {"cats/c.png": b"png", name: b"png"}
+    body = archives.zip_bytes(entries) if kind == "zip" else archives.tar_bytes(entries)
+    archive = tmp_path / f"a.{'zip' if kind == 'zip' else 'tgz'}"
+    archive.write_bytes(body)
+    with pytest.raises(ArchiveError) as refused:
+        _extract(archive)
+    assert refused.value.code == code and len(str(refused.value)) < 300
+    assert not (tmp_path / "tree").exists() or not any((tmp_path / "tree").iterdir())
+
+
+def test_admit_sees_the_plan_before_anything_is_written(tmp_path: Path) -> None:
+    """A storage quota's hook: it gets the entries and bytes, and its refusal leaves the target empty."""
+    seen: list[tuple[int, int]] = []
+
+    def admit(plan: Plan) -> None:
+        seen.append((plan.entries, plan.bytes))
+        raise ArchiveError("over quota", "quota")
+
+    archive = _write(tmp_path, lambda: (archives.zip_bytes({"a/1.png": b"x" * 10, "a/b/2.png": b"y" * 5}), "a.zip"))
+    with pytest.raises(ArchiveError):
+        extract_archive(archive, tmp_path / "tree", LIMITS, admit=admit)
+    assert seen == [(4, 15)]  # a/, a/1.png, a/b/, a/b/2.png
+    assert not any((tmp_path / "tree").iterdir())

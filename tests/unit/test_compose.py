@@ -44,7 +44,8 @@ def _healthy_deps(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services_and_volumes(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"redis", "postgres", "migrate", "api", "worker", "worker-interactive"}
+    assert set(compose["services"]) == {"redis", "postgres", "migrate", "api", "front", "worker",
+                                        "worker-interactive"}
     assert {"artifacts", "data"} <= set(compose["volumes"])
     assert compose["services"]["redis"]["image"].startswith("redis:")
     assert compose["services"]["postgres"]["image"].startswith("postgres:")
@@ -76,8 +77,11 @@ def test_environment(compose: dict[str, Any]) -> None:
         env = services[name]["environment"]
         assert env["GRAFT_DATABASE_URL"] == DB_URL
         assert env["GRAFT_REDIS_URL"] == "redis://redis:6379/0"
-    # No default secret: ${VAR:?message} makes compose refuse to start while one is unset.
-    assert services["api"]["environment"]["GRAFT_API_TOKENS"].startswith("${GRAFT_API_TOKENS:?")
+    # No default secret: ${VAR:?message} makes compose refuse to start while one is unset. Static admin tokens are
+    # optional (empty by default): the API starts on users' tokens, made with `docker compose run`, as the header says.
+    assert services["api"]["environment"]["GRAFT_API_TOKENS"] == "${GRAFT_API_TOKENS:-}"
+    header = COMPOSE.read_text().split("\nx-graft-image")[0]
+    assert "docker compose run --rm api graft users add" in header and "--admin" in header
     for name in WORKERS:
         assert "GRAFT_API_TOKENS" not in services[name]["environment"]  # workers serve no HTTP
     pg = services["postgres"]["environment"]
@@ -123,8 +127,17 @@ def test_commands(compose: dict[str, Any]) -> None:
     assert kinds == ["train", "batch"]  # the training workers take no interactive work
     args = build_parser().parse_args(interactive[1:])
     assert args.concurrency == 1 and [q.rsplit(".", 1)[1] for q in worker_queues(args.queues)] == ["interactive"]
-    published = compose["services"]["api"]["ports"][0]
-    assert str(published).endswith(":8000")
+    assert "ports" not in compose["services"]["api"]  # only through the front
+
+
+def test_the_api_is_reached_through_nginx(compose: dict[str, Any]) -> None:
+    """Idle and slow clients meet nginx (deploy/nginx.conf, tested in tests/service/test_slow_clients.py) first."""
+    front = compose["services"]["front"]
+    assert front["image"].startswith("nginx:") and str(front["ports"][0]).endswith(":8080")
+    assert front["volumes"] == ["./deploy/nginx.conf:/etc/nginx/nginx.conf:ro"]
+    conf = (Path(__file__).parents[2] / "deploy" / "nginx.conf").read_text()
+    assert "server api:8000;" in conf and "listen 8080;" in conf and "proxy_request_buffering off;" in conf
+    assert compose["services"]["api"]["environment"]["GRAFT_TRUSTED_PROXIES"] == "1"
 
 
 def test_graft_services_build_the_dockerfile(compose: dict[str, Any]) -> None:
@@ -164,7 +177,8 @@ def test_docker_compose_config_accepts_the_file() -> None:
     if not _compose_plugin():
         pytest.skip("the docker compose plugin is not installed here: structure checked with PyYAML only")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    env.update(GRAFT_API_TOKENS="t", POSTGRES_PASSWORD="p")  # the two secrets it refuses to start without
+    env.pop("GRAFT_API_TOKENS", None)  # optional: compose accepts the file without it
+    env.update(POSTGRES_PASSWORD="p")  # the one secret it refuses to start without
     result = subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=60,

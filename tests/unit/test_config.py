@@ -52,9 +52,11 @@ def test_var_dir_moves_database_and_artifacts(in_tmp: Path) -> None:
         ("GRAFT_TOKEN", "", "token", None),
         ("GRAFT_RESNET18_WEIGHTS", "", "resnet18_weights", None),
         ("GRAFT_RESNET18_WEIGHTS", "   ", "resnet18_weights", None),
-        ("GRAFT_WEBHOOK_SECRET", "s3cret", "webhook_secret", "s3cret"),
-        ("GRAFT_WEBHOOK_SECRET", "", "webhook_secret", None),
-        ("GRAFT_WEBHOOK_ALLOW", "", "webhook_allow", ("127.0.0.0/8", "::1")),
+        ("GRAFT_WEBHOOK_KEY", "k" * 32, "webhook_keys", ("k" * 32,)),
+        ("GRAFT_WEBHOOK_KEY", f"{'n' * 40}, {'o' * 32}", "webhook_keys", ("n" * 40, "o" * 32)),
+        ("GRAFT_WEBHOOK_KEY", "", "webhook_keys", ()),
+        ("GRAFT_WEBHOOK_SECRET", "", "webhook_keys", ()),
+        ("GRAFT_WEBHOOK_ALLOW", "", "webhook_allow", ()),
         ("GRAFT_WEBHOOK_ALLOW", "10.1.0.0/16, Hooks.Example.com", "webhook_allow", ("10.1.0.0/16", "hooks.example.com")),
         ("GRAFT_WEBHOOK_MAX_SECONDS", "60", "webhook_max_s", 60),
         ("GRAFT_WEBHOOK_MAX_SECONDS", "", "webhook_max_s", 3600),
@@ -115,6 +117,8 @@ def test_home_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         ("GRAFT_DB_POOL_OVERFLOW", "-1"),
         ("GRAFT_CACHE_MB", "2G"),
         ("GRAFT_WEBHOOK_ALLOW", "10.0.0.0/8, not a host!"),
+        ("GRAFT_WEBHOOK_KEY", "too-short-to-derive-secrets"),
+        ("GRAFT_WEBHOOK_SECRET", "one key for every user"),  # refused, not ignored: per-user secrets replace it
         ("GRAFT_QUOTA_ACTIVE_JOBS", "-1"),
         ("GRAFT_QUOTA_STORAGE_MB", "a lot"),
     ],
@@ -150,8 +154,8 @@ def test_secrets_can_come_from_files(tmp_path: Path) -> None:
     assert config.api_tokens == ("a", "b", "c") and config.database_url == "postgresql+psycopg://graft:s3cret@db/graft"
     with pytest.raises(ConfigError, match="not both"):
         Config.from_env({"GRAFT_API_TOKENS": "x", "GRAFT_API_TOKENS_FILE": str(tokens)})
-    with pytest.raises(ConfigError, match="GRAFT_WEBHOOK_SECRET_FILE: cannot read"):
-        Config.from_env({"GRAFT_WEBHOOK_SECRET_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="GRAFT_WEBHOOK_KEY_FILE: cannot read"):
+        Config.from_env({"GRAFT_WEBHOOK_KEY_FILE": str(tmp_path / "missing")})
     assert not Config.from_env({}).insecure_no_auth and Config.from_env({"GRAFT_INSECURE_NO_AUTH": "1"}).insecure_no_auth
 
 

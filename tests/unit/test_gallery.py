@@ -66,10 +66,10 @@ def web_client(gallery_app: Flask) -> FlaskClient:
 def test_the_page_and_its_assets_need_no_token(gallery_app: Flask) -> None:
     web = gallery_app.test_client()
     with web.get("/") as page:
-        assert page.status_code == 200 and page.mimetype == "text/html" and b"alpine.min.js" in page.data
+        assert page.status_code == 200 and page.mimetype == "text/html" and b"alpine-csp.min.js" in page.data
         assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     for asset in ("/static/js/app.js", "/static/js/api.js", "/static/css/app.css", "/static/vendor/chart.umd.js",
-                  "/static/vendor/alpine.min.js", "/static/vendor/fflate.umd.js"):
+                  "/static/vendor/alpine-csp.min.js", "/static/vendor/fflate.umd.js"):
         response = web.get(asset)
         assert response.status_code == 200, asset
         response.close()

@@ -1,4 +1,5 @@
-// The dashboard: one Alpine.js component over Graft's API (js/api.js), routed by the URL's #hash.
+// The dashboard: one Alpine.js component over Graft's API (js/api.js), routed by the URL's #hash. Alpine is its CSP
+// build (no eval): the page's expressions are property paths, calls and simple operators; the rest lives here.
 "use strict";
 
 const FINISHED = ["succeeded", "failed", "cancelled"];
@@ -95,6 +96,32 @@ document.addEventListener("alpine:init", () => {
     },
 
     pct, accuracyText, useSnippets, when, eta,
+
+    // ---- what the page's expressions need beyond property paths and calls (Alpine's CSP build parses them itself:
+    // no template literals, arrow functions, `??` or globals in index.html) -----------------------------------------
+    concat(...parts) { return parts.map((p) => (p === null || p === undefined ? "" : String(p))).join(""); },
+    dash(value) { return value ?? "–"; },
+    image(el, url) { graftApi.image(el, url); },
+    pickedFiles(files) { return graftApi.pickedFiles(files); },
+    barStyle(top) { return { width: `${100 * top.confidence}%` }; },
+    conversionRows() { return Object.entries(this.dataset.conversions || {}).filter(([_k, v]) => v); },
+    mainTrainFields() { return this.trainFields.filter((f) => f.main); },
+    advancedTrainFields() { return this.trainFields.filter((f) => !f.main); },
+    progressText(job) {
+      const p = job.progress;
+      return `${pct(p.fraction || 0)} · epoch ${p.epoch || 0}/${p.epochs ?? "?"} · ETA ${eta(p.eta_s)}`;
+    },
+    curveText() {
+      return `${(this.job.metrics.history || []).length} epoch(s) recorded: the validation split's accuracy per epoch ` +
+        "is a training curve, not the model's accuracy";
+    },
+    logLine(line) { return `${line.at.slice(11, 19)} ${line.level} ${line.message}\n`; },
+    perClassRows() { return Object.entries(this.model.metrics.per_class || {}); },
+    modelOption(m) { return `${m.id.slice(0, 8)} · ${m.backbone} · ${m.classes.join(", ")}`; },
+    dropTry(event) {
+      this.tryDragging = false;
+      this.tryImages(event.dataTransfer.files);
+    },
 
     say(text) { this.notice = text; this.noticeAt = Date.now(); },
     async copy(text) {
@@ -335,6 +362,7 @@ document.addEventListener("alpine:init", () => {
       this.exportBusy = true;
       this.error = "";
       try {
+        // 202 until a worker has built it (once); a failed build or a refusal throws its problem's message.
         for (let i = 0; i < 60; i += 1) {
           const r = await graftApi.call(`/api/v1/models/${this.model.id}/download?format=${this.exportFormat}`);
           if (r.status === 200) {
@@ -342,9 +370,10 @@ document.addEventListener("alpine:init", () => {
             this.say("Model downloaded.");
             return;
           }
+          this.say(`The ${this.exportFormat} export is ${r.body.status}…`);
           await new Promise((ok) => setTimeout(ok, 1000 * (r.body.retry_after_s || 5)));
         }
-        this.error = "The export is still being built; try again later.";
+        this.error = "The export is still being built; it goes on: try again later.";
       } catch (err) { this.error = err.message; } finally { this.exportBusy = false; }
     },
 
