@@ -7,7 +7,6 @@ GRAFT_ARCHIVE_MAX_MEMBERS=1000 files and folders per request.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import select
@@ -28,6 +27,7 @@ from graft.shared.db import session_scope
 from graft.shared.files import stored_cost
 from graft.shared.models import DatasetRecord, TrainedModel, Upload, new_id
 from graft.shared.schema import upgrade
+from tests.archives import zip_bytes
 from tests.helpers import TOKEN, api_process, model_file, private_env, serving_pids
 
 MB = 1 << 20
@@ -108,12 +108,8 @@ def world(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
         yield world
 
 
-def _zip(entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", method) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return out.getvalue()
+def _zip(entries: dict[str, bytes]) -> bytes:
+    return zip_bytes(entries, zipfile.ZIP_DEFLATED)
 
 
 def _bomb() -> bytes:
