@@ -13,7 +13,7 @@ from graft.api import (
 )
 from graft.api.admission import admit_body, close_after_refusal
 from graft.api.auth import require_admin, require_token
-from graft.api.openapi import make_api
+from graft.api.openapi import make_api, state_cross_field_rules
 from graft.api.strictjson import StrictJSONProvider
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_factory
@@ -58,6 +58,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
         api.register_blueprint(module.bp, url_prefix="/api/v1")
     app.before_request_funcs.setdefault(metrics.bp.name, []).extend([require_token, require_admin])  # every user's
     api.register_blueprint(metrics.bp)
+    state_cross_field_rules(api)
     app.register_blueprint(dashboard.bp)  # the web page at /: no data, no token (it signs in with one)
     app.teardown_appcontext(_close_session)
     return app

@@ -23,6 +23,7 @@ from werkzeug.routing import BaseConverter
 from graft.api.errors import PROBLEM
 from graft.api.schemas import Problem
 from graft.api.validation import json_body, problem_of
+from graft.shared.params import DATA_SOURCES
 
 SPEC_URL = "/api/v1/openapi.json"
 DOCS_URL = "/docs"
@@ -33,10 +34,15 @@ SECURITY = {"bearerAuth": {"type": "http", "scheme": "bearer",
                                           "GRAFT_API_TOKENS (admin tokens); every /api/v1 request needs one"}}
 
 
-class IdConverter(BaseConverter):
-    """A resource id in a path (<id:job_id>): any text but / and NUL, which PostgreSQL cannot compare (a 404)."""
+ACTION_WORDS = ("train", "predict")  # /jobs/train and /jobs/predict: never a job id, so OPTIONS allows only POST
+ID_PATTERN = rf"(?!(?:{'|'.join(ACTION_WORDS)})$)[^/\x00]+"
 
-    regex = r"[^/\x00]+"
+
+class IdConverter(BaseConverter):
+    """A resource id in a path (<id:job_id>): any text but / and NUL, which PostgreSQL cannot compare (a 404), and
+    but the words of sibling routes (ACTION_WORDS)."""
+
+    regex = ID_PATTERN
 
 
 class Parser(FlaskParser):
@@ -113,7 +119,7 @@ def make_api(app: flask.Flask) -> GraftApi:
                                            static_url_path=ASSETS_URL))
     app.url_map.converters["id"] = IdConverter
     api = GraftApi(app)
-    api.register_converter(IdConverter, lambda _converter: {"type": "string", "pattern": "^[^/\\x00]+$"})
+    api.register_converter(IdConverter, lambda _converter: {"type": "string", "pattern": f"^{ID_PATTERN}$"})
     # Swagger UI from a page of Graft's that starts it from a file (static/js/docs.js): flask-smorest's own page
     # starts it from an inline script, which the app's Content-Security-Policy refuses (graft.api.headers).
     app.view_functions["api-docs.openapi_swagger_ui"] = _docs_page
@@ -124,6 +130,14 @@ def make_api(app: flask.Flask) -> GraftApi:
         "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {
             "schema": {"type": "object"}}}}}}})
     return api
+
+
+def state_cross_field_rules(api: GraftApi) -> None:
+    """Write into the document the rules across fields that per-field schemas cannot state: a train request names
+    exactly one data source (a string; null counts as not given). Call once every blueprint is registered."""
+    train = api.spec.components.schemas.get("TrainRequest")
+    if train is not None:
+        train["oneOf"] = [{"required": [name], "properties": {name: {"type": "string"}}} for name in DATA_SOURCES]
 
 
 def _docs_page() -> flask.Response:

@@ -94,7 +94,10 @@ def _one(names: tuple[str, ...], table: tuple[Param, ...]) -> tuple[Param, ...]:
 
 FILES = fields.List(Upload(), metadata={"description": "images, or zip archives of them (unpacked unless "
                                                        "extract_zip is false)"})
-EXTRACT_ZIP = fields.Boolean(load_default=True, metadata={"description": "unpack parts named *.zip"})
+FORM_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+"""How a multipart form (all strings) says a boolean."""
+EXTRACT_ZIP = fields.String(load_default="true", validate=validate.OneOf(list(FORM_BOOLS)),
+                            metadata={"description": "unpack parts named *.zip (true or false)"})
 
 TrainRequest = params_schema("TrainRequest", TRAIN_PARAMS)
 PredictRequest = params_schema("PredictRequest", PREDICT_PARAMS)
@@ -109,7 +112,9 @@ DatasetPathRequest = params_schema("DatasetPathRequest", DATASET_PATH_PARAMS)
 DatasetUploadFields = params_schema("DatasetUploadFields", _one(("name",), DATASET_PATH_PARAMS))
 DatasetUploadForm = params_schema("DatasetUploadForm", _one(("name",), DATASET_PATH_PARAMS), file=Upload(
     required=True, metadata={"description": "one zip or tar(.gz/.bz2/.xz) archive"}))
-UploadForm = Schema.from_dict({"file": FILES, "extract_zip": EXTRACT_ZIP}, name="UploadForm")
+UploadForm = Schema.from_dict({"file": fields.List(Upload(), required=True, validate=validate.Length(min=1),
+                                                  metadata=FILES.metadata),
+                               "extract_zip": EXTRACT_ZIP}, name="UploadForm")
 
 
 # ---- query strings ---------------------------------------------------------------------------------------------

@@ -55,6 +55,17 @@ def file_parts() -> list[FileStorage]:
     return [part for part in upload_form().getlist("file") if part.filename or part.content_length]
 
 
+def upload_parts() -> list[FileStorage]:
+    """An upload request's files (400 without one), its fields checked against UploadForm (400 for another)."""
+    unknown = sorted(set(upload_form().fields) - set(UploadForm._declared_fields))  # noqa: SLF001 - marshmallow's
+    if unknown:
+        raise APIError(400, f"unknown field {unknown[0]!r}: an upload takes 'file' and 'extract_zip'", field=unknown[0])
+    parts = file_parts()
+    if not parts:
+        raise APIError(400, "send images as multipart/form-data field 'file'", field="file")
+    return parts
+
+
 def _names(parts: list[FileStorage], unpack: bool) -> tuple[list[str], NameClaims]:
     """Each part's file name, and the loose files' names claimed; a 400 naming 'file' for an unsafe name, one
     sent twice, or one that is also another's folder (`a` and `a/b.jpg`), before anything is written."""
@@ -167,10 +178,7 @@ def release(session: Session, job_id: str) -> None:
 @bp.problems(400, 401, 413, 507)
 def create_upload() -> Response:
     """Start an upload with the images (or zip archives) in multipart field 'file'; 201 with its id."""
-    parts = file_parts()
-    if not parts:
-        raise APIError(400, "send images as multipart/form-data field 'file'", field="file")
-    upload_id, added = new_upload(parts)
+    upload_id, added = new_upload(upload_parts())
     response = jsonify({"id": upload_id, "added": added})
     response.status_code = 201
     return response
@@ -183,10 +191,7 @@ def create_upload() -> Response:
 def add_to_upload(upload_id: str) -> Response:
     """Add another part of images to an upload (large folders go up in several requests)."""
     folder = upload_folder(upload_id)
-    parts = file_parts()
-    if not parts:
-        raise APIError(400, "send images as multipart/form-data field 'file'", field="file")
-    added, size = _store_parts(folder, parts)
+    added, size = _store_parts(folder, upload_parts())
     session = db()
     row = session.get(Upload, upload_id)
     if row is not None:  # a legacy upload (no row) has no owner to count it against

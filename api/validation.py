@@ -13,7 +13,7 @@ from graft.api.errors import APIError, validation_problem
 from graft.api.forms import read_form
 from graft.api.owners import principal
 from graft.api.strictjson import INT64
-from graft.api.schemas import PredictRequest, TrainRequest
+from graft.api.schemas import FORM_BOOLS, PredictRequest, TrainRequest
 from graft.shared.config import Config
 from graft.shared.webhook_secrets import has_live_secret
 from graft.shared.webhooks import Policy, WebhookRefused, check_submitted, own_addresses, service_hosts
@@ -77,8 +77,6 @@ def check_callback(params: dict[str, Any], config: Config) -> None:
 
 
 FORM_NUMBER_CHARS = 64  # a number in a form field is short; int() of a huge digit string is not free
-FORM_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-"""How a multipart form (all strings) says a boolean."""
 
 
 def form_bool(name: str, default: bool) -> bool:
@@ -86,9 +84,9 @@ def form_bool(name: str, default: bool) -> bool:
     raw = read_form().fields.get(name)
     if raw is None:
         return default
-    if raw.strip().lower() not in FORM_BOOLS:
+    if raw not in FORM_BOOLS:  # exactly as the document lists them
         raise APIError(400, f"field {name} must be one of {sorted(FORM_BOOLS)}", field=name)
-    return FORM_BOOLS[raw.strip().lower()]
+    return FORM_BOOLS[raw]
 
 
 def form_values(form: dict[str, str], schema: type[Schema]) -> dict[str, Any]:
