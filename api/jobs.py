@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from flask import Response, jsonify, url_for
-from sqlalchemy import select
+from sqlalchemy import false, or_, select, true
 
 from graft.api.context import config, db
 from graft.api.datasets import training_source
@@ -109,9 +109,15 @@ def job_logs(args: dict[str, Any], job_id: str) -> Response:
 @bp.response(200, JobPage)
 @bp.problems(401)
 def list_jobs(args: dict[str, Any]) -> Response:
-    """The caller's jobs (an admin's: everyone's), newest first, optionally filtered by ?status= and ?kind=."""
+    """The caller's jobs (an admin's: everyone's), newest first, optionally filtered by ?status= and ?kind=; the
+    synchronous tries of a model (params.interactive) only with ?interactive=true, so they bury no real job."""
     query = visible(select(Job), Job).order_by(Job.created_at.desc(), Job.id.desc())
+    is_try = Job.params["interactive"].as_boolean()
     filters = {}
+    if args.get("interactive"):
+        query, filters["interactive"] = query.where(is_try == true()), "true"
+    else:
+        query = query.where(or_(is_try.is_(None), is_try == false()))
     if "status" in args:
         query, filters["status"] = query.where(Job.status == args["status"]), args["status"]
     if "kind" in args:

@@ -69,6 +69,8 @@ def param_field(param: Param) -> fields.Field:
         checks.append(validate.Range(min=param.minimum, error=f"must be >= {param.minimum}"))
     if param.maximum is not None:
         checks.append(validate.Range(max=param.maximum, error=f"must be <= {param.maximum}"))
+    if param.max_length is not None:
+        checks.append(validate.Length(max=param.max_length, error=f"must be at most {param.max_length} characters"))
     extra: dict[str, Any] = {} if param.required else {"load_default": param.default}
     wrong = f"must be of type {param.type.__name__}"
     return FIELDS[param.type](required=param.required, allow_none=param.nullable, validate=checks,
@@ -131,6 +133,8 @@ class JobListArgs(PageArgs):
 
     status = fields.String(validate=validate.OneOf(lifecycle.STATUSES))
     kind = fields.String(validate=validate.OneOf(lifecycle.KINDS))
+    interactive = fields.Boolean(metadata={"description": "true: only the synchronous tries (POST /models/{id}/predict)"
+                                                          "; false or absent: every job but those"})
 
 
 class ModelListArgs(PageArgs):
@@ -265,7 +269,11 @@ class ModelSchema(Schema):
     """A trained model (no server path: a model leaves the server through /download)."""
 
     id = fields.String(required=True)
+    name = fields.String(required=True, metadata={"description": "given at training (model_name), or the dataset's "
+                                                                 "or folder's name and the backbone"})
     job_id = fields.String(required=True)
+    dataset_id = _nullable(fields.String, required=True, metadata={"description": "the uploaded dataset it learnt "
+                                                                                  "from (null: a server folder)"})
     backbone = fields.String(required=True)
     classes = fields.List(fields.String(), required=True)
     image_size = fields.Integer(required=True)

@@ -48,7 +48,7 @@ def run_jobs(client: Client, args: argparse.Namespace) -> int:
     """Dispatch `graft jobs ...` (no action lists)."""
     action = getattr(args, "action", None) or "list"
     if action == "list":
-        jobs = list(islice(client.jobs(args.status, args.kind), args.limit))
+        jobs = list(islice(client.jobs(args.status, args.kind, tries=args.tries), args.limit))
         if not emit(args, jobs):
             for job in jobs:
                 print(job_line(job))
@@ -93,7 +93,9 @@ def wait_for(client: Client, args: argparse.Namespace, job_id: str) -> int:
 def print_model(model: dict[str, Any]) -> None:
     """One model for people: backbone, classes, accuracy and per-class figures."""
     metrics = model.get("metrics") or {}
-    print(f"model {model['id']}  (job {model['job_id']}, {model['backbone']}, {model['image_size']} px)")
+    print(f"model {model['id']}  {model['name']}")
+    source = f", dataset {model['dataset_id']}" if model.get("dataset_id") else ""
+    print(f"  trained by:    job {model['job_id']}{source}, {model['backbone']}, {model['image_size']} px")
     print(f"  classes:       {', '.join(model['classes'])}")
     if model.get("accuracy"):
         print(f"  accuracy:      {describe(model['accuracy'])}")
@@ -108,9 +110,8 @@ def run_models(client: Client, args: argparse.Namespace) -> int:
         models = list(islice(client.models(args.job), args.limit))
         if not emit(args, models):
             for model in models:
-                print(f"{model['id']}  {model['backbone']:<20} accuracy={_short(model.get('accuracy')):<7} "
-                      f"{len(model['classes']):>3} classes  "
-                      f"{model['created_at']}")
+                print(f"{model['id']}  {model['name'][:40]:<40} accuracy={_short(model.get('accuracy')):<7} "
+                      f"{len(model['classes']):>3} classes  {model['created_at']}")
         return 0
     if action == "show":
         model = client.model(args.model_id)
@@ -140,12 +141,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:  # noqa: ANN
     jobs.add_argument("--status", help="only jobs in this status")
     jobs.add_argument("--kind", choices=["train", "predict"], help="only jobs of this kind")
     jobs.add_argument("--limit", type=int, default=20, help="show at most this many jobs (default: 20)")
+    jobs.add_argument("--tries", action="store_true", help="only a model's synchronous tries, which are left out "
+                                                           "otherwise (graft models predict, Try an image)")
     actions = jobs.add_subparsers(dest="action", metavar="{list,show,wait,cancel,logs}")
     listing = actions.add_parser("list", parents=[common], help="list jobs, newest first (the default)")
     # SUPPRESS: `graft jobs --status x list` keeps the value given before the action
     listing.add_argument("--status", default=argparse.SUPPRESS, help="only jobs in this status")
     listing.add_argument("--kind", choices=["train", "predict"], default=argparse.SUPPRESS, help="only this kind")
     listing.add_argument("--limit", type=int, default=argparse.SUPPRESS, help="at most this many (default: 20)")
+    listing.add_argument("--tries", action="store_true", default=argparse.SUPPRESS, help="only synchronous tries")
     for action, text in (("show", "show a job"), ("cancel", "cancel a job (a running one stops at its next batch)"),
                          ("wait", "show a job's progress until it ends (exit 1 unless it succeeded)"),
                          ("logs", "a job's state changes and the lines its workers logged (epochs, warnings, errors)")):

@@ -69,9 +69,12 @@ class Client:
         """One job."""
         return self.http.json("GET", f"{API}/jobs/{job_id}")
 
-    def jobs(self, status: str | None = None, kind: str | None = None, page_size: int = 20) -> Iterator[JSON]:
-        """Every job, newest first, optionally filtered; pages of page_size are fetched as the iterator goes."""
-        return self.http.pages(f"{API}/jobs", {"status": status, "kind": kind, "limit": page_size})
+    def jobs(self, status: str | None = None, kind: str | None = None, page_size: int = 20,
+             tries: bool = False) -> Iterator[JSON]:
+        """Every job, newest first, optionally filtered; pages of page_size are fetched as the iterator goes.
+        A model's synchronous tries (Client.predict_now) are left out, or are all there is with tries=True."""
+        return self.http.pages(f"{API}/jobs", {"status": status, "kind": kind, "limit": page_size,
+                                               "interactive": "true" if tries else None})
 
     def cancel(self, job_id: str) -> JSON:
         """Cancel a job: a queued one at once, a running one at its next batch (Conflict when finished)."""

@@ -126,6 +126,8 @@ class TrainedModel(Base):
     owner_id: Mapped[str | None] = _owner()  # the training job's owner
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # its folder when recorded, plus exports built
     backbone: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(200), default=None)  # None: made before models had names
+    dataset_id: Mapped[str | None] = mapped_column(String(32), default=None)  # the uploaded dataset it learnt from
     classes: Mapped[list[Any]] = mapped_column()
     image_size: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -38,6 +38,7 @@ class Param:
     maximum: float | None = None
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
+    max_length: int | None = None  # characters of a str
     help: str = ""
     flag: str | None = None  # the CLI option when it is not --name-with-dashes (kept short or historic: --lr)
     cli: bool = True  # offered as a generated CLI option (data sources have their own positional/--dataset)
@@ -53,7 +54,7 @@ class Param:
 
 DATA_SOURCES = ("data_dir", "dataset_id")
 """The training parameters that say where the images are (exactly one is given)."""
-JOB_OPTIONS = ("callback_url",)
+JOB_OPTIONS = ("callback_url", "model_name")
 """Parameters about the job, not the training (kept out of TrainSpec); the rest are hyper-parameters."""
 
 CALLBACK_URL = Param("callback_url", str, None, nullable=True,
@@ -64,6 +65,8 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("data_dir", str, None, nullable=True, cli=False,
           help="a folder on the server under a train root (or give dataset_id)"),
     Param("dataset_id", str, None, nullable=True, cli=False, help="an uploaded dataset's id (or give data_dir)"),
+    Param("model_name", str, None, nullable=True, max_length=200,
+          help="the model's name (unset: the dataset's or folder's name and the backbone)"),
     Param("backbone", str, AUTO_BACKBONE, choices=(AUTO_BACKBONE, *BACKBONES),
           help="the trunk to transfer from; auto: the largest EfficientNet-Lite whose measured cost fits half the time budget (unset: a minute)"),
     Param("pretrained", bool, True, help="whether to start from ImageNet weights (false: random ones)"),

@@ -138,7 +138,9 @@ def serialize_model(model: TrainedModel) -> dict[str, Any]:
     """The model resource as the API shows it (no server path: a model leaves the server through /download)."""
     return {
         "id": model.id,
+        "name": model.name or f"{model.backbone} {model.id[:8]}",
         "job_id": model.job_id,
+        "dataset_id": model.dataset_id,
         "backbone": model.backbone,
         "classes": model.classes,
         "image_size": model.image_size,

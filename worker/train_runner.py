@@ -11,7 +11,7 @@ from typing import Any
 from graft.shared import lifecycle
 from graft.shared.config import Config, get_config
 from graft.shared.db import session_scope, with_db_retry
-from graft.shared.models import Job, TrainedModel, new_id
+from graft.shared.models import DatasetRecord, Job, TrainedModel, new_id
 from graft.shared.storage import PathNotAllowed, job_dir, model_dir, resolve_under_roots, tree_bytes
 from graft.shared.thumbs import write_predictions
 from graft.worker.label_audit import record_label_audit
@@ -120,6 +120,18 @@ def job_data(config: Config, data_dir: str, dataset_id: str | None) -> tuple[Pat
     return folder, (folder,)
 
 
+def model_name(config: Config, given: str | None, dataset_id: str | None, data_dir: Path, backbone: str) -> str:
+    """The model's name: the one given at training, else its dataset's (or folder's) name and its backbone."""
+    if given:
+        return given
+    source = data_dir.name
+    if dataset_id is not None:
+        with session_scope(config.database_url) as session:
+            row = session.get(DatasetRecord, dataset_id)
+            source = row.name if row is not None else source
+    return f"{source} · {backbone}"[:200]
+
+
 def run_train_job(job_id: str, worker: str, config: Config | None = None) -> None:
     """Run (or resume) one training job and record how it ended; a no-op when it is not ours to run."""
     from graft.worker.core.backbones import WeightsNotFound
@@ -137,6 +149,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
             data_dir, roots = job_data(config, params.pop("data_dir"), params.get("dataset_id"))
             dataset_id = params.pop("dataset_id", None)
             params.pop("callback_url", None)  # a job option (sent by the webhook sender), not a hyper-parameter
+            given_name = params.pop("model_name", None)  # a job option too: the model's, not the training's
             spec = TrainSpec(**params)
             caching = Caching.on_disk(config.worker_cache_dir, config.cache_mb)
             result = fit(
@@ -167,6 +180,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
     metrics = {**result.metrics, "skipped_files": result.skipped_files}
     model = TrainedModel(
         id=model_id, job_id=job_id, backbone=result.backbone, classes=result.classes, image_size=result.image_size,
+        name=model_name(config, given_name, dataset_id, data_dir, result.backbone), dataset_id=dataset_id,
         metrics={k: result.metrics[k] for k in ("val_acc", "confusion_matrix", "per_class", "best_epoch", "calibration",
                                                 "ood", "selected", "estimate", "estimated_acc", "refit",
                                                 "train_images", "val_images")

@@ -135,16 +135,27 @@ def _train(driver: WebDriver, dataset_id: str, screenshots: Path) -> str:
     css(driver, "form button[type=submit]").click()
     heading(driver, "Job")
     job_id = driver.current_url.rsplit("/", 1)[-1]
+    wait(driver, lambda d: css(d, "code.full-id").text == job_id, what="the job's whole id is not shown")
     # the curves grow: record the epochs the page shows at each poll until the job ends
     seen: list[int] = []
+    said: set[tuple[str, str]] = set()  # (phase, progress text) pairs the page showed
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
         text = css(driver, "#curve-count").text
         seen.append(int(text.split()[0]))
+        said.add((css(driver, "label[for=job-progress] span").text, css(driver, ".progress-line > span").text))
         if "succeeded" in css(driver, "main section > p .badge").text:
             break
         time.sleep(0.3)
     assert "succeeded" in css(driver, "main section > p .badge").text, css(driver, "main section").text
+    # before the first epoch the page counts images, as the CLI does, never "epoch 0/?"
+    preparing = {"loading": "reading images ", "caching": "computing features "}
+    assert all(text.startswith(preparing[phase]) for phase, text in said if phase in preparing), said
+    shown = driver.execute_script(
+        "const page = Alpine.$data(document.querySelector('#job-progress'));"
+        "return [page.progressText({progress: {phase: 'caching', done: 3, total: 40}}),"
+        "        page.progressText({progress: {phase: 'done', epoch: 9, epochs: 10, fraction: 1}})];")
+    assert shown == ["computing features 3/40", "done · 9 of 10 epochs (stopped early)"], shown
     points = driver.execute_script("return Chart.getChart('loss-chart').data.labels.length")
     assert points == seen[-1] >= 2, (points, seen)
     assert any(0 < n < seen[-1] for n in seen), f"the curve was never seen part-drawn: {sorted(set(seen))}"
@@ -225,10 +236,12 @@ def _use_snippets(driver: WebDriver, client: Client, model_id: str, folder: Path
     assert f"graft models download {model_id} --format onnx" in css(driver, "#snippet-onnx").text
 
 
-def _model(driver: WebDriver, screenshots: Path, api_url: str, tmp_path: Path) -> str:
+def _model(driver: WebDriver, screenshots: Path, api_url: str, tmp_path: Path, dataset_id: str) -> str:
     css(driver, "a.button[href^='#/models/']").click()
-    heading(driver, "Model")
+    heading(driver, "Model hymenoptera · efficientnet_lite0")  # its default name: the dataset's and the backbone
     model_id = driver.current_url.rsplit("/", 1)[-1]
+    assert css(driver, "#model-dataset").get_attribute("href").split("#/datasets/")[1] == dataset_id
+    wait(driver, lambda d: css(d, "code.full-id").text == model_id, what="the model's whole id is not shown")
     cells = wait(driver, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button.cell") if b.is_enabled()])
     off_diagonal = [b for b in cells if b.find_element(By.XPATH, "..").get_attribute("class") == "wrong"]
     cell = (off_diagonal or cells)[0]
@@ -292,13 +305,30 @@ def _batch_predict(driver: WebDriver, model_id: str, images: Path, screenshots: 
 
 
 @pytest.mark.both_databases
+def _jobs_without_tries(driver: WebDriver, api_url: str) -> None:
+    """The Jobs page lists the training and batch jobs, not the model page's tries; its checkbox lists only those."""
+    client = Client(api_url, TOKEN)
+    tries, jobs = {j["id"] for j in client.jobs(tries=True)}, {j["id"] for j in client.jobs()}
+    assert tries and jobs and not tries & jobs
+
+    def shown(d: WebDriver) -> set[str]:
+        return {a.get_attribute("aria-label").rsplit(" ", 1)[-1] for a in d.find_elements(By.CSS_SELECTOR, "td a")}
+
+    driver.get(f"{api_url}/#/jobs")
+    heading(driver, "Jobs")
+    wait(driver, lambda d: shown(d) == jobs, what="the Jobs page does not list the user's jobs alone")
+    css(driver, "#tries-only").click()
+    wait(driver, lambda d: shown(d) == tries, what="the tries are not listed when asked for")
+    css(driver, "#tries-only").click()
+
+
 def test_end_to_end(dashboard: dict[str, Any], browser: WebDriver, hymenoptera_zip: Path, screenshots: Path,
                     tmp_path: Path) -> None:
     sign_in(browser, dashboard["url"], TOKEN)
     _accessible(browser, "datasets")
     dataset_id = _upload_dataset(browser, hymenoptera_zip, screenshots)
     _train(browser, dataset_id, screenshots)
-    model_id = _model(browser, screenshots, dashboard["url"], tmp_path)
+    model_id = _model(browser, screenshots, dashboard["url"], tmp_path, dataset_id)
     images = tmp_path / "to-classify"  # a folder: the page zips it (fflate) and uploads the zip
     images.mkdir()
     odd = first_unknown(Client(dashboard["url"], TOKEN), model_id, unlike_images(tmp_path / "unlike"))
@@ -307,6 +337,7 @@ def test_end_to_end(dashboard: dict[str, Any], browser: WebDriver, hymenoptera_z
         for image in sorted((HYMENOPTERA / "val" / cls).iterdir())[-3:]:
             shutil.copy(image, images / f"{cls}-{image.name}")
     _batch_predict(browser, model_id, images, screenshots)
+    _jobs_without_tries(browser, dashboard["url"])
     browser.get(f"{dashboard['url']}/#/datasets/{dataset_id}")
     heading(browser, "Dataset hymenoptera")
     [delete] = [b for b in browser.find_elements(By.CSS_SELECTOR, "button.danger") if b.is_displayed()]

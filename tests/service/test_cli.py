@@ -124,7 +124,7 @@ def test_cli_grammar_train_dir_jobs_and_models(api_server: str, worker, service_
     env = {"GRAFT_URL": "http://127.0.0.1:9", "GRAFT_TOKEN": "wrong"}  # the options given after must win
     opts = ("--url", api_server, "--token", TOKEN)
     submitted = _ok(_graft("train", str(data), "--no-pretrained", "--epochs", "1", "--image-size", "64", "--json",
-                           *opts, env=env))
+                           "--model-name", "shapes v1", *opts, env=env))
     assert "uploading [" in submitted.stderr and "100.0%" in submitted.stderr  # the tqdm bars
     job = json.loads(submitted.stdout)
     assert job["status"] in ("queued", "running") and job["params"].get("dataset_id")
@@ -138,14 +138,24 @@ def test_cli_grammar_train_dir_jobs_and_models(api_server: str, worker, service_
     assert "queued -> running" in " ".join(logs.stdout.split()) and "succeeded" in logs.stdout
 
     model_id = shown["model_id"]
-    assert model_id in {m["id"] for m in json.loads(_ok(_graft("models", "--json", *opts, env=env)).stdout)}
-    assert "circles, squares" in _ok(_graft("models", "show", model_id, *opts, env=env)).stdout
+    models = {m["id"]: m for m in json.loads(_ok(_graft("models", "--json", *opts, env=env)).stdout)}
+    assert models[model_id]["name"] == "shapes v1"  # the name given at training, and the dataset it learnt from
+    assert models[model_id]["dataset_id"] == job["params"]["dataset_id"]
+    described = _ok(_graft("models", "show", model_id, *opts, env=env)).stdout
+    assert "circles, squares" in described and "shapes v1" in described and job["params"]["dataset_id"] in described
     out = tmp_path / "model.zip"
     _ok(_graft("models", "download", model_id, "--format", "torchscript", "-o", str(out), *opts, env=env))
     import zipfile
 
     with zipfile.ZipFile(out) as archive:
         assert "labels.json" in archive.namelist()
+
+    # a model's synchronous try is listed only by --tries (recorded here, never sent)
+    with session_scope(service_config.database_url) as session:
+        tried = lifecycle.create_job(session, "predict", {"model_id": model_id, "interactive": True}).id
+    assert tried not in {j["id"] for j in json.loads(_ok(_graft("jobs", "--json", *opts, env=env)).stdout)}
+    assert tried in {j["id"] for j in json.loads(_ok(_graft("jobs", "--tries", "--json", *opts, env=env)).stdout)}
+    _ok(_graft("jobs", "cancel", tried, *opts, env=env))
 
     # exit codes: 2 for a request refused as it stands (cancel a finished job), 3 for an unknown id
     assert _graft("jobs", "cancel", job["id"], *opts, env=env).returncode == 2

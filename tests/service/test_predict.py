@@ -372,6 +372,11 @@ def test_synchronous_predict_runs_on_an_interactive_worker(app, service_env: dic
         (item,) = response.get_json()["items"]
         assert item["path"] == "gray.jpg" and item["label"] is None and "too large" in item["error"]
         assert alone.get(f"/api/v1/jobs/{train['id']}").get_json()["status"] == "queued"  # not its queue
+    # The tries are jobs the Jobs list leaves out unless asked: they never bury the user's own jobs.
+    listed = {j["id"] for j in alone.get("/api/v1/jobs?limit=100").get_json()["items"]}
+    tries = {j["id"] for j in alone.get("/api/v1/jobs?limit=100&interactive=true").get_json()["items"]}
+    assert train["id"] in listed and pending["id"] not in listed
+    assert pending["id"] in tries and train["id"] not in tries
     assert alone.post(f"/api/v1/jobs/{train['id']}/cancel").status_code == 200
 
 

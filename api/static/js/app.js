@@ -4,9 +4,11 @@
 
 const FINISHED = ["succeeded", "failed", "cancelled"];
 const POLL_MS = 1500;
-const MAIN_TRAIN_FIELDS = ["dataset_id", "backbone", "mode", "time_budget_s", "epochs"];
+const MAIN_TRAIN_FIELDS = ["dataset_id", "model_name", "backbone", "mode", "time_budget_s", "epochs"];
 const charts = {};  // Chart.js objects live outside Alpine's reactive proxies
 
+// The phases before the first epoch (worker/train_runner.py), as the page words them.
+const PREPARING = { loading: "reading images", caching: "computing features" };
 const UNKNOWN = "unknown";  // the label of a rejected image (shared/params.py:UNKNOWN)
 // Ready-to-run ways to call a model from outside the dashboard: the same endpoint, client method and CLI command
 // the README documents (the browser test runs the curl and Python ones against the live server).
@@ -80,7 +82,7 @@ document.addEventListener("alpine:init", () => {
     // training
     trainFields: [], trainValues: {}, trainErrors: {}, readyDatasets: [],
     // jobs
-    jobs: [], job: null, events: [], logs: [], historyLength: -1,
+    jobs: [], triesOnly: false, job: null, events: [], logs: [], historyLength: -1,
     // models
     models: [], model: null, cell: null, gallery: [], galleryInfo: null, exportFormats: [], exportFormat: "onnx",
     tryResults: [], tryBusy: false, tryDragging: false, exportBusy: false,
@@ -107,9 +109,18 @@ document.addEventListener("alpine:init", () => {
     conversionRows() { return Object.entries(this.dataset.conversions || {}).filter(([_k, v]) => v); },
     mainTrainFields() { return this.trainFields.filter((f) => f.main); },
     advancedTrainFields() { return this.trainFields.filter((f) => !f.main); },
+    // What the job is doing now, as the CLI counts it: images before the first epoch, epochs after it.
     progressText(job) {
       const p = job.progress;
+      if (PREPARING[p.phase] && p.total) return `${PREPARING[p.phase]} ${p.done}/${p.total}`;
+      if (p.phase === "done" && p.epochs && p.epoch < p.epochs) {
+        return `done · ${p.epoch} of ${p.epochs} epochs (stopped early)`;
+      }
       return `${pct(p.fraction || 0)} · epoch ${p.epoch || 0}/${p.epochs ?? "?"} · ETA ${eta(p.eta_s)}`;
+    },
+    progressValue(job) {
+      const p = job.progress;
+      return PREPARING[p.phase] && p.total ? p.done / p.total : p.fraction || 0;
     },
     curveText() {
       return `${(this.job.metrics.history || []).length} epoch(s) recorded: the validation split's accuracy per epoch ` +
@@ -117,7 +128,7 @@ document.addEventListener("alpine:init", () => {
     },
     logLine(line) { return `${line.at.slice(11, 19)} ${line.level} ${line.message}\n`; },
     perClassRows() { return Object.entries(this.model.metrics.per_class || {}); },
-    modelOption(m) { return `${m.id.slice(0, 8)} · ${m.backbone} · ${m.classes.join(", ")}`; },
+    modelOption(m) { return `${m.name} · ${m.id.slice(0, 8)} · ${m.classes.join(", ")}`; },
     dropTry(event) {
       this.tryDragging = false;
       this.tryImages(event.dataTransfer.files);
@@ -294,7 +305,10 @@ document.addEventListener("alpine:init", () => {
     },
 
     // ---- jobs ------------------------------------------------------------------------------------------------
-    async loadJobs() { this.jobs = (await graftApi.get("/api/v1/jobs?limit=50")).items; },
+    // A model's "Try an image" calls are jobs too: the list leaves them out unless triesOnly asks for them.
+    async loadJobs() {
+      this.jobs = (await graftApi.get(`/api/v1/jobs?limit=50${this.triesOnly ? "&interactive=true" : ""}`)).items;
+    },
 
     async loadJob(id) {
       const base = `/api/v1/jobs/${encodeURIComponent(id)}`;
