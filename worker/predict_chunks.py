@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import astuple, dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -60,7 +59,7 @@ def run_predict_chunk(job_id: str, index: int, worker: str, config: Config | Non
     The report has retry_in (seconds) when this attempt raised and the chunk should be sent again.
     """
     from graft.worker.core.model_cache import default_cache
-    from graft.worker.core.predict import Stopped
+    from graft.worker.core.stop import Stopped
 
     config = config or get_config()
     claimed = _claim(config, job_id, index, worker)

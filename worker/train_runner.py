@@ -136,7 +136,8 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
     """Run (or resume) one training job and record how it ended; a no-op when it is not ours to run."""
     from graft.worker.core.backbones import WeightsNotFound
     from graft.worker.core.dataset import DatasetError
-    from graft.worker.core.train import Caching, Cancelled, TrainSpec, fit
+    from graft.worker.core.stop import Stopped
+    from graft.worker.core.train import Caching, TrainSpec, fit
 
     config = config or get_config()
     job = _claim(config, job_id, worker)
@@ -157,7 +158,7 @@ def run_train_job(job_id: str, worker: str, config: Config | None = None) -> Non
                 on_progress=lease.progress, should_stop=lease.should_stop, resnet18_weights=config.resnet18_weights,
                 max_pixels=config.max_image_pixels, roots=roots, caching=caching,
             )
-        except Cancelled:
+        except Stopped:
             if lease.cancelled:
                 _finish(config, lease, lifecycle.CANCELLED, "cancelled by user; last checkpoint kept")
             else:

@@ -16,7 +16,7 @@ from graft.worker.core.features import build_cache
 from graft.worker.core import refit
 from graft.worker.core.refit import CV_BELOW, choose_and_refit, epochs_margin
 from graft.worker.core.spec import TrainSpec, lr_lambdas
-from graft.worker.core.train import Cancelled, fit
+from graft.worker.core.train import fit
 from graft.worker.core.transforms import Preprocessing
 from tests.helpers import TINY_TRAIN
 
@@ -82,7 +82,7 @@ def test_a_fine_tuned_choice_is_refit_from_the_cache_without_running_the_trunk(t
         return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(spec)[0])
 
     best = {"val_acc": 1.0, "epoch": 2, "pred": list(data.val.labels)}  # every validation image right
-    outcome = choose_and_refit(selected, best, data, cache, spec, fresh, None, lambda: False, Cancelled)
+    outcome = choose_and_refit(selected, best, data, cache, spec, fresh, None, lambda: False)
     assert outcome.metrics["selected"] == "epochs" and outcome.metrics["estimate"] == "holdout"
     assert outcome.metrics["refit"] is True and outcome.metrics["refit_epochs"] == 2
     assert outcome.val_pred == best["pred"] and trunk_runs == []  # every refit epoch ran from the cache

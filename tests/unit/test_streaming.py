@@ -16,7 +16,8 @@ from graft.worker.core.backbones import BACKBONES, build_model
 from graft.worker.core.cache_store import CacheStore
 from graft.worker.core.dataset import DatasetError, TrainingData, load_dataset
 from graft.worker.core.features import ViewCache, build_cache
-from graft.worker.core.train import Caching, Cancelled, TrainSpec, fit
+from graft.worker.core.stop import Stopped
+from graft.worker.core.train import Caching, TrainSpec, fit
 from graft.worker.core.transforms import Preprocessing
 from tests.helpers import TINY_TRAIN
 
@@ -136,7 +137,7 @@ def test_a_cancel_during_the_pass_does_not_wait_for_the_decodes(shapes: Path, tm
             started.set()
 
     spec = TrainSpec(**{**TINY_TRAIN, "mode": "linear", "epochs": 1})
-    with pytest.raises(Cancelled):
+    with pytest.raises(Stopped):
         fit(shapes, spec, tmp_path / "job", tmp_path / "model", on_progress=on_progress, should_stop=started.is_set,
             caching=TORCH)
     assert held.events == []  # the held decode is still waiting: fit returned without it

@@ -14,7 +14,8 @@ from graft.worker.core.backbones import BACKBONES, build_model
 from graft.worker.core.dataset import load_dataset
 from graft.worker.core.features import build_cache, cached_eval
 from graft.worker.core.spec import stop_reason
-from graft.worker.core.train import Cancelled, TrainSpec, fit
+from graft.worker.core.stop import Stopped
+from graft.worker.core.train import TrainSpec, fit
 from graft.worker.core.transforms import Preprocessing, eval_batch
 from tests.helpers import TINY_TRAIN
 
@@ -95,7 +96,7 @@ def test_resume_continues_from_the_last_checkpoint(shapes: Path, tmp_path: Path)
     def stop_after_two() -> bool:
         return len(seen) >= 2
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Stopped):
         fit(shapes, spec, tmp_path / "job", tmp_path / "model", on_progress=lambda e: seen.append(e)
             if e["phase"] == "training" else None, should_stop=stop_after_two)
     first_two = seen[-1]["history"]

@@ -19,6 +19,7 @@ from graft.worker.core.dataset import Split
 from graft.worker.core.pipeline import FEATURE_FORMAT, trunk_pass
 from graft.worker.core.transforms import Preprocessing
 from graft.worker.core.trunk import TorchTrunk, TrunkGraph, TrunkRunner
+from graft.worker.core.stop import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _key(trunk_key: str, split: Split, index: int, view: int, seed: int) -> str:
 def cached_epoch(
     model: Classifier, inputs: torch.Tensor, labels: torch.Tensor, start_stage: int | None,
     optimizer: torch.optim.Optimizer, batch_size: int, label_smoothing: float, gen: torch.Generator,
-    should_stop: Callable[[], bool], stop_exc: type[Exception], weight: torch.Tensor | None = None,
+    should_stop: Callable[[], bool], weight: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """One pass over cached inputs: pooled features (start_stage None) or activations entering start_stage."""
     model.train()
@@ -140,7 +141,7 @@ def cached_epoch(
     total_loss, correct = 0.0, 0
     for begin in range(0, len(order), batch_size):
         if should_stop():
-            raise stop_exc()
+            raise Stopped()
         idx = order[begin : begin + batch_size]
         logits = _logits(model, inputs[idx], start_stage)
         y = labels[idx]

@@ -28,16 +28,13 @@ from graft.worker.core.thumbnails import save_thumbnail
 from graft.worker.core.runtimes import DEFAULT_RUNTIME, RUNTIMES, TORCH, Normalized, Runner, RuntimeUnavailable, make_runner
 from graft.worker.core.transforms import Preprocessing, center_crop
 from graft.worker.core.trust import Options, Trust
+from graft.worker.core.stop import Stopped
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32  # without a measurement (a Predictor built by hand); from_artifact measures (worker.core.batching)
 LOOKAHEAD = 2  # batches decoded ahead of the one being classified
 Row = dict[str, Any]
-
-
-class Stopped(Exception):
-    """should_stop() asked predict_files to stop between batches (the job ended or the chunk was taken over)."""
 
 
 @dataclass

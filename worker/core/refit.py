@@ -98,7 +98,7 @@ def _with_head(fresh: Fresh, head: LinearHead) -> Classifier:
 
 
 def _refit_epochs(fresh: Fresh, cache: ViewCache, data: TrainingData, spec: TrainSpec, epochs: int,
-                  weight: torch.Tensor | None, should_stop: Callable[[], bool], stop_exc: type[Exception]) -> Classifier:
+                  weight: torch.Tensor | None, should_stop: Callable[[], bool]) -> Classifier:
     """The selection run's first `epochs` epochs again, on train + val from the cache (val: its plain view)."""
     model, optimizer, scheduler = fresh()
     gen = torch.Generator().manual_seed(spec.seed + 2)
@@ -106,7 +106,7 @@ def _refit_epochs(fresh: Fresh, cache: ViewCache, data: TrainingData, spec: Trai
     train_y, val_y = torch.tensor(data.train.labels), torch.tensor(data.val.labels)
     pooled = torch.cat([cache.train_pooled.flatten(0, 1), cache.val_pooled.repeat(views, 1)])
     pooled_y = torch.cat([train_y.repeat(views), val_y.repeat(views)])
-    common = (spec.batch_size, spec.label_smoothing, gen, should_stop, stop_exc)
+    common = (spec.batch_size, spec.label_smoothing, gen, should_stop)
     for epoch in range(epochs):
         frozen = frozen_stages(model, spec, epoch)
         if frozen == len(model.stages):
@@ -126,7 +126,7 @@ def epochs_margin(head_right: np.ndarray, epochs_right: np.ndarray) -> tuple[int
 
 def choose_and_refit(
     selected: Classifier, best: dict[str, Any], data: TrainingData, cache: ViewCache | None, spec: TrainSpec,
-    fresh: Fresh, weight: torch.Tensor | None, should_stop: Callable[[], bool], stop_exc: type[Exception],
+    fresh: Fresh, weight: torch.Tensor | None, should_stop: Callable[[], bool],
 ) -> Outcome:
     """Pick the final recipe (epoch-trained model or CV-regularised linear head) and refit it on all images."""
     val_y = np.asarray(data.val.labels)
@@ -171,6 +171,6 @@ def choose_and_refit(
     if tuned and cache.train_maps is None:
         meta["refit_skipped"] = "fine-tuned on the fly (activations too large to cache): not trained twice"
         return kept
-    model = _refit_epochs(fresh, cache, data, spec, best["epoch"], weight, should_stop, stop_exc)
+    model = _refit_epochs(fresh, cache, data, spec, best["epoch"], weight, should_stop)
     meta.update(refit=True, refit_epochs=best["epoch"])
     return Outcome(model, best["pred"], meta, selected, best["epoch"], tuned)

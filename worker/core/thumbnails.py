@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from graft.shared.thumbs import PER_CLASS_THUMBS, THUMB_SIDE, result_thumb_name
+from graft.shared.thumbs import PER_CLASS_THUMBS, THUMB_SIDE
 from graft.worker.core.dataset import find_files
 
 log = logging.getLogger(__name__)

@@ -31,14 +31,11 @@ from graft.worker.core.spec import TrainSpec, class_weights, frozen_stages, lr_l
 from graft.worker.core.thumbnails import write_array_thumbnails
 from graft.worker.core.transforms import Preprocessing, eval_batch, train_batch
 from graft.worker.core.trust import fit_trust
+from graft.worker.core.stop import Stopped
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], None]
-
-
-class Cancelled(Exception):
-    """should_stop() asked the run to stop; the last checkpoint is kept."""
 
 
 @dataclass
@@ -78,7 +75,7 @@ def train_one_epoch(
     total_loss, correct = 0.0, 0
     for start in range(0, len(order), spec.batch_size):
         if should_stop():
-            raise Cancelled()
+            raise Stopped()
         idx = order[start : start + spec.batch_size]
         x = train_batch([split.images[i] for i in idx], prep, gen)
         y = labels[idx]
@@ -135,7 +132,7 @@ def _prepare_cache(
     def tick(n: int) -> None:
         nonlocal done
         if should_stop():
-            raise Cancelled()
+            raise Stopped()
         data.check()  # an unusable dataset stops the pass as soon as the last image is decoded
         done += n
         on_progress({"phase": "caching", "done": done, "total": total})
@@ -155,7 +152,7 @@ def _epoch(
     """Train one epoch and evaluate; uses the cache where the trunk is frozen at the cached split."""
     frozen = frozen_stages(model, spec, epoch)
     train_y, val_y = torch.tensor(data.train.labels), torch.tensor(data.val.labels)
-    common = (spec.batch_size, spec.label_smoothing, gen, should_stop, Cancelled)
+    common = (spec.batch_size, spec.label_smoothing, gen, should_stop)
     if cache is not None and frozen == len(model.stages):
         _set_trainable(model, frozen)
         views = cache.train_pooled
@@ -220,7 +217,7 @@ def fit(
 
     def on_file(done: int, total: int) -> None:
         if should_stop():
-            raise Cancelled()
+            raise Stopped()
         on_progress({"phase": "loading", "done": done, "total": total})
 
     # Every mode but "full" streams: the trunk pass starts on the first images while the others still decode.
@@ -285,7 +282,7 @@ def fit(
         new_optimizer = _optimizer(new, spec)
         return new, new_optimizer, torch.optim.lr_scheduler.LambdaLR(new_optimizer, lr_lambdas(spec))
 
-    outcome = choose_and_refit(model, best, data, cache, spec, fresh, weights, should_stop, Cancelled)
+    outcome = choose_and_refit(model, best, data, cache, spec, fresh, weights, should_stop)
     model = outcome.model
     report = classification_report(data.val.labels, outcome.val_pred, data.classes)
     metrics = {
