@@ -6,7 +6,7 @@ DATA ?=
 EPOCHS ?= 4
 DATABASE_URL ?=
 
-.PHONY: install demo test test-unit test-postgres test-fast api worker bench clean
+.PHONY: install demo test test-unit test-postgres test-not-slow api worker bench clean
 
 install: $(VENV)/.installed
 
@@ -40,8 +40,11 @@ test-postgres: install
 	$(BIN)/python -m pytest tests/browser tests/service -m "postgres and not serial" -n 2 --dist loadgroup
 	$(BIN)/python -m pytest tests/browser tests/service -m "postgres and serial"
 
-test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+# make test without the real-data accuracy tests (marked slow); it still starts every service.
+test-not-slow: install
+	$(BIN)/python -m pytest tests/browser tests/service -m "not serial and not slow" -n 2 --dist loadgroup
+	$(BIN)/python -m pytest tests/browser tests/service -m "serial and not slow"
+	$(BIN)/python -m pytest tests/unit -m "not slow" -n auto
 
 # Both upgrade the database schema first (a no-op when current): the API and workers refuse a schema that is behind.
 api: install
