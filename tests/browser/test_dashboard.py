@@ -304,7 +304,6 @@ def _batch_predict(driver: WebDriver, model_id: str, images: Path, screenshots: 
     assert len(table) == 7 and {r["label"] for r in table if not r["path"].endswith("odd.png")} <= {"ants", "bees"}
 
 
-@pytest.mark.both_databases
 def _jobs_without_tries(driver: WebDriver, api_url: str) -> None:
     """The Jobs page lists the training and batch jobs, not the model page's tries; its checkbox lists only those."""
     client = Client(api_url, TOKEN)
@@ -322,6 +321,7 @@ def _jobs_without_tries(driver: WebDriver, api_url: str) -> None:
     css(driver, "#tries-only").click()
 
 
+@pytest.mark.both_databases
 def test_end_to_end(dashboard: dict[str, Any], browser: WebDriver, hymenoptera_zip: Path, screenshots: Path,
                     tmp_path: Path) -> None:
     sign_in(browser, dashboard["url"], TOKEN)
