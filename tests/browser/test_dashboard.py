@@ -143,7 +143,9 @@ def _train(driver: WebDriver, dataset_id: str, screenshots: Path) -> str:
     while time.monotonic() < deadline:
         text = css(driver, "#curve-count").text
         seen.append(int(text.split()[0]))
-        said.add((css(driver, "label[for=job-progress] span").text, css(driver, ".progress-line > span").text))
+        said.add(tuple(driver.execute_script(  # both in one script: the page cannot update between the two reads
+            "return [document.querySelector('label[for=job-progress] span').textContent,"
+            "        document.querySelector('.progress-line > span').textContent];")))
         if "succeeded" in css(driver, "main section > p .badge").text:
             break
         time.sleep(0.3)
